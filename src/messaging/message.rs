@@ -1,0 +1,85 @@
+//! Messages on the queues. Results never travel on a queue: the worker writes them to
+//! `workflow_steps.results` and sends only these three uuids ("database as API").
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The message on `worker_{ns}_queue` (orchestrator -> worker) and on
+/// `orchestration_step_results` (worker -> orchestrator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMessage {
+    pub task_uuid: Uuid,
+    pub step_uuid: Uuid,
+    pub correlation_id: Uuid,
+}
+
+/// The NOTIFY payload `tasker.pgmq_send_with_notify` sends on `pgmq_message_ready.{ns}`.
+/// A notification is only a wake-up: the receiver reads the queue either way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", rename_all = "snake_case")]
+pub enum NotifyEvent {
+    MessageWithPayload {
+        msg_id: i64,
+        queue_name: String,
+        namespace: String,
+        message: serde_json::Value,
+        ready_at: String,
+        delay_seconds: i32,
+    },
+    MessageReady {
+        msg_id: i64,
+        queue_name: String,
+        namespace: String,
+        ready_at: String,
+        delay_seconds: i32,
+        #[serde(default)]
+        payload_omitted: bool,
+    },
+}
+
+impl NotifyEvent {
+    pub fn msg_id(&self) -> i64 {
+        match self {
+            NotifyEvent::MessageWithPayload { msg_id, .. } | NotifyEvent::MessageReady { msg_id, .. } => *msg_id,
+        }
+    }
+
+    pub fn queue_name(&self) -> &str {
+        match self {
+            NotifyEvent::MessageWithPayload { queue_name, .. } | NotifyEvent::MessageReady { queue_name, .. } => {
+                queue_name
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_message_has_exactly_the_three_uuids() {
+        let msg = StepMessage { task_uuid: Uuid::nil(), step_uuid: Uuid::max(), correlation_id: Uuid::nil() };
+        let json = serde_json::to_value(msg).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["correlation_id", "step_uuid", "task_uuid"]);
+        assert_eq!(serde_json::from_value::<StepMessage>(json).unwrap(), msg);
+    }
+
+    #[test]
+    fn notify_event_reads_both_shapes() {
+        let small: NotifyEvent = serde_json::from_str(
+            r#"{"event_type":"message_with_payload","msg_id":7,"queue_name":"worker_a_queue","namespace":"a",
+                "message":{"x":1},"ready_at":"2026-01-01T00:00:00Z","delay_seconds":0}"#,
+        )
+        .unwrap();
+        assert_eq!(small.msg_id(), 7);
+        let large: NotifyEvent = serde_json::from_str(
+            r#"{"event_type":"message_ready","msg_id":8,"queue_name":"worker_a_queue","namespace":"a",
+                "ready_at":"2026-01-01T00:00:00Z","delay_seconds":0,"payload_omitted":true}"#,
+        )
+        .unwrap();
+        assert_eq!(large.queue_name(), "worker_a_queue");
+    }
+}

@@ -1,0 +1,14 @@
+//! The wire protocol shared with tasker-core: queue names, the three-uuid `StepMessage`,
+//! the `StepExecutionResult` stored in `workflow_steps.results`, and a PGMQ client whose
+//! sends go through `tasker.pgmq_send_with_notify`.
+
+pub mod client;
+mod message;
+mod queues;
+
+pub use client::{MessageClient, QueuedMessage};
+pub use message::{NotifyEvent, StepMessage};
+pub use queues::{
+    extract_namespace, message_ready_channel, validate_namespace, worker_queue_name,
+    ORCHESTRATION_NAMESPACE, STEP_RESULTS_QUEUE,
+};

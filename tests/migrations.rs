@@ -1,0 +1,137 @@
+//! The migration runner on real PostgreSQL: a fresh database gets every table, index and
+//! function; a second run changes nothing; two runs at once both succeed.
+
+use tasker_worker::database::{self, MIGRATOR};
+use tasker_worker::testing::TestDatabase;
+
+const TABLES: &[&str] = &[
+    "task_namespaces",
+    "named_tasks",
+    "named_steps",
+    "named_tasks_named_steps",
+    "tasks",
+    "workflow_steps",
+    "workflow_step_edges",
+    "workflow_step_transitions",
+    "task_transitions",
+    "dead_letters",
+];
+
+const INDEXES: &[&str] = &[
+    "workflow_step_transitions_most_recent_unique",
+    "workflow_step_transitions_sort_key_unique",
+    "workflow_step_transitions_current_state_idx",
+    "task_transitions_most_recent_unique",
+    "task_transitions_sort_key_unique",
+    "workflow_step_edges_to_step_idx",
+    "workflow_step_edges_from_step_idx",
+    "workflow_steps_task_named_step_unique",
+    "named_tasks_namespace_name_version_unique",
+    "tasks_identity_hash_unique",
+];
+
+const FUNCTIONS: &[&str] = &["pgmq_send_with_notify", "extract_queue_namespace", "pgmq_payload_size_threshold"];
+
+async fn names(pool: &sqlx::PgPool, sql: &str) -> Vec<String> {
+    sqlx::query_scalar(sql).fetch_all(pool).await.expect(sql)
+}
+
+#[tokio::test]
+async fn a_fresh_database_gets_pgmq_and_the_whole_schema() {
+    let db = TestDatabase::empty().await;
+    let report = database::migrate(&db.pool).await.expect("migrate");
+
+    assert_eq!(report.pgmq_source, "sql");
+    assert!(report.pgmq_installed_now);
+    let all_versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    assert_eq!(report.applied, all_versions);
+
+    let tables = names(&db.pool, "SELECT tablename::text FROM pg_tables WHERE schemaname = 'tasker'").await;
+    for table in TABLES {
+        assert!(tables.contains(&table.to_string()), "missing table tasker.{table}; have {tables:?}");
+    }
+    let indexes = names(&db.pool, "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'tasker'").await;
+    for index in INDEXES {
+        assert!(indexes.contains(&index.to_string()), "missing index {index}");
+    }
+    let functions = names(
+        &db.pool,
+        "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tasker'",
+    )
+    .await;
+    for function in FUNCTIONS {
+        assert!(functions.contains(&function.to_string()), "missing function tasker.{function}");
+    }
+    let pgmq_send: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgmq' AND p.proname = 'send'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(pgmq_send > 0, "pgmq.send is not installed");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_most_recent_index_allows_one_current_transition_per_step() {
+    let db = TestDatabase::migrated().await;
+    let pool = &db.pool;
+    let setup = r#"
+        INSERT INTO tasker.task_namespaces VALUES ('00000000-0000-7000-8000-000000000001', 'ns');
+        INSERT INTO tasker.named_tasks (named_task_uuid, task_namespace_uuid, name) VALUES ('00000000-0000-7000-8000-000000000002', '00000000-0000-7000-8000-000000000001', 't');
+        INSERT INTO tasker.named_steps (named_step_uuid, name) VALUES ('00000000-0000-7000-8000-000000000003', 's');
+        INSERT INTO tasker.tasks (task_uuid, named_task_uuid, identity_hash, correlation_id) VALUES ('00000000-0000-7000-8000-000000000004', '00000000-0000-7000-8000-000000000002', 'k', '00000000-0000-7000-8000-000000000009');
+        INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid) VALUES ('00000000-0000-7000-8000-000000000005', '00000000-0000-7000-8000-000000000004', '00000000-0000-7000-8000-000000000003');
+        INSERT INTO tasker.workflow_step_transitions (workflow_step_transition_uuid, workflow_step_uuid, to_state, sort_key, most_recent) VALUES ('00000000-0000-7000-8000-000000000006', '00000000-0000-7000-8000-000000000005', 'pending', 1, true);
+    "#;
+    sqlx::raw_sql(setup).execute(pool).await.expect("rows");
+    let second = sqlx::query(
+        "INSERT INTO tasker.workflow_step_transitions (workflow_step_transition_uuid, workflow_step_uuid, to_state, sort_key, most_recent) \
+         VALUES ('00000000-0000-7000-8000-000000000007', '00000000-0000-7000-8000-000000000005', 'enqueued', 2, true)",
+    )
+    .execute(pool)
+    .await;
+    let err = second.expect_err("a second most_recent transition must be rejected");
+    assert!(err.to_string().contains("workflow_step_transitions_most_recent_unique"), "{err}");
+    let bad_state = sqlx::query(
+        "INSERT INTO tasker.workflow_step_transitions (workflow_step_transition_uuid, workflow_step_uuid, to_state, sort_key) \
+         VALUES ('00000000-0000-7000-8000-000000000008', '00000000-0000-7000-8000-000000000005', 'running', 3)",
+    )
+    .execute(pool)
+    .await;
+    assert!(bad_state.is_err(), "an unknown state must be rejected");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_second_run_is_a_no_op() {
+    let db = TestDatabase::migrated().await;
+    let schema_before: Vec<String> = names(
+        &db.pool,
+        "SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema IN ('tasker', 'pgmq') ORDER BY 1",
+    )
+    .await;
+    let report = database::migrate(&db.pool).await.expect("second migrate");
+    assert!(report.applied.is_empty(), "second run applied {:?}", report.applied);
+    assert!(!report.pgmq_installed_now);
+    let schema_after = names(
+        &db.pool,
+        "SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema IN ('tasker', 'pgmq') ORDER BY 1",
+    )
+    .await;
+    assert_eq!(schema_before, schema_after);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn two_concurrent_runs_both_succeed() {
+    let db = TestDatabase::empty().await;
+    let other = db.second_pool().await;
+    let (a, b) = tokio::join!(database::migrate(&db.pool), database::migrate(&other));
+    let (a, b) = (a.expect("first runner"), b.expect("second runner"));
+    // Exactly one of them did the work; the other found it done.
+    assert_eq!(a.applied.len() + b.applied.len(), MIGRATOR.iter().count());
+    assert!(a.pgmq_installed_now ^ b.pgmq_installed_now, "{a:?} {b:?}");
+    other.close().await;
+    db.drop_database().await;
+}

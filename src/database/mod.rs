@@ -32,9 +32,14 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> TaskerResult<PgPool>
 
 /// Parses a PostgreSQL URL without connecting.
 pub fn connect_options(url: &str) -> TaskerResult<PgConnectOptions> {
-    PgConnectOptions::from_str(url).map_err(|err| {
-        TaskerError::Configuration(format!("database.url {:?} is not a PostgreSQL URL: {err}", redact(url)))
-    })
+    let invalid = |why: String| {
+        TaskerError::Configuration(format!("database.url {:?} is not a PostgreSQL URL: {why}", redact(url)))
+    };
+    // sqlx accepts any scheme; a mysql:// URL should fail here, not at connect time.
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(invalid("it must start with postgres:// or postgresql://".into()));
+    }
+    PgConnectOptions::from_str(url).map_err(|err| invalid(err.to_string()))
 }
 
 /// The URL with any password replaced, for messages and logs.

@@ -48,19 +48,28 @@ impl TestDatabase {
         let pool = database::connect(&url, &pool_settings())
             .await
             .unwrap_or_else(|err| panic!("could not connect to {name}: {err}"));
-        Self { name, url, pool, admin }
+        Self {
+            name,
+            url,
+            pool,
+            admin,
+        }
     }
 
     /// A fresh database with PGMQ and the `tasker` schema installed.
     pub async fn migrated() -> Self {
         let db = Self::empty().await;
-        database::migrate(&db.pool).await.unwrap_or_else(|err| panic!("migrating {}: {err}", db.name));
+        database::migrate(&db.pool)
+            .await
+            .unwrap_or_else(|err| panic!("migrating {}: {err}", db.name));
         db
     }
 
     /// Another pool on the same database, for tests that play two processes.
     pub async fn second_pool(&self) -> PgPool {
-        database::connect(&self.url, &pool_settings()).await.expect("second pool")
+        database::connect(&self.url, &pool_settings())
+            .await
+            .expect("second pool")
     }
 
     /// Closes the pool and drops the database.
@@ -75,7 +84,10 @@ impl TestDatabase {
 }
 
 fn pool_settings() -> PoolSettings {
-    PoolSettings { max_connections: 5, acquire_timeout: Duration::from_secs(10) }
+    PoolSettings {
+        max_connections: 5,
+        acquire_timeout: Duration::from_secs(10),
+    }
 }
 
 /// `url` with its database path replaced by `name` (query string kept).
@@ -101,7 +113,10 @@ mod tests {
     fn replace_database_keeps_the_rest() {
         use super::replace_database;
         assert_eq!(replace_database("postgres://u@h:1/a", "b"), "postgres://u@h:1/b");
-        assert_eq!(replace_database("postgres://u@h:1/a?sslmode=disable", "b"), "postgres://u@h:1/b?sslmode=disable");
+        assert_eq!(
+            replace_database("postgres://u@h:1/a?sslmode=disable", "b"),
+            "postgres://u@h:1/b?sslmode=disable"
+        );
         assert_eq!(replace_database("postgres://u@h:1", "b"), "postgres://u@h:1/b");
     }
 }

@@ -8,7 +8,11 @@ use tasker_worker::testing::TestDatabase;
 use uuid::Uuid;
 
 fn step_message() -> StepMessage {
-    StepMessage { task_uuid: Uuid::now_v7(), step_uuid: Uuid::now_v7(), correlation_id: Uuid::now_v7() }
+    StepMessage {
+        task_uuid: Uuid::now_v7(),
+        step_uuid: Uuid::now_v7(),
+        correlation_id: Uuid::now_v7(),
+    }
 }
 
 #[tokio::test]
@@ -17,7 +21,10 @@ async fn send_read_with_visibility_timeout_then_archive() {
     let client = MessageClient::new(db.pool.clone());
     let queue = messaging::worker_queue_name("roundtrip").unwrap();
     client.create_queue(&queue).await.unwrap();
-    client.create_queue(&queue).await.expect("creating a queue twice is fine");
+    client
+        .create_queue(&queue)
+        .await
+        .expect("creating a queue twice is fine");
 
     let sent = step_message();
     let msg_id = client.send_with_notify(&queue, &sent, 0).await.unwrap();
@@ -26,10 +33,16 @@ async fn send_read_with_visibility_timeout_then_archive() {
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].msg_id, msg_id);
     assert_eq!(first[0].read_ct, 1);
-    assert_eq!(serde_json::from_value::<StepMessage>(first[0].message.clone()).unwrap(), sent);
+    assert_eq!(
+        serde_json::from_value::<StepMessage>(first[0].message.clone()).unwrap(),
+        sent
+    );
 
     // Hidden while the visibility timeout runs.
-    assert!(client.read(&queue, 1, 10).await.unwrap().is_empty(), "message visible during its timeout");
+    assert!(
+        client.read(&queue, 1, 10).await.unwrap().is_empty(),
+        "message visible during its timeout"
+    );
 
     // Visible again once it lapses (PGMQ timeouts are whole seconds).
     let mut again = Vec::new();
@@ -44,7 +57,10 @@ async fn send_read_with_visibility_timeout_then_archive() {
     assert_eq!(again[0].read_ct, 2);
 
     assert_eq!(client.archive(&queue, &[msg_id]).await.unwrap(), vec![msg_id]);
-    assert!(client.archive(&queue, &[msg_id]).await.unwrap().is_empty(), "archived twice");
+    assert!(
+        client.archive(&queue, &[msg_id]).await.unwrap().is_empty(),
+        "archived twice"
+    );
     let archived: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.a_{queue} WHERE msg_id = $1"))
         .bind(msg_id)
         .fetch_one(&db.pool)
@@ -52,7 +68,10 @@ async fn send_read_with_visibility_timeout_then_archive() {
         .unwrap();
     assert_eq!(archived, 1);
     client.set_vt(&queue, &[msg_id], 0).await.unwrap();
-    assert!(client.read(&queue, 30, 10).await.unwrap().is_empty(), "archived message read again");
+    assert!(
+        client.read(&queue, 30, 10).await.unwrap().is_empty(),
+        "archived message read again"
+    );
     db.drop_database().await;
 }
 
@@ -78,8 +97,15 @@ async fn set_vt_extends_and_releases_a_lease() {
 async fn unknown_queues_and_bad_names_are_clear_errors() {
     let db = TestDatabase::migrated().await;
     let client = MessageClient::new(db.pool.clone());
-    let err = client.read("worker_missing_queue", 30, 1).await.unwrap_err().to_string();
-    assert!(err.contains("worker_missing_queue") && err.contains("does not exist"), "{err}");
+    let err = client
+        .read("worker_missing_queue", 30, 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("worker_missing_queue") && err.contains("does not exist"),
+        "{err}"
+    );
     let err = client.create_queue("Bad;Name").await.unwrap_err().to_string();
     assert!(err.contains("queue name"), "{err}");
     db.drop_database().await;
@@ -94,14 +120,23 @@ async fn send_with_notify_wakes_listeners_of_the_namespace_with_the_documented_p
     client.create_queue("worker_other_queue").await.unwrap();
 
     let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
-    listener.listen(&messaging::message_ready_channel("payments")).await.unwrap();
+    listener
+        .listen(&messaging::message_ready_channel("payments"))
+        .await
+        .unwrap();
 
     // A message for another namespace must not arrive on this channel.
-    client.send_with_notify("worker_other_queue", &step_message(), 0).await.unwrap();
+    client
+        .send_with_notify("worker_other_queue", &step_message(), 0)
+        .await
+        .unwrap();
     let sent = step_message();
     let msg_id = client.send_with_notify(&queue, &sent, 0).await.unwrap();
 
-    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.expect("no NOTIFY within 5 s").unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no NOTIFY within 5 s")
+        .unwrap();
     assert_eq!(note.channel(), "pgmq_message_ready.payments");
     let payload: serde_json::Value = serde_json::from_str(note.payload()).unwrap();
     assert_eq!(payload["event_type"], "message_with_payload");
@@ -110,16 +145,26 @@ async fn send_with_notify_wakes_listeners_of_the_namespace_with_the_documented_p
     assert_eq!(payload["namespace"], "payments");
     assert_eq!(payload["delay_seconds"], 0);
     assert!(payload["ready_at"].is_string());
-    assert_eq!(serde_json::from_value::<StepMessage>(payload["message"].clone()).unwrap(), sent);
+    assert_eq!(
+        serde_json::from_value::<StepMessage>(payload["message"].clone()).unwrap(),
+        sent
+    );
     let event: NotifyEvent = serde_json::from_value(payload).unwrap();
     assert_eq!(event.msg_id(), msg_id);
 
     // A large message: the body is left out of the notification.
     let big = serde_json::json!({ "blob": "x".repeat(8000) });
     let big_id = client.send_with_notify(&queue, &big, 0).await.unwrap();
-    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.expect("no NOTIFY for the large message").unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no NOTIFY for the large message")
+        .unwrap();
     match serde_json::from_str::<NotifyEvent>(note.payload()).unwrap() {
-        NotifyEvent::MessageReady { msg_id, payload_omitted, .. } => {
+        NotifyEvent::MessageReady {
+            msg_id,
+            payload_omitted,
+            ..
+        } => {
             assert_eq!(msg_id, big_id);
             assert!(payload_omitted);
         }
@@ -132,16 +177,24 @@ async fn send_with_notify_wakes_listeners_of_the_namespace_with_the_documented_p
 async fn a_notify_inside_a_transaction_arrives_only_after_commit() {
     let db = TestDatabase::migrated().await;
     let queue = "orchestration_step_results";
-    MessageClient::new(db.pool.clone()).create_queue(queue).await.unwrap();
+    MessageClient::new(db.pool.clone())
+        .create_queue(queue)
+        .await
+        .unwrap();
     let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
     listener.listen("pgmq_message_ready.orchestration").await.unwrap();
 
     let mut tx = db.pool.begin().await.unwrap();
-    messaging::client::send_with_notify(&mut *tx, queue, &step_message(), 0).await.unwrap();
+    messaging::client::send_with_notify(&mut *tx, queue, &step_message(), 0)
+        .await
+        .unwrap();
     let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
     assert!(early.is_err(), "NOTIFY delivered before commit");
     tx.commit().await.unwrap();
-    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.expect("no NOTIFY after commit").unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no NOTIFY after commit")
+        .unwrap();
     assert_eq!(note.channel(), "pgmq_message_ready.orchestration");
     db.drop_database().await;
 }
@@ -149,8 +202,19 @@ async fn a_notify_inside_a_transaction_arrives_only_after_commit() {
 #[tokio::test]
 async fn sql_and_rust_agree_on_queue_namespaces() {
     let db = TestDatabase::migrated().await;
-    for queue in ["worker_payments_queue", "worker_a_b_queue", "orchestration_step_results", "x_queue", "plain", "worker_x_queue_queue"] {
-        let sql: String = sqlx::query_scalar("SELECT tasker.extract_queue_namespace($1)").bind(queue).fetch_one(&db.pool).await.unwrap();
+    for queue in [
+        "worker_payments_queue",
+        "worker_a_b_queue",
+        "orchestration_step_results",
+        "x_queue",
+        "plain",
+        "worker_x_queue_queue",
+    ] {
+        let sql: String = sqlx::query_scalar("SELECT tasker.extract_queue_namespace($1)")
+            .bind(queue)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         assert_eq!(sql, messaging::extract_namespace(queue), "queue {queue}");
     }
     db.drop_database().await;

@@ -30,7 +30,11 @@ const INDEXES: &[&str] = &[
     "tasks_identity_hash_unique",
 ];
 
-const FUNCTIONS: &[&str] = &["pgmq_send_with_notify", "extract_queue_namespace", "pgmq_payload_size_threshold"];
+const FUNCTIONS: &[&str] = &[
+    "pgmq_send_with_notify",
+    "extract_queue_namespace",
+    "pgmq_payload_size_threshold",
+];
 
 async fn names(pool: &sqlx::PgPool, sql: &str) -> Vec<String> {
     sqlx::query_scalar(sql).fetch_all(pool).await.expect(sql)
@@ -46,11 +50,22 @@ async fn a_fresh_database_gets_pgmq_and_the_whole_schema() {
     let all_versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
     assert_eq!(report.applied, all_versions);
 
-    let tables = names(&db.pool, "SELECT tablename::text FROM pg_tables WHERE schemaname = 'tasker'").await;
+    let tables = names(
+        &db.pool,
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'tasker'",
+    )
+    .await;
     for table in TABLES {
-        assert!(tables.contains(&table.to_string()), "missing table tasker.{table}; have {tables:?}");
+        assert!(
+            tables.contains(&table.to_string()),
+            "missing table tasker.{table}; have {tables:?}"
+        );
     }
-    let indexes = names(&db.pool, "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'tasker'").await;
+    let indexes = names(
+        &db.pool,
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'tasker'",
+    )
+    .await;
     for index in INDEXES {
         assert!(indexes.contains(&index.to_string()), "missing index {index}");
     }
@@ -60,7 +75,10 @@ async fn a_fresh_database_gets_pgmq_and_the_whole_schema() {
     )
     .await;
     for function in FUNCTIONS {
-        assert!(functions.contains(&function.to_string()), "missing function tasker.{function}");
+        assert!(
+            functions.contains(&function.to_string()),
+            "missing function tasker.{function}"
+        );
     }
     let pgmq_send: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgmq' AND p.proname = 'send'",
@@ -92,7 +110,11 @@ async fn the_most_recent_index_allows_one_current_transition_per_step() {
     .execute(pool)
     .await;
     let err = second.expect_err("a second most_recent transition must be rejected");
-    assert!(err.to_string().contains("workflow_step_transitions_most_recent_unique"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("workflow_step_transitions_most_recent_unique"),
+        "{err}"
+    );
     let bad_state = sqlx::query(
         "INSERT INTO tasker.workflow_step_transitions (workflow_step_transition_uuid, workflow_step_uuid, to_state, sort_key) \
          VALUES ('00000000-0000-7000-8000-000000000008', '00000000-0000-7000-8000-000000000005', 'running', 3)",
@@ -112,7 +134,11 @@ async fn a_second_run_is_a_no_op() {
     )
     .await;
     let report = database::migrate(&db.pool).await.expect("second migrate");
-    assert!(report.applied.is_empty(), "second run applied {:?}", report.applied);
+    assert!(
+        report.applied.is_empty(),
+        "second run applied {:?}",
+        report.applied
+    );
     assert!(!report.pgmq_installed_now);
     let schema_after = names(
         &db.pool,

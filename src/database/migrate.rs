@@ -50,7 +50,11 @@ async fn migrate_locked(pool: &PgPool) -> TaskerResult<MigrationReport> {
     let after = applied_versions(pool).await?;
     let applied = after.into_iter().filter(|v| !before.contains(v)).collect();
 
-    Ok(MigrationReport { pgmq_source, pgmq_installed_now, applied })
+    Ok(MigrationReport {
+        pgmq_source,
+        pgmq_installed_now,
+        applied,
+    })
 }
 
 /// Uses a PGMQ extension when the database has one; otherwise installs (or upgrades) the
@@ -74,15 +78,15 @@ async fn ensure_pgmq(pool: &PgPool) -> TaskerResult<(&'static str, bool)> {
 }
 
 async fn applied_versions(pool: &PgPool) -> TaskerResult<Vec<i64>> {
-    let table_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
+    let table_exists: bool = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
     if !table_exists {
         return Ok(Vec::new());
     }
-    let versions = sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success ORDER BY version")
-        .fetch_all(pool)
-        .await?;
+    let versions =
+        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?;
     Ok(versions)
 }

@@ -7,7 +7,7 @@ pub use migrate::{migrate, MigrationReport, MIGRATOR};
 
 use crate::error::{TaskerError, TaskerResult};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, Connection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ pub struct PoolSettings {
 /// an unreachable server is a database error.
 pub async fn connect(url: &str, settings: &PoolSettings) -> TaskerResult<PgPool> {
     let options = connect_options(url)?;
+    // One direct connection first: the pool would retry until its acquire timeout and then
+    // report only "pool timed out", hiding "connection refused" or "password failed".
+    options.connect().await?.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
@@ -33,7 +36,10 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> TaskerResult<PgPool>
 /// Parses a PostgreSQL URL without connecting.
 pub fn connect_options(url: &str) -> TaskerResult<PgConnectOptions> {
     let invalid = |why: String| {
-        TaskerError::Configuration(format!("database.url {:?} is not a PostgreSQL URL: {why}", redact(url)))
+        TaskerError::Configuration(format!(
+            "database.url {:?} is not a PostgreSQL URL: {why}",
+            redact(url)
+        ))
     };
     // sqlx accepts any scheme; a mysql:// URL should fail here, not at connect time.
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -48,7 +54,12 @@ pub fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -62,7 +73,10 @@ mod tests {
 
     #[test]
     fn redact_hides_the_password_only() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }

@@ -43,16 +43,29 @@ impl MessageClient {
             .bind(queue_name)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("SELECT pgmq.create($1)").bind(queue_name).execute(&mut *tx).await?;
+        sqlx::query("SELECT pgmq.create($1)")
+            .bind(queue_name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    pub async fn send_with_notify<T: Serialize>(&self, queue_name: &str, message: &T, delay_seconds: i32) -> TaskerResult<i64> {
+    pub async fn send_with_notify<T: Serialize>(
+        &self,
+        queue_name: &str,
+        message: &T,
+        delay_seconds: i32,
+    ) -> TaskerResult<i64> {
         send_with_notify(&self.pool, queue_name, message, delay_seconds).await
     }
 
-    pub async fn read(&self, queue_name: &str, visibility_timeout_seconds: i32, qty: i32) -> TaskerResult<Vec<QueuedMessage>> {
+    pub async fn read(
+        &self,
+        queue_name: &str,
+        visibility_timeout_seconds: i32,
+        qty: i32,
+    ) -> TaskerResult<Vec<QueuedMessage>> {
         read(&self.pool, queue_name, visibility_timeout_seconds, qty).await
     }
 
@@ -60,7 +73,12 @@ impl MessageClient {
         archive(&self.pool, queue_name, msg_ids).await
     }
 
-    pub async fn set_vt(&self, queue_name: &str, msg_ids: &[i64], visibility_timeout_seconds: i32) -> TaskerResult<Vec<i64>> {
+    pub async fn set_vt(
+        &self,
+        queue_name: &str,
+        msg_ids: &[i64],
+        visibility_timeout_seconds: i32,
+    ) -> TaskerResult<Vec<i64>> {
         set_vt(&self.pool, queue_name, msg_ids, visibility_timeout_seconds).await
     }
 }
@@ -69,7 +87,9 @@ impl MessageClient {
 pub fn validate_queue_name(queue_name: &str) -> TaskerResult<()> {
     let ok = !queue_name.is_empty()
         && queue_name.len() <= 47
-        && queue_name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        && queue_name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -81,7 +101,12 @@ pub fn validate_queue_name(queue_name: &str) -> TaskerResult<()> {
 
 /// Sends `message` with `tasker.pgmq_send_with_notify`, which also wakes the listeners of
 /// the queue's namespace. Inside a transaction the NOTIFY is delivered at commit.
-pub async fn send_with_notify<'e, E, T>(executor: E, queue_name: &str, message: &T, delay_seconds: i32) -> TaskerResult<i64>
+pub async fn send_with_notify<'e, E, T>(
+    executor: E,
+    queue_name: &str,
+    message: &T,
+    delay_seconds: i32,
+) -> TaskerResult<i64>
 where
     E: PgExecutor<'e>,
     T: Serialize,
@@ -98,7 +123,12 @@ where
 }
 
 /// Reads up to `qty` visible messages and hides them for `visibility_timeout_seconds`.
-pub async fn read<'e, E: PgExecutor<'e>>(executor: E, queue_name: &str, visibility_timeout_seconds: i32, qty: i32) -> TaskerResult<Vec<QueuedMessage>> {
+pub async fn read<'e, E: PgExecutor<'e>>(
+    executor: E,
+    queue_name: &str,
+    visibility_timeout_seconds: i32,
+    qty: i32,
+) -> TaskerResult<Vec<QueuedMessage>> {
     let rows = sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read($1, $2, $3)")
         .bind(queue_name)
         .bind(visibility_timeout_seconds)
@@ -113,14 +143,20 @@ pub async fn read<'e, E: PgExecutor<'e>>(executor: E, queue_name: &str, visibili
                 read_ct: row.try_get("read_ct")?,
                 enqueued_at: row.try_get("enqueued_at")?,
                 vt: row.try_get("vt")?,
-                message: row.try_get::<Option<serde_json::Value>, _>("message")?.unwrap_or(serde_json::Value::Null),
+                message: row
+                    .try_get::<Option<serde_json::Value>, _>("message")?
+                    .unwrap_or(serde_json::Value::Null),
             })
         })
         .collect()
 }
 
 /// Moves messages to the queue's archive table; returns the ids that were still there.
-pub async fn archive<'e, E: PgExecutor<'e>>(executor: E, queue_name: &str, msg_ids: &[i64]) -> TaskerResult<Vec<i64>> {
+pub async fn archive<'e, E: PgExecutor<'e>>(
+    executor: E,
+    queue_name: &str,
+    msg_ids: &[i64],
+) -> TaskerResult<Vec<i64>> {
     let archived = sqlx::query_scalar("SELECT * FROM pgmq.archive($1, $2::bigint[])")
         .bind(queue_name)
         .bind(msg_ids)
@@ -132,7 +168,12 @@ pub async fn archive<'e, E: PgExecutor<'e>>(executor: E, queue_name: &str, msg_i
 
 /// Sets the visibility timeout of messages to now + `visibility_timeout_seconds`
 /// (0 makes them visible at once); returns the ids that still exist.
-pub async fn set_vt<'e, E: PgExecutor<'e>>(executor: E, queue_name: &str, msg_ids: &[i64], visibility_timeout_seconds: i32) -> TaskerResult<Vec<i64>> {
+pub async fn set_vt<'e, E: PgExecutor<'e>>(
+    executor: E,
+    queue_name: &str,
+    msg_ids: &[i64],
+    visibility_timeout_seconds: i32,
+) -> TaskerResult<Vec<i64>> {
     let table = format!("pgmq.q_{queue_name}");
     validate_queue_name(queue_name)?;
     // One UPDATE for the whole batch; pgmq.set_vt takes one message per call.

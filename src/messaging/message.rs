@@ -40,15 +40,16 @@ pub enum NotifyEvent {
 impl NotifyEvent {
     pub fn msg_id(&self) -> i64 {
         match self {
-            NotifyEvent::MessageWithPayload { msg_id, .. } | NotifyEvent::MessageReady { msg_id, .. } => *msg_id,
+            NotifyEvent::MessageWithPayload { msg_id, .. } | NotifyEvent::MessageReady { msg_id, .. } => {
+                *msg_id
+            }
         }
     }
 
     pub fn queue_name(&self) -> &str {
         match self {
-            NotifyEvent::MessageWithPayload { queue_name, .. } | NotifyEvent::MessageReady { queue_name, .. } => {
-                queue_name
-            }
+            NotifyEvent::MessageWithPayload { queue_name, .. }
+            | NotifyEvent::MessageReady { queue_name, .. } => queue_name,
         }
     }
 }
@@ -59,7 +60,11 @@ mod tests {
 
     #[test]
     fn step_message_has_exactly_the_three_uuids() {
-        let msg = StepMessage { task_uuid: Uuid::nil(), step_uuid: Uuid::max(), correlation_id: Uuid::nil() };
+        let msg = StepMessage {
+            task_uuid: Uuid::nil(),
+            step_uuid: Uuid::max(),
+            correlation_id: Uuid::nil(),
+        };
         let json = serde_json::to_value(msg).unwrap();
         let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
         keys.sort();

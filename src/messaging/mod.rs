@@ -9,6 +9,6 @@ mod queues;
 pub use client::{MessageClient, QueuedMessage};
 pub use message::{NotifyEvent, StepMessage};
 pub use queues::{
-    extract_namespace, message_ready_channel, validate_namespace, worker_queue_name,
-    ORCHESTRATION_NAMESPACE, STEP_RESULTS_QUEUE,
+    extract_namespace, message_ready_channel, validate_namespace, worker_queue_name, ORCHESTRATION_NAMESPACE,
+    STEP_RESULTS_QUEUE,
 };

@@ -43,7 +43,10 @@ pub fn extract_namespace(queue_name: &str) -> &str {
     if queue_name.starts_with(ORCHESTRATION_NAMESPACE) {
         return ORCHESTRATION_NAMESPACE;
     }
-    if let Some(inner) = queue_name.strip_prefix("worker_").and_then(|rest| rest.strip_suffix("_queue")) {
+    if let Some(inner) = queue_name
+        .strip_prefix("worker_")
+        .and_then(|rest| rest.strip_suffix("_queue"))
+    {
         if !inner.is_empty() {
             return inner;
         }
@@ -62,7 +65,10 @@ mod tests {
     #[test]
     fn namespaces_of_queues() {
         assert_eq!(extract_namespace("worker_payments_queue"), "payments");
-        assert_eq!(extract_namespace("worker_linear_workflow_queue"), "linear_workflow");
+        assert_eq!(
+            extract_namespace("worker_linear_workflow_queue"),
+            "linear_workflow"
+        );
         assert_eq!(extract_namespace("orchestration_step_results"), "orchestration");
         assert_eq!(extract_namespace("billing_queue"), "billing");
         assert_eq!(extract_namespace("something_else"), "default");

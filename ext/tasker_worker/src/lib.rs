@@ -1,1 +1,18 @@
-use magnus::Ruby; #[magnus::init(name = "tasker_worker_ext")] fn init(_ruby: &Ruby) -> Result<(), magnus::Error> { Ok(()) }
+//! Ruby binding of the tasker-worker core. Thin on purpose: each method converts its
+//! arguments, calls the core crate, and converts the result back. Decisions about steps,
+//! leases and retries live in the core, where `cargo test` covers them.
+
+mod database;
+mod errors;
+mod native;
+mod nogvl;
+
+use magnus::{Error, Ruby};
+
+#[magnus::init(name = "tasker_worker_ext")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    let tasker_worker = ruby.define_module("TaskerWorker")?;
+    native::init(ruby, tasker_worker)?;
+    database::init(ruby, tasker_worker)?;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! Core errors as Ruby exceptions. The public classes are declared in Ruby
+//! (`lib/tasker_worker/errors.rb`) and looked up here by name.
+
+use magnus::{prelude::*, Error, ExceptionClass, RModule, Ruby};
+use tasker_worker::TaskerError;
+
+/// The Ruby exception for a core error, e.g. `TaskerWorker::ConfigurationError`.
+pub fn to_ruby(ruby: &Ruby, err: TaskerError) -> Error {
+    let class_name = match &err {
+        TaskerError::Configuration(_) => "ConfigurationError",
+        TaskerError::Database(_) => "DatabaseError",
+        TaskerError::Migration(_) => "MigrationError",
+        TaskerError::Queue(_) => "QueueError",
+        TaskerError::Serialization(_) => "SerializationError",
+    };
+    Error::new(error_class(ruby, class_name), err.to_string())
+}
+
+/// An error raised by the binding itself (a panic caught at the boundary, a bad argument).
+pub fn internal(ruby: &Ruby, message: impl Into<String>) -> Error {
+    Error::new(error_class(ruby, "InternalError"), message.into())
+}
+
+/// `TaskerWorker::<name>`, or RuntimeError when the Ruby layer was not loaded (someone
+/// required the bare extension).
+fn error_class(ruby: &Ruby, name: &str) -> ExceptionClass {
+    ruby.class_object()
+        .const_get::<_, RModule>("TaskerWorker")
+        .and_then(|module| module.const_get::<_, ExceptionClass>(name))
+        .unwrap_or_else(|_| ruby.exception_runtime_error())
+}

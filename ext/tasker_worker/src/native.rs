@@ -1,0 +1,26 @@
+//! `TaskerWorker::Native`: small pure functions of the core, exposed so Ruby and the specs
+//! can check that the extension is loaded and speaks the same protocol.
+
+use crate::errors;
+use magnus::{function, prelude::*, Error, RModule, Ruby};
+
+pub fn init(ruby: &Ruby, tasker_worker: RModule) -> Result<(), Error> {
+    let native = tasker_worker.define_module("Native")?;
+    native.define_singleton_method("core_version", function!(core_version, 0))?;
+    native.define_singleton_method("queue_namespace", function!(queue_namespace, 1))?;
+    native.define_singleton_method("worker_queue_name", function!(worker_queue_name, 1))?;
+    let _ = ruby;
+    Ok(())
+}
+
+fn core_version() -> &'static str {
+    tasker_worker::version()
+}
+
+fn queue_namespace(queue_name: String) -> String {
+    tasker_worker::messaging::extract_namespace(&queue_name).to_string()
+}
+
+fn worker_queue_name(ruby: &Ruby, namespace: String) -> Result<String, Error> {
+    tasker_worker::messaging::worker_queue_name(&namespace).map_err(|err| errors::to_ruby(ruby, err))
+}

@@ -1,0 +1,55 @@
+//! Running Rust without holding Ruby's GVL, so other Ruby threads keep running while we
+//! wait on PostgreSQL. A panic is caught inside the callback: unwinding across Ruby's C
+//! frames would abort the process.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::null_mut;
+
+struct Call<F, R> {
+    func: Option<F>,
+    result: Option<std::thread::Result<R>>,
+}
+
+unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
+    // SAFETY: `data` is the `Call` that `without_gvl` keeps alive until this returns.
+    let call = unsafe { &mut *(data as *mut Call<F, R>) };
+    if let Some(func) = call.func.take() {
+        call.result = Some(catch_unwind(AssertUnwindSafe(func)));
+    }
+    null_mut()
+}
+
+/// Runs `func` with the GVL released. `func` must not touch Ruby objects. Returns the
+/// panic message as `Err` when `func` panicked.
+pub fn without_gvl<F: FnOnce() -> R, R>(func: F) -> Result<R, String> {
+    let mut call = Call {
+        func: Some(func),
+        result: None,
+    };
+    // SAFETY: the callback only touches `call`, which outlives the call; no Ruby API is
+    // used without the GVL. No unblock function: the work is bounded by its own timeouts.
+    unsafe {
+        rb_sys::rb_thread_call_without_gvl(
+            Some(trampoline::<F, R>),
+            &mut call as *mut Call<F, R> as *mut c_void,
+            None,
+            null_mut(),
+        );
+    }
+    match call.result {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(payload)) => Err(panic_message(payload.as_ref())),
+        None => Err("the call did not run".to_string()),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}

@@ -1,0 +1,18 @@
+# frozen_string_literal: true
+
+require_relative "tasker_worker/version"
+require_relative "tasker_worker/errors"
+
+begin
+  require_relative "tasker_worker/tasker_worker_ext"
+rescue LoadError => e
+  raise LoadError, "tasker_worker: the native extension is not built (#{e.message}). " \
+                   "In a checkout run `rake compile` (or bin/setup); as a gem, reinstall it."
+end
+
+require_relative "tasker_worker/database"
+
+# Runs the steps of Tasker workflows: a Rust engine claims steps from PostgreSQL PGMQ
+# queues and hands them to Ruby handler classes.
+module TaskerWorker
+end

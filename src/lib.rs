@@ -2,9 +2,11 @@
 //! PGMQ queues, runs them, and commits their results. Pure Rust; the Ruby binding lives in
 //! `ext/tasker_worker` and only converts values.
 
+pub mod config;
 pub mod database;
 pub mod error;
 pub mod messaging;
+pub mod worker;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -1,0 +1,3 @@
+pub mod messages;
+pub mod registry;
+pub mod step_executor_actor;

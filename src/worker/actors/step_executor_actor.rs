@@ -1,0 +1,266 @@
+//! `StepExecutorActor`: turns queue messages into dispatched steps. It owns:
+//! 1. capacity: it takes a permit per step BEFORE reading, so it never reads more messages
+//!    than there are free handler slots (permits return after the result commits);
+//! 2. reading (`pgmq.read` under the lease, round-robin over the namespaces' queues);
+//! 3. poison handling: unparseable messages are dead-lettered at once; messages whose step
+//!    cannot be hydrated are retried and dead-lettered after `max_delivery_attempts` reads;
+//! 4. hydration and claiming, a batch per query/transaction;
+//! 5. handing claimed steps to the dispatch channel, recorded as in flight.
+
+use crate::error::TaskerResult;
+use crate::messaging::{client, QueuedMessage, StepMessage};
+use crate::worker::actors::messages::DispatchHandlerMessage;
+use crate::worker::hydration;
+use crate::worker::in_flight::{InFlight, InFlightEntry};
+use crate::worker::stats::WorkerCounters;
+use crate::worker::step_claim::{self, ClaimOutcome, ClaimRequest};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+pub struct StepExecutorActor {
+    pub pool: PgPool,
+    pub worker_id: Arc<str>,
+    pub queues: Vec<Arc<str>>,
+    pub visibility_timeout_seconds: u32,
+    pub claim_batch_size: usize,
+    pub max_delivery_attempts: u32,
+    pub capacity: Arc<Semaphore>,
+    pub dispatch_tx: mpsc::Sender<DispatchHandlerMessage>,
+    pub in_flight: Arc<InFlight>,
+    pub counters: Arc<WorkerCounters>,
+    pub wake: Arc<Notify>,
+    pub quiet: Arc<AtomicBool>,
+    /// Held while a batch is read, claimed and dispatched; shutdown takes it to know no
+    /// claim is half done.
+    pub busy: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Messages already read elsewhere, handed to the actor (`ExecuteStepFromMessage`).
+pub type ReadMessage = (Arc<str>, QueuedMessage);
+
+impl StepExecutorActor {
+    /// Runs until aborted by the registry.
+    pub async fn run(self, mut from_messages: mpsc::Receiver<ReadMessage>) {
+        let mut next_queue = 0usize;
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => self.drain(&mut next_queue).await,
+                Some((queue, message)) = from_messages.recv() => {
+                    let Some(permit) = self.acquire(1).await.and_then(|mut p| p.pop()) else { continue };
+                    let _busy = self.busy.lock().await;
+                    if self.quiet.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    if let Err(err) = self.process(&queue, vec![message], vec![permit]).await {
+                        tracing::warn!(error = %err, "processing a handed-over message failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and dispatches until a round finds nothing to do.
+    async fn drain(&self, next_queue: &mut usize) {
+        loop {
+            let Some(mut permits) = self.acquire(self.claim_batch_size).await else {
+                return;
+            };
+            let _busy = self.busy.lock().await;
+            if self.quiet.load(Ordering::Acquire) {
+                return;
+            }
+            let mut read_any = false;
+            for _ in 0..self.queues.len() {
+                if permits.is_empty() {
+                    break;
+                }
+                let queue = self.queues[*next_queue % self.queues.len()].clone();
+                *next_queue = next_queue.wrapping_add(1);
+                match client::read(
+                    &self.pool,
+                    &queue,
+                    self.visibility_timeout_seconds as i32,
+                    permits.len() as i32,
+                )
+                .await
+                {
+                    Ok(messages) if messages.is_empty() => {}
+                    Ok(messages) => {
+                        read_any = true;
+                        WorkerCounters::add(&self.counters.messages_read, messages.len());
+                        let take = permits.split_off(permits.len() - messages.len());
+                        if let Err(err) = self.process(&queue, messages, take).await {
+                            tracing::warn!(error = %err, queue = %queue, "claiming a batch failed; its messages return after their lease");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, queue = %queue, "reading the queue failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            if !read_any {
+                return;
+            }
+        }
+    }
+
+    /// Waits for at least one free slot, then takes up to `max` without waiting more.
+    /// `None` when quiet (claiming stopped).
+    async fn acquire(&self, max: usize) -> Option<Vec<OwnedSemaphorePermit>> {
+        if self.quiet.load(Ordering::Acquire) {
+            return None;
+        }
+        let first = self.capacity.clone().acquire_owned().await.ok()?;
+        if self.quiet.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut permits = vec![first];
+        let extra = max.saturating_sub(1).min(self.capacity.available_permits());
+        if extra > 0 {
+            if let Ok(mut more) = self.capacity.clone().try_acquire_many_owned(extra as u32) {
+                while more.num_permits() > 1 {
+                    if let Some(one) = more.split(1) {
+                        permits.push(one);
+                    }
+                }
+                permits.push(more);
+            }
+        }
+        Some(permits)
+    }
+
+    /// Parses, hydrates, claims and dispatches messages read from `queue`; one permit each.
+    async fn process(
+        &self,
+        queue: &Arc<str>,
+        messages: Vec<QueuedMessage>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+    ) -> TaskerResult<()> {
+        let mut poison = Vec::new();
+        let mut parsed = Vec::with_capacity(messages.len());
+        for message in messages {
+            match serde_json::from_value::<StepMessage>(message.message.clone()) {
+                Ok(step_message) => parsed.push((message, step_message)),
+                Err(err) => poison.push((message, format!("unparseable step message: {err}"))),
+            }
+        }
+
+        let step_messages: Vec<StepMessage> = parsed.iter().map(|(_, m)| *m).collect();
+        let mut contexts = if step_messages.is_empty() {
+            Default::default()
+        } else {
+            hydration::hydrate(&self.pool, &step_messages).await?
+        };
+        let mut requests = Vec::with_capacity(parsed.len());
+        for (queued, step_message) in &parsed {
+            match contexts.get(&step_message.step_uuid) {
+                Some(Ok(_)) => requests.push(ClaimRequest {
+                    msg_id: queued.msg_id,
+                    message: *step_message,
+                }),
+                Some(Err(reason)) => {
+                    let reason = reason.clone();
+                    WorkerCounters::add(&self.counters.hydration_failures, 1);
+                    if queued.read_ct as u32 > self.max_delivery_attempts {
+                        poison.push((
+                            queued.clone(),
+                            format!("could not be hydrated in {} deliveries: {reason}", queued.read_ct),
+                        ));
+                    } else {
+                        tracing::warn!(msg_id = queued.msg_id, queue = %queue, read_ct = queued.read_ct, %reason, "step could not be hydrated; retrying after the lease");
+                    }
+                }
+                None => {}
+            }
+        }
+        if !poison.is_empty() {
+            self.dead_letter(queue, &poison).await?;
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
+
+        let outcomes = step_claim::claim_batch(&self.pool, queue, &self.worker_id, &requests).await?;
+        for (request, outcome) in requests.iter().zip(outcomes) {
+            match outcome {
+                ClaimOutcome::Claimed(claim) => {
+                    let Some(Ok(mut context)) = contexts.remove(&request.message.step_uuid) else {
+                        continue;
+                    };
+                    let Some(permit) = permits.pop() else { break };
+                    context.attempts = claim.attempts;
+                    WorkerCounters::add(&self.counters.claimed, 1);
+                    if claim.reclaimed_from.is_some() {
+                        WorkerCounters::add(&self.counters.reclaimed, 1);
+                    }
+                    let now = Instant::now();
+                    self.in_flight.insert(
+                        claim.token,
+                        InFlightEntry {
+                            step_uuid: claim.step_uuid,
+                            queue_name: claim.queue_name.clone(),
+                            msg_id: claim.msg_id,
+                            claimed_at: now,
+                        },
+                    );
+                    let token = claim.token;
+                    let message = DispatchHandlerMessage {
+                        event_id: Uuid::now_v7(),
+                        claim,
+                        context: Arc::new(context),
+                        permit,
+                        claimed_at: now,
+                    };
+                    if self.dispatch_tx.send(message).await.is_err() {
+                        // Shutting down; the lease lapses and the step is reclaimed.
+                        self.in_flight.remove(&token);
+                        return Ok(());
+                    }
+                }
+                ClaimOutcome::Duplicate { state } => {
+                    WorkerCounters::add(&self.counters.duplicates, 1);
+                    tracing::debug!(step_uuid = %request.message.step_uuid, %state, "duplicate message archived");
+                }
+                ClaimOutcome::Missing => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Records each message in `tasker.dead_letters` and archives it, in one transaction.
+    async fn dead_letter(&self, queue: &Arc<str>, poison: &[(QueuedMessage, String)]) -> TaskerResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = poison.iter().map(|_| Uuid::now_v7()).collect();
+        let msg_ids: Vec<i64> = poison.iter().map(|(m, _)| m.msg_id).collect();
+        let read_cts: Vec<i32> = poison.iter().map(|(m, _)| m.read_ct).collect();
+        let bodies: Vec<Value> = poison.iter().map(|(m, _)| m.message.clone()).collect();
+        let reasons: Vec<&str> = poison.iter().map(|(_, r)| r.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO tasker.dead_letters (dead_letter_uuid, queue_name, msg_id, read_ct, message, reason, worker_id) \
+             SELECT d.id, $6, d.msg_id, d.read_ct, d.message, d.reason, $7 \
+               FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::jsonb[], $5::text[]) AS d(id, msg_id, read_ct, message, reason)",
+        )
+        .bind(&ids)
+        .bind(&msg_ids)
+        .bind(&read_cts)
+        .bind(&bodies)
+        .bind(&reasons)
+        .bind(queue.as_ref())
+        .bind(self.worker_id.as_ref())
+        .execute(&mut *tx)
+        .await?;
+        client::archive(&mut *tx, queue, &msg_ids).await?;
+        tx.commit().await?;
+        WorkerCounters::add(&self.counters.dead_lettered, poison.len());
+        for (message, reason) in poison {
+            tracing::error!(msg_id = message.msg_id, queue = %queue, %reason, "message dead-lettered");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,240 @@
+//! `WorkerCore`: boots a worker and stops it.
+//!
+//! Start: connect, check the schema, create the queues of its namespaces (and the results
+//! queue), then start the actors (see `WorkerActorRegistry`).
+//!
+//! Graceful shutdown: stop claiming, wait up to `shutdown_timeout_ms` for in-flight steps
+//! to commit, then give the remaining leases back at once (visibility timeout 0) so other
+//! workers take those steps without waiting for the lease to lapse.
+//!
+//! Dropping a `WorkerCore` without `shutdown` aborts everything at once, like a crash: leases
+//! are not released and lapse on their own.
+
+use crate::config::TaskerConfig;
+use crate::database;
+use crate::error::{TaskerError, TaskerResult};
+use crate::messaging::{self, client, MessageClient, STEP_RESULTS_QUEUE};
+use crate::worker::actors::messages::WorkerCommand;
+use crate::worker::actors::registry::{DispatchHandles, DispatchMode, WorkerActorRegistry};
+use crate::worker::handlers::domain_event_callback::{NoopPostHandlerCallback, PostHandlerCallback};
+use crate::worker::in_flight::InFlight;
+use crate::worker::stats::{CounterSnapshot, WorkerCounters};
+use serde::Serialize;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// State the actors share. Each piece has one writer; the rest only read it.
+pub struct Shared {
+    pub worker_id: Arc<str>,
+    pub namespaces: Vec<String>,
+    pub queues: Vec<Arc<str>>,
+    pub pool: PgPool,
+    pub max_in_flight: usize,
+    /// One permit per step that may be in flight (claimed, not committed).
+    pub capacity: Arc<Semaphore>,
+    pub in_flight: Arc<InFlight>,
+    pub counters: Arc<WorkerCounters>,
+    pub quiet: Arc<AtomicBool>,
+    pub events_enabled: Arc<AtomicBool>,
+    pub executor_busy: Arc<tokio::sync::Mutex<()>>,
+    pub running: AtomicBool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerStatus {
+    pub running: bool,
+    /// Not claiming new steps (quiet or stopping).
+    pub quiet: bool,
+    pub worker_id: String,
+    pub namespaces: Vec<String>,
+    pub in_flight: usize,
+    pub capacity: usize,
+    pub oldest_in_flight_ms: Option<u64>,
+    pub counters: CounterSnapshot,
+    pub pool_size: u32,
+    pub pool_idle: usize,
+}
+
+impl Shared {
+    pub fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            running: self.running.load(Ordering::Relaxed),
+            quiet: self.quiet.load(Ordering::Relaxed),
+            worker_id: self.worker_id.to_string(),
+            namespaces: self.namespaces.clone(),
+            in_flight: self.in_flight.len(),
+            capacity: self.max_in_flight,
+            oldest_in_flight_ms: self.in_flight.oldest_age().map(|d| d.as_millis() as u64),
+            counters: self.counters.snapshot(),
+            pool_size: self.pool.size(),
+            pool_idle: self.pool.num_idle(),
+        }
+    }
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShutdownReport {
+    /// In-flight steps that committed while shutting down.
+    pub finished: usize,
+    /// In-flight steps whose leases were given back for other workers.
+    pub released: usize,
+}
+
+pub struct WorkerCore {
+    shared: Arc<Shared>,
+    registry: WorkerActorRegistry,
+    shutdown_timeout: Duration,
+    visibility_timeout_seconds: u32,
+}
+
+impl WorkerCore {
+    /// Starts a worker. With `DispatchMode::External` the dispatch handles are returned for
+    /// the caller's dispatcher.
+    pub async fn start(
+        config: TaskerConfig,
+        dispatch: DispatchMode,
+    ) -> TaskerResult<(Self, Option<DispatchHandles>)> {
+        Self::start_with_callback(config, dispatch, Arc::new(NoopPostHandlerCallback)).await
+    }
+
+    pub async fn start_with_callback(
+        config: TaskerConfig,
+        dispatch: DispatchMode,
+        callback: Arc<dyn PostHandlerCallback>,
+    ) -> TaskerResult<(Self, Option<DispatchHandles>)> {
+        let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
+        ensure_schema(&pool).await?;
+        let client = MessageClient::new(pool.clone());
+        let mut queues = Vec::with_capacity(config.worker.namespaces.len());
+        for namespace in &config.worker.namespaces {
+            let queue = messaging::worker_queue_name(namespace)?;
+            client.create_queue(&queue).await?;
+            queues.push(Arc::<str>::from(queue));
+        }
+        client.create_queue(STEP_RESULTS_QUEUE).await?;
+
+        let max_in_flight = config
+            .worker
+            .mpsc_channels
+            .handler_dispatch
+            .max_concurrent_handlers;
+        let shared = Arc::new(Shared {
+            worker_id: format!("worker_{}", uuid::Uuid::now_v7()).into(),
+            namespaces: config.worker.namespaces.clone(),
+            queues,
+            pool,
+            max_in_flight,
+            capacity: Arc::new(Semaphore::new(max_in_flight)),
+            in_flight: Arc::new(InFlight::default()),
+            counters: Arc::new(WorkerCounters::default()),
+            quiet: Arc::new(AtomicBool::new(false)),
+            events_enabled: Arc::new(AtomicBool::new(true)),
+            executor_busy: Arc::new(tokio::sync::Mutex::new(())),
+            running: AtomicBool::new(true),
+        });
+        let (registry, handles) = WorkerActorRegistry::start(&config, shared.clone(), dispatch, callback);
+        tracing::info!(worker_id = %shared.worker_id, namespaces = ?shared.namespaces, capacity = max_in_flight, "worker started");
+        let core = Self {
+            shared,
+            registry,
+            shutdown_timeout: config.worker.shutdown_timeout(),
+            visibility_timeout_seconds: config.worker.visibility_timeout_seconds,
+        };
+        Ok((core, handles))
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// Sends commands to the worker (`WorkerCommand`).
+    pub fn command_sender(&self) -> mpsc::Sender<WorkerCommand> {
+        self.registry.command_tx.clone()
+    }
+
+    /// Status, answered by the command processor.
+    pub async fn status(&self) -> TaskerResult<WorkerStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.registry
+            .command_tx
+            .send(WorkerCommand::GetWorkerStatus { reply })
+            .await
+            .map_err(|_| TaskerError::Configuration("the worker is stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| TaskerError::Configuration("the worker is stopped".into()))
+    }
+
+    /// Stops claiming new steps; in-flight steps run to completion.
+    pub fn quiet(&self) {
+        self.shared.quiet.store(true, Ordering::Release);
+        self.registry.wake.notify_one();
+    }
+
+    pub async fn shutdown(mut self) -> TaskerResult<ShutdownReport> {
+        self.quiet();
+        self.registry.stop("worker_event_system").await;
+        // Wait for a half-done claim batch, then stop the executor.
+        drop(self.shared.executor_busy.lock().await);
+        self.registry.stop("step_executor").await;
+
+        let before = self.shared.in_flight.len();
+        let deadline = Instant::now() + self.shutdown_timeout;
+        while !self.shared.in_flight.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.registry.stop("handler_dispatch").await;
+        self.registry.stop("lease_keeper").await;
+        self.registry.stop("completion_processor").await;
+        let released = self.release_leases().await;
+        self.registry.stop_all().await;
+        self.shared.running.store(false, Ordering::Relaxed);
+        self.shared.pool.close().await;
+        let report = ShutdownReport {
+            finished: before.saturating_sub(released),
+            released,
+        };
+        tracing::info!(worker_id = %self.shared.worker_id, finished = report.finished, released = report.released, "worker stopped");
+        Ok(report)
+    }
+
+    /// Makes every in-flight message visible again at once.
+    async fn release_leases(&self) -> usize {
+        let mut released = 0;
+        for (queue, msg_ids) in self.shared.in_flight.by_queue() {
+            match client::set_vt(&self.shared.pool, &queue, &msg_ids, 0).await {
+                Ok(ids) => released += ids.len(),
+                Err(err) => {
+                    tracing::warn!(error = %err, %queue, "releasing leases failed; they lapse after {} s", self.visibility_timeout_seconds)
+                }
+            }
+        }
+        WorkerCounters::add(&self.shared.counters.leases_released, released);
+        self.shared.in_flight.clear();
+        released
+    }
+}
+
+async fn ensure_schema(pool: &PgPool) -> TaskerResult<()> {
+    let ready: bool = sqlx::query_scalar(
+        "SELECT to_regprocedure('tasker.pgmq_send_with_notify(text, jsonb, integer)') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    if ready {
+        Ok(())
+    } else {
+        Err(TaskerError::Migration(
+            "the database has no tasker schema; run TaskerWorker::Database.migrate! (or bin/setup) first"
+                .into(),
+        ))
+    }
+}

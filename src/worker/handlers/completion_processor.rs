@@ -1,0 +1,305 @@
+//! `CompletionProcessorService`: commits results. It owns:
+//! 1. group commit: it takes every result waiting in the completion channel (up to
+//!    `completion_batch_size`) and commits them in ONE transaction;
+//! 2. in that transaction, per result: check the claim token is still the step's current
+//!    transition, move the step to `enqueued_for_orchestration` (or `..._as_error_...`), write
+//!    `workflow_steps.results`, send the StepMessage to `orchestration_step_results` with
+//!    notify, and archive the worker message — all or nothing;
+//! 3. after COMMIT only: release capacity and call the post-handler callback;
+//! 4. stale results (the step was reclaimed meanwhile) are discarded and counted, and do not
+//!    archive anything.
+//!
+//! When a batch fails it is retried one result at a time, so one bad result cannot block the
+//! others. A result the database rejects as data (e.g. a NUL character in a string) becomes
+//! an `invalid_result` failure. A result that still cannot be committed is dropped: its lease
+//! is no longer renewed, so the step is re-run after the lease lapses.
+
+use crate::error::{TaskerError, TaskerResult};
+use crate::messaging::{
+    self, ExecutionTiming, StepExecutionResult, StepFailure, StepMessage, STEP_RESULTS_QUEUE,
+};
+use crate::worker::actors::messages::StepCompletion;
+use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
+use crate::worker::in_flight::InFlight;
+use crate::worker::stats::WorkerCounters;
+use serde_json::json;
+use sqlx::{PgPool, Row};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+const LOCK_STEPS_SQL: &str = "SELECT workflow_step_uuid FROM tasker.workflow_steps \
+     WHERE workflow_step_uuid = ANY($1) ORDER BY workflow_step_uuid FOR UPDATE";
+
+const RETIRE_CLAIMS_SQL: &str =
+    "UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now() \
+     WHERE workflow_step_transition_uuid = ANY($1) AND most_recent \
+     RETURNING workflow_step_transition_uuid, sort_key";
+
+const RECORD_RESULTS_SQL: &str = r#"
+WITH c AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
+        AS c(transition_uuid, step_uuid, to_state, sort_key, metadata, results)
+), inserted AS (
+    INSERT INTO tasker.workflow_step_transitions
+        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
+    SELECT transition_uuid, step_uuid, 'in_progress', to_state, metadata, sort_key + 1, true FROM c
+)
+UPDATE tasker.workflow_steps s
+   SET results = c.results, in_process = false, updated_at = now()
+  FROM c
+ WHERE s.workflow_step_uuid = c.step_uuid
+"#;
+
+const SEND_RESULTS_SQL: &str = "SELECT tasker.pgmq_send_with_notify($1, m, 0) FROM unnest($2::jsonb[]) AS m";
+
+/// Retry pauses for a result that failed to commit on its own, before it is dropped.
+const SINGLE_RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
+
+pub struct CompletionProcessorService {
+    pool: PgPool,
+    batch_size: usize,
+    worker_id: Arc<str>,
+    in_flight: Arc<InFlight>,
+    counters: Arc<WorkerCounters>,
+    callback: Arc<dyn PostHandlerCallback>,
+    events_enabled: Arc<AtomicBool>,
+}
+
+/// What one commit did with each result.
+struct CommitOutcome {
+    committed: Vec<StepCompletion>,
+    stale: Vec<StepCompletion>,
+}
+
+impl CompletionProcessorService {
+    pub fn new(
+        pool: PgPool,
+        batch_size: usize,
+        worker_id: Arc<str>,
+        in_flight: Arc<InFlight>,
+        counters: Arc<WorkerCounters>,
+        callback: Arc<dyn PostHandlerCallback>,
+        events_enabled: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            pool,
+            batch_size,
+            worker_id,
+            in_flight,
+            counters,
+            callback,
+            events_enabled,
+        }
+    }
+
+    /// Runs until every sender of the completion channel is gone and it is drained.
+    pub async fn run(self, mut completion_rx: mpsc::Receiver<StepCompletion>) {
+        while let Some(first) = completion_rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < self.batch_size {
+                match completion_rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+    }
+
+    async fn process(&self, batch: Vec<StepCompletion>) {
+        if batch.len() == 1 {
+            let only = batch.into_iter().next().expect("one");
+            return self.process_single(only).await;
+        }
+        let size = batch.len();
+        match commit(&self.pool, &self.worker_id, &batch).await {
+            Ok(committed) => self.finish(split(batch, &committed)),
+            Err(err) => {
+                tracing::warn!(error = %err, size, "completion batch failed; committing its results one at a time");
+                for completion in batch {
+                    self.process_single(completion).await;
+                }
+            }
+        }
+    }
+
+    async fn process_single(&self, mut completion: StepCompletion) {
+        let mut converted = false;
+        for (attempt, delay) in std::iter::once(None)
+            .chain(SINGLE_RETRY_DELAYS.iter().map(Some))
+            .enumerate()
+        {
+            if let Some(delay) = delay {
+                tokio::time::sleep(*delay).await;
+            }
+            let one = std::slice::from_ref(&completion);
+            match commit(&self.pool, &self.worker_id, one).await {
+                Ok(committed) => return self.finish(split(vec![completion], &committed)),
+                Err(err) if is_data_error(&err) && !converted => {
+                    tracing::warn!(error = %err, step_uuid = %completion.claim.step_uuid, "the database rejected a result; storing an invalid_result failure instead");
+                    completion.result = invalid_result(&completion, &self.worker_id, &err);
+                    converted = true;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, attempt, step_uuid = %completion.claim.step_uuid, "committing a result failed");
+                }
+            }
+        }
+        tracing::error!(step_uuid = %completion.claim.step_uuid, "giving up on committing a result; the step will be re-run after its lease lapses");
+        WorkerCounters::add(&self.counters.completion_failures, 1);
+        self.in_flight.remove(&completion.claim.token);
+    }
+
+    fn finish(&self, outcome: CommitOutcome) {
+        WorkerCounters::add(&self.counters.commit_batches, 1);
+        WorkerCounters::add(&self.counters.stale_completions, outcome.stale.len());
+        for stale in outcome.stale {
+            tracing::info!(step_uuid = %stale.claim.step_uuid, token = %stale.claim.token, "discarded a stale result: the step was reclaimed");
+            self.in_flight.remove(&stale.claim.token);
+        }
+        let events = self.events_enabled.load(Ordering::Relaxed);
+        for done in outcome.committed {
+            let counter = if done.result.success {
+                &self.counters.succeeded
+            } else {
+                &self.counters.failed
+            };
+            WorkerCounters::add(counter, 1);
+            self.in_flight.remove(&done.claim.token);
+            if events {
+                self.callback
+                    .on_handler_complete(&done.context, &done.result, &self.worker_id);
+            }
+            drop(done.permit);
+        }
+    }
+}
+
+fn split(batch: Vec<StepCompletion>, committed: &HashSet<Uuid>) -> CommitOutcome {
+    let (committed, stale) = batch
+        .into_iter()
+        .partition(|c| committed.contains(&c.claim.token));
+    CommitOutcome { committed, stale }
+}
+
+/// One transaction for the whole batch. Returns the claim tokens whose results committed;
+/// the others were stale.
+pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) -> TaskerResult<HashSet<Uuid>> {
+    let mut step_uuids: Vec<Uuid> = batch.iter().map(|c| c.claim.step_uuid).collect();
+    step_uuids.sort();
+    let tokens: Vec<Uuid> = batch.iter().map(|c| c.claim.token).collect();
+
+    let mut tx = pool.begin().await?;
+    sqlx::query(LOCK_STEPS_SQL)
+        .bind(&step_uuids)
+        .execute(&mut *tx)
+        .await?;
+    let current = sqlx::query(RETIRE_CLAIMS_SQL)
+        .bind(&tokens)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut sort_keys = std::collections::HashMap::with_capacity(current.len());
+    for row in current {
+        sort_keys.insert(row.try_get::<Uuid, _>(0)?, row.try_get::<i32, _>(1)?);
+    }
+    if sort_keys.is_empty() {
+        tx.rollback().await?;
+        return Ok(HashSet::new());
+    }
+
+    let live: Vec<&StepCompletion> = batch
+        .iter()
+        .filter(|c| sort_keys.contains_key(&c.claim.token))
+        .collect();
+    let mut columns = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let mut orchestration_messages = Vec::with_capacity(live.len());
+    let mut archive: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for c in &live {
+        let to_state = if c.result.success {
+            "enqueued_for_orchestration"
+        } else {
+            "enqueued_as_error_for_orchestration"
+        };
+        columns.0.push(Uuid::now_v7());
+        columns.1.push(c.claim.step_uuid);
+        columns.2.push(to_state);
+        columns.3.push(sort_keys[&c.claim.token]);
+        columns.4.push(json!({
+            "event": if c.result.success { "enqueue_for_orchestration" } else { "enqueue_as_error_for_orchestration" },
+            "worker_id": worker_id,
+            "claim": c.claim.token,
+            "success": c.result.success,
+            "execution_time_ms": c.result.metadata.execution_time_ms,
+            "timestamp": chrono::Utc::now(),
+        }));
+        columns.5.push(serde_json::to_value(&c.result)?);
+        orchestration_messages.push(serde_json::to_value(StepMessage {
+            task_uuid: c.claim.task_uuid,
+            step_uuid: c.claim.step_uuid,
+            correlation_id: c.context.correlation_id,
+        })?);
+        archive
+            .entry(&c.claim.queue_name)
+            .or_default()
+            .push(c.claim.msg_id);
+    }
+    sqlx::query(RECORD_RESULTS_SQL)
+        .bind(&columns.0)
+        .bind(&columns.1)
+        .bind(&columns.2)
+        .bind(&columns.3)
+        .bind(&columns.4)
+        .bind(&columns.5)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(SEND_RESULTS_SQL)
+        .bind(STEP_RESULTS_QUEUE)
+        .bind(&orchestration_messages)
+        .execute(&mut *tx)
+        .await?;
+    for (queue_name, msg_ids) in &archive {
+        messaging::client::archive(&mut *tx, queue_name, msg_ids).await?;
+    }
+    tx.commit().await?;
+    Ok(sort_keys.into_keys().collect())
+}
+
+/// Class 22 (data exception), e.g. a string PostgreSQL cannot store in jsonb.
+fn is_data_error(err: &TaskerError) -> bool {
+    match err {
+        TaskerError::Database(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|code| code.starts_with("22"))
+        }
+        _ => false,
+    }
+}
+
+fn invalid_result(completion: &StepCompletion, worker_id: &str, err: &TaskerError) -> StepExecutionResult {
+    let metadata = &completion.result.metadata;
+    let timing = ExecutionTiming {
+        started_at: metadata.started_at.unwrap_or(metadata.completed_at),
+        completed_at: metadata.completed_at,
+        worker_id: worker_id.to_string(),
+    };
+    let failure = StepFailure::new(
+        "invalid_result",
+        format!("the handler's result could not be stored: {err}"),
+        false,
+    );
+    StepExecutionResult::failure(completion.claim.step_uuid, failure, &timing)
+}

@@ -1,0 +1,155 @@
+//! `HandlerDispatchService`: runs Rust handlers. It owns:
+//! 1. taking claimed steps off the dispatch channel and spawning one task each (it never
+//!    waits for a handler before taking the next step);
+//! 2. the handler timeout, and catching panics (a panicking handler is a failure result);
+//! 3. sending every outcome, success or failure, to the completion channel.
+//!
+//! Concurrency is bounded by the capacity permit each message carries (taken before its
+//! step was read, released after its result commits), so no second semaphore is needed here.
+
+use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
+use crate::worker::actors::messages::{DispatchHandlerMessage, StepCompletion};
+use crate::worker::handlers::traits::{StepHandlerRegistry, StepResult};
+use crate::worker::step_context::StepContext;
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+pub struct HandlerDispatchService {
+    registry: Arc<dyn StepHandlerRegistry>,
+    handler_timeout: Duration,
+    completion_tx: mpsc::Sender<StepCompletion>,
+    worker_id: Arc<str>,
+}
+
+impl HandlerDispatchService {
+    pub fn new(
+        registry: Arc<dyn StepHandlerRegistry>,
+        handler_timeout: Duration,
+        completion_tx: mpsc::Sender<StepCompletion>,
+        worker_id: Arc<str>,
+    ) -> Self {
+        Self {
+            registry,
+            handler_timeout,
+            completion_tx,
+            worker_id,
+        }
+    }
+
+    /// Runs until the dispatch channel closes. Handler tasks live in a `JoinSet`, so they are
+    /// aborted if this task is.
+    pub async fn run(self, mut dispatch_rx: mpsc::Receiver<DispatchHandlerMessage>) {
+        let this = Arc::new(self);
+        let mut running = JoinSet::new();
+        loop {
+            tokio::select! {
+                message = dispatch_rx.recv() => match message {
+                    Some(message) => { running.spawn(this.clone().execute(message)); }
+                    None => break,
+                },
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    async fn execute(self: Arc<Self>, message: DispatchHandlerMessage) {
+        let started_at = Utc::now();
+        let context = message.context.clone();
+        let outcome = self.run_handler(&context).await;
+        let timing = ExecutionTiming {
+            started_at,
+            completed_at: Utc::now(),
+            worker_id: self.worker_id.to_string(),
+        };
+        let result = match outcome {
+            Ok(success) => {
+                StepExecutionResult::success(context.step_uuid, success.result, success.metadata, &timing)
+            }
+            Err(failure) => StepExecutionResult::failure(context.step_uuid, failure, &timing),
+        };
+        let completion = StepCompletion {
+            claim: message.claim,
+            context,
+            result,
+            permit: Some(message.permit),
+        };
+        if let Err(unsent) = self.completion_tx.send(completion).await {
+            // Shutting down: the lease lapses and another worker re-runs the step.
+            tracing::warn!(step_uuid = %unsent.0.claim.step_uuid, "completion channel closed; result not committed");
+        }
+    }
+
+    /// Runs the step's handler in its own task so a panic or a timeout is contained.
+    async fn run_handler(&self, context: &Arc<StepContext>) -> StepResult {
+        let callable = &context.handler.callable;
+        let Some(handler) = self.registry.get_handler(callable) else {
+            return Err(StepFailure::new(
+                "handler_not_found",
+                format!("no handler is registered for {callable:?}"),
+                false,
+            )
+            .with_context("handler_name", callable.as_str()));
+        };
+        let timeout = handler_timeout(context, self.handler_timeout);
+        let task_context = context.clone();
+        let mut task = tokio::spawn(async move { handler.handle(&task_context).await });
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(Ok(success))) => Ok(success),
+            Ok(Ok(Err(mut failure))) => {
+                if failure.error_type.is_empty() {
+                    failure.error_type = "handler_error".into();
+                }
+                if failure.message.is_empty() {
+                    failure.message = format!("handler {callable:?} failed without a message");
+                }
+                Err(failure.with_context("handler_name", callable.as_str()))
+            }
+            Ok(Err(join_error)) => {
+                let message = match join_error.try_into_panic() {
+                    Ok(payload) => format!(
+                        "handler {callable:?} panicked: {}",
+                        panic_message(payload.as_ref())
+                    ),
+                    Err(_) => format!("handler {callable:?} was cancelled"),
+                };
+                Err(StepFailure::new("handler_panic", message, false)
+                    .with_context("handler_name", callable.as_str()))
+            }
+            Err(_elapsed) => {
+                task.abort();
+                Err(StepFailure::new(
+                    "handler_timeout",
+                    format!(
+                        "handler {callable:?} did not finish within {} ms",
+                        timeout.as_millis()
+                    ),
+                    true,
+                )
+                .with_context("handler_name", callable.as_str())
+                .with_context("timeout_ms", timeout.as_millis() as u64))
+            }
+        }
+    }
+}
+
+/// The step template's `timeout_seconds` when set, else the worker's `handler_timeout_ms`.
+pub fn handler_timeout(context: &StepContext, default: Duration) -> Duration {
+    context
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(default)
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,4 @@
+pub mod completion_processor;
+pub mod dispatch_service;
+pub mod domain_event_callback;
+pub mod traits;

@@ -1,0 +1,114 @@
+//! Reads the `StepContext` of a batch of steps in one query: the task, its template's step
+//! definition (from `named_tasks.configuration`) and the results of all ancestor steps.
+//! A step that cannot be hydrated gets a reason; its message is retried and, past
+//! `max_delivery_attempts`, dead-lettered.
+
+use crate::error::TaskerResult;
+use crate::messaging::StepMessage;
+use crate::worker::step_context::{HandlerSpec, StepContext};
+use serde_json::{Map, Value};
+use sqlx::{PgPool, Row};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+const HYDRATE_SQL: &str = r#"
+SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, ws.attempts, ws.max_attempts, ws.retryable,
+       ns.name AS step_name, t.context, t.correlation_id,
+       nt.name AS task_name, nt.version AS task_version, tn.name AS namespace,
+       (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
+         WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
+         LIMIT 1) AS step_definition,
+       (WITH RECURSIVE ancestors(step_uuid) AS (
+            SELECT e.from_step_uuid FROM tasker.workflow_step_edges e WHERE e.to_step_uuid = ws.workflow_step_uuid
+            UNION
+            SELECT e.from_step_uuid FROM tasker.workflow_step_edges e JOIN ancestors a ON e.to_step_uuid = a.step_uuid)
+        SELECT jsonb_object_agg(ans.name, aws.results)
+          FROM ancestors a
+          JOIN tasker.workflow_steps aws ON aws.workflow_step_uuid = a.step_uuid
+          JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
+         WHERE aws.results IS NOT NULL) AS dependency_results
+  FROM tasker.workflow_steps ws
+  JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+  JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
+  JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+  JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
+ WHERE ws.workflow_step_uuid = ANY($1)
+"#;
+
+/// Hydrates every message's step. The map holds, per step uuid, the context or the reason
+/// it could not be built.
+pub async fn hydrate(
+    pool: &PgPool,
+    messages: &[StepMessage],
+) -> TaskerResult<HashMap<Uuid, Result<StepContext, String>>> {
+    let step_uuids: Vec<Uuid> = messages.iter().map(|m| m.step_uuid).collect();
+    let rows = sqlx::query(HYDRATE_SQL).bind(&step_uuids).fetch_all(pool).await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let step_uuid: Uuid = row.try_get("workflow_step_uuid")?;
+        found.insert(step_uuid, row);
+    }
+    let mut out = HashMap::with_capacity(messages.len());
+    for message in messages {
+        let outcome = match found.get(&message.step_uuid) {
+            None => Err(format!("step {} does not exist", message.step_uuid)),
+            Some(row) => context_from_row(row, message),
+        };
+        out.insert(message.step_uuid, outcome);
+    }
+    Ok(out)
+}
+
+fn context_from_row(row: &sqlx::postgres::PgRow, message: &StepMessage) -> Result<StepContext, String> {
+    let get = |e: sqlx::Error| format!("reading step {}: {e}", message.step_uuid);
+    let task_uuid: Uuid = row.try_get("task_uuid").map_err(get)?;
+    if task_uuid != message.task_uuid {
+        return Err(format!(
+            "step {} belongs to task {task_uuid}, not {}",
+            message.step_uuid, message.task_uuid
+        ));
+    }
+    let step_name: String = row.try_get("step_name").map_err(get)?;
+    let task_name: String = row.try_get("task_name").map_err(get)?;
+    let step_definition: Option<Value> = row.try_get("step_definition").map_err(get)?;
+    let step_definition = step_definition
+        .ok_or_else(|| format!("the template of task {task_name:?} has no step named {step_name:?}"))?;
+    let handler: HandlerSpec = step_definition
+        .get("handler")
+        .cloned()
+        .ok_or_else(|| format!("step {step_name:?} of template {task_name:?} has no handler"))
+        .and_then(|h| {
+            serde_json::from_value(h)
+                .map_err(|e| format!("step {step_name:?} of template {task_name:?}: bad handler: {e}"))
+        })?;
+    let dependency_results: Option<Value> = row.try_get("dependency_results").map_err(get)?;
+    let dependency_results = match dependency_results {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let timeout_seconds = step_definition.get("timeout_seconds").and_then(Value::as_u64);
+    Ok(StepContext {
+        task_uuid,
+        step_uuid: message.step_uuid,
+        correlation_id: row.try_get("correlation_id").map_err(get)?,
+        namespace: row.try_get("namespace").map_err(get)?,
+        task_name,
+        task_version: row.try_get("task_version").map_err(get)?,
+        step_name,
+        task_context: row
+            .try_get::<Option<Value>, _>("context")
+            .map_err(get)?
+            .unwrap_or(Value::Null),
+        inputs: row
+            .try_get::<Option<Value>, _>("inputs")
+            .map_err(get)?
+            .unwrap_or(Value::Null),
+        handler,
+        dependency_results,
+        attempts: row.try_get("attempts").map_err(get)?,
+        max_attempts: row.try_get("max_attempts").map_err(get)?,
+        retryable: row.try_get("retryable").map_err(get)?,
+        timeout_seconds,
+        step_definition,
+    })
+}

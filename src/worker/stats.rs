@@ -35,6 +35,7 @@ counters! {
     polls: "Fallback poller wake-ups.",
     listener_reconnects: "Times the LISTEN connection was re-established.",
     commit_batches: "Completion transactions committed.",
+    commit_failures: "Completion transactions that failed and were retried.",
     leases_renewed: "Message leases extended while their handlers ran.",
     leases_released: "Leases given back at shutdown so other workers take the steps at once.",
 }

@@ -60,7 +60,8 @@ const LOCK_STEPS_SQL: &str = "SELECT workflow_step_uuid FROM tasker.workflow_ste
 
 const DECIDE_SQL: &str = r#"
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS i(step_uuid, msg_id)
+    SELECT i.*, row_number() OVER (PARTITION BY i.step_uuid ORDER BY i.msg_id) AS nth
+      FROM unnest($1::uuid[], $2::bigint[]) AS i(step_uuid, msg_id)
 ), cur AS (
     SELECT t.workflow_step_uuid, t.workflow_step_transition_uuid, t.to_state, t.sort_key, t.metadata
       FROM tasker.workflow_step_transitions t
@@ -68,7 +69,7 @@ WITH input AS (
 ), decided AS (
     SELECT i.step_uuid, i.msg_id, c.workflow_step_transition_uuid AS prev_uuid, c.to_state, c.sort_key,
            CASE WHEN c.to_state IS NULL THEN 'missing'
-                WHEN c.to_state IN ('pending', 'enqueued') THEN 'claim'
+                WHEN c.to_state IN ('pending', 'enqueued') AND i.nth = 1 THEN 'claim'
                 WHEN c.to_state = 'in_progress'
                      AND c.metadata ->> 'queue_name' = $3
                      AND c.metadata ->> 'msg_id' = i.msg_id::text THEN 'reclaim'
@@ -79,7 +80,7 @@ WITH input AS (
       FROM decided d
      WHERE d.action IN ('claim', 'reclaim') AND t.workflow_step_transition_uuid = d.prev_uuid
 )
-SELECT step_uuid, prev_uuid, to_state, sort_key, action FROM decided
+SELECT step_uuid, msg_id, prev_uuid, to_state, sort_key, action FROM decided
 "#;
 
 const INSERT_CLAIMS_SQL: &str = r#"
@@ -99,30 +100,24 @@ RETURNING s.workflow_step_uuid, s.attempts
 "#;
 
 /// Claims a batch of messages read from `queue_name`, in one transaction. The outcomes are
-/// in the order of `requests`. Two requests for one step: the first decides, the others come
-/// back `Missing` (left under their lease; a later read sorts them out).
+/// in the order of `requests`. Several messages for one step in a batch: at most one claims
+/// (the lowest id, or the one the current claim was made through); the others are duplicates.
 pub async fn claim_batch(
     pool: &PgPool,
     queue_name: &Arc<str>,
     worker_id: &str,
     requests: &[ClaimRequest],
 ) -> TaskerResult<Vec<ClaimOutcome>> {
-    let mut seen = HashMap::new();
-    for (i, r) in requests.iter().enumerate() {
-        seen.entry(r.message.step_uuid).or_insert(i);
-    }
-    let firsts: Vec<&ClaimRequest> = requests
-        .iter()
-        .enumerate()
-        .filter(|(i, r)| seen[&r.message.step_uuid] == *i)
-        .map(|(_, r)| r)
-        .collect();
-    let step_uuids: Vec<Uuid> = firsts.iter().map(|r| r.message.step_uuid).collect();
-    let msg_ids: Vec<i64> = firsts.iter().map(|r| r.msg_id).collect();
+    let mut step_uuids: Vec<Uuid> = requests.iter().map(|r| r.message.step_uuid).collect();
+    let msg_ids: Vec<i64> = requests.iter().map(|r| r.msg_id).collect();
+    let by_msg: HashMap<i64, &ClaimRequest> = requests.iter().map(|r| (r.msg_id, r)).collect();
 
     let mut tx = pool.begin().await?;
+    let mut lock_order = step_uuids.clone();
+    lock_order.sort();
+    lock_order.dedup();
     sqlx::query(LOCK_STEPS_SQL)
-        .bind(&step_uuids)
+        .bind(&lock_order)
         .execute(&mut *tx)
         .await?;
     let decisions = sqlx::query(DECIDE_SQL)
@@ -131,79 +126,75 @@ pub async fn claim_batch(
         .bind(queue_name.as_ref())
         .fetch_all(&mut *tx)
         .await?;
+    step_uuids.clear();
 
-    let mut by_step: HashMap<Uuid, ClaimOutcome> = HashMap::with_capacity(decisions.len());
-    let (mut tokens, mut claim_steps, mut from_states, mut sort_keys, mut metadata) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut outcomes: HashMap<i64, ClaimOutcome> = HashMap::with_capacity(decisions.len());
+    let (mut tokens, mut from_states, mut sort_keys, mut metadata) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut duplicate_msg_ids = Vec::new();
     for row in &decisions {
-        let step_uuid: Uuid = row.try_get("step_uuid")?;
+        let msg_id: i64 = row.try_get("msg_id")?;
         let action: String = row.try_get("action")?;
         let state: Option<String> = row.try_get("to_state")?;
-        let request = firsts[step_uuids
-            .iter()
-            .position(|s| *s == step_uuid)
-            .unwrap_or_default()];
-        match action.as_str() {
+        let Some(request) = by_msg.get(&msg_id) else {
+            continue;
+        };
+        let outcome = match action.as_str() {
             "claim" | "reclaim" => {
                 let token = Uuid::now_v7();
                 let prev: Uuid = row.try_get("prev_uuid")?;
                 let reclaimed_from = (action == "reclaim").then_some(prev);
                 tokens.push(token);
-                claim_steps.push(step_uuid);
+                step_uuids.push(request.message.step_uuid);
                 from_states.push(state.unwrap_or_default());
                 sort_keys.push(row.try_get::<i32, _>("sort_key")?);
                 metadata.push(json!({
                     "event": if reclaimed_from.is_some() { "reclaim" } else { "start" },
                     "worker_id": worker_id,
                     "queue_name": queue_name.as_ref(),
-                    "msg_id": request.msg_id.to_string(),
+                    "msg_id": msg_id.to_string(),
                     "correlation_id": request.message.correlation_id,
                     "reclaimed_from": reclaimed_from,
                     "timestamp": chrono::Utc::now(),
                 }));
-                by_step.insert(
-                    step_uuid,
-                    ClaimOutcome::Claimed(Claim {
-                        token,
-                        step_uuid,
-                        task_uuid: request.message.task_uuid,
-                        correlation_id: request.message.correlation_id,
-                        queue_name: queue_name.clone(),
-                        msg_id: request.msg_id,
-                        attempts: 0,
-                        reclaimed_from,
-                    }),
-                );
+                ClaimOutcome::Claimed(Claim {
+                    token,
+                    step_uuid: request.message.step_uuid,
+                    task_uuid: request.message.task_uuid,
+                    correlation_id: request.message.correlation_id,
+                    queue_name: queue_name.clone(),
+                    msg_id,
+                    attempts: 0,
+                    reclaimed_from,
+                })
             }
             "duplicate" => {
-                duplicate_msg_ids.push(request.msg_id);
-                by_step.insert(
-                    step_uuid,
-                    ClaimOutcome::Duplicate {
-                        state: state.unwrap_or_default(),
-                    },
-                );
+                duplicate_msg_ids.push(msg_id);
+                ClaimOutcome::Duplicate {
+                    state: state.unwrap_or_default(),
+                }
             }
-            _ => {
-                by_step.insert(step_uuid, ClaimOutcome::Missing);
-            }
-        }
+            _ => ClaimOutcome::Missing,
+        };
+        outcomes.insert(msg_id, outcome);
     }
 
     if !tokens.is_empty() {
         let attempts = sqlx::query(INSERT_CLAIMS_SQL)
             .bind(&tokens)
-            .bind(&claim_steps)
+            .bind(&step_uuids)
             .bind(&from_states)
             .bind(&sort_keys)
             .bind(&metadata)
             .fetch_all(&mut *tx)
             .await?;
-        for row in attempts {
-            let step_uuid: Uuid = row.try_get("workflow_step_uuid")?;
-            if let Some(ClaimOutcome::Claimed(claim)) = by_step.get_mut(&step_uuid) {
-                claim.attempts = row.try_get("attempts")?;
+        let attempts: HashMap<Uuid, i32> = attempts
+            .iter()
+            .map(|row| Ok((row.try_get("workflow_step_uuid")?, row.try_get("attempts")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        for outcome in outcomes.values_mut() {
+            if let ClaimOutcome::Claimed(claim) = outcome {
+                claim.attempts = attempts.get(&claim.step_uuid).copied().unwrap_or_default();
             }
         }
     }
@@ -214,15 +205,6 @@ pub async fn claim_batch(
 
     Ok(requests
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            if seen[&r.message.step_uuid] == i {
-                by_step
-                    .remove(&r.message.step_uuid)
-                    .unwrap_or(ClaimOutcome::Missing)
-            } else {
-                ClaimOutcome::Missing
-            }
-        })
+        .map(|r| outcomes.remove(&r.msg_id).unwrap_or(ClaimOutcome::Missing))
         .collect())
 }

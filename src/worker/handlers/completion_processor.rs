@@ -123,6 +123,7 @@ impl CompletionProcessorService {
         match commit(&self.pool, &self.worker_id, &batch).await {
             Ok(committed) => self.finish(split(batch, &committed)),
             Err(err) => {
+                WorkerCounters::add(&self.counters.commit_failures, 1);
                 tracing::warn!(error = %err, size, "completion batch failed; committing its results one at a time");
                 for completion in batch {
                     self.process_single(completion).await;
@@ -141,7 +142,11 @@ impl CompletionProcessorService {
                 tokio::time::sleep(*delay).await;
             }
             let one = std::slice::from_ref(&completion);
-            match commit(&self.pool, &self.worker_id, one).await {
+            let outcome = commit(&self.pool, &self.worker_id, one).await;
+            if outcome.is_err() {
+                WorkerCounters::add(&self.counters.commit_failures, 1);
+            }
+            match outcome {
                 Ok(committed) => return self.finish(split(vec![completion], &committed)),
                 Err(err) if is_data_error(&err) && !converted => {
                     tracing::warn!(error = %err, step_uuid = %completion.claim.step_uuid, "the database rejected a result; storing an invalid_result failure instead");

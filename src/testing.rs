@@ -107,20 +107,6 @@ fn replace_database(url: &str, name: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replace_database_keeps_the_rest() {
-        use super::replace_database;
-        assert_eq!(replace_database("postgres://u@h:1/a", "b"), "postgres://u@h:1/b");
-        assert_eq!(
-            replace_database("postgres://u@h:1/a?sslmode=disable", "b"),
-            "postgres://u@h:1/b?sslmode=disable"
-        );
-        assert_eq!(replace_database("postgres://u@h:1", "b"), "postgres://u@h:1/b");
-    }
-}
-
 /// A task and its steps, inserted directly (the embedded orchestrator comes later): a
 /// template in `named_tasks.configuration`, the task, one row per step with a `pending`
 /// transition, and the dependency edges.
@@ -381,5 +367,19 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replace_database_keeps_the_rest() {
+        use super::replace_database;
+        assert_eq!(replace_database("postgres://u@h:1/a", "b"), "postgres://u@h:1/b");
+        assert_eq!(
+            replace_database("postgres://u@h:1/a?sslmode=disable", "b"),
+            "postgres://u@h:1/b?sslmode=disable"
+        );
+        assert_eq!(replace_database("postgres://u@h:1", "b"), "postgres://u@h:1/b");
     }
 }

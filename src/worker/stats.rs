@@ -31,6 +31,7 @@ counters! {
     hydration_failures: "Reads of messages whose step could not be hydrated.",
     completion_failures: "Results that could not be committed; their steps are re-run after the lease.",
     messages_read: "Messages read from the worker queues.",
+    read_batches: "Reads that returned at least one message.",
     notifications: "NOTIFY wake-ups received.",
     polls: "Fallback poller wake-ups.",
     listener_reconnects: "Times the LISTEN connection was re-established.",

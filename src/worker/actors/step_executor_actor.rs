@@ -93,6 +93,7 @@ impl StepExecutorActor {
                     Ok(messages) => {
                         read_any = true;
                         WorkerCounters::add(&self.counters.messages_read, messages.len());
+                        WorkerCounters::add(&self.counters.read_batches, 1);
                         let take = permits.split_off(permits.len() - messages.len());
                         if let Err(err) = self.process(&queue, messages, take).await {
                             tracing::warn!(error = %err, queue = %queue, "claiming a batch failed; its messages return after their lease");

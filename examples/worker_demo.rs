@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("done");
 
     let started = Instant::now();
-    let (core, _) = WorkerCore::start(config, DispatchMode::Rust(registry)).await?;
+    let core = WorkerCore::start(config, DispatchMode::Rust(registry)).await?;
     let total = (STEPS + 2) as u64;
     loop {
         let status = core.status().await?;

@@ -25,7 +25,7 @@ async fn run_ten(config: TaskerConfig, db: &TestDatabase) -> WorkerStatus {
     }
     let registry = Arc::new(InMemoryHandlerRegistry::new());
     registry.register("Noop", handler_fn(|_ctx| async { Ok(StepSuccess::default()) }));
-    let (core, _) = WorkerCore::start(config, DispatchMode::Rust(registry))
+    let core = WorkerCore::start(config, DispatchMode::Rust(registry))
         .await
         .unwrap();
     let status = wait_for("ten results", Duration::from_secs(20), || async {

@@ -19,7 +19,6 @@ async fn start(config: TaskerConfig, registry: Arc<InMemoryHandlerRegistry>) -> 
     WorkerCore::start(config, DispatchMode::Rust(registry))
         .await
         .expect("worker starts")
-        .0
 }
 
 fn echo_registry() -> Arc<InMemoryHandlerRegistry> {

@@ -15,8 +15,9 @@ use crate::database;
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging::{self, client, MessageClient, STEP_RESULTS_QUEUE};
 use crate::worker::actors::messages::WorkerCommand;
-use crate::worker::actors::registry::{DispatchHandles, DispatchMode, WorkerActorRegistry};
+use crate::worker::actors::registry::{DispatchMode, WorkerActorRegistry};
 use crate::worker::handlers::domain_event_callback::{NoopPostHandlerCallback, PostHandlerCallback};
+use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::in_flight::InFlight;
 use crate::worker::stats::{CounterSnapshot, WorkerCounters};
 use serde::Serialize;
@@ -92,12 +93,8 @@ pub struct WorkerCore {
 }
 
 impl WorkerCore {
-    /// Starts a worker. With `DispatchMode::External` the dispatch handles are returned for
-    /// the caller's dispatcher.
-    pub async fn start(
-        config: TaskerConfig,
-        dispatch: DispatchMode,
-    ) -> TaskerResult<(Self, Option<DispatchHandles>)> {
+    /// Starts a worker. With `DispatchMode::Ffi`, `ffi_channel()` is where threads pull steps.
+    pub async fn start(config: TaskerConfig, dispatch: DispatchMode) -> TaskerResult<Self> {
         Self::start_with_callback(config, dispatch, Arc::new(NoopPostHandlerCallback)).await
     }
 
@@ -105,7 +102,7 @@ impl WorkerCore {
         config: TaskerConfig,
         dispatch: DispatchMode,
         callback: Arc<dyn PostHandlerCallback>,
-    ) -> TaskerResult<(Self, Option<DispatchHandles>)> {
+    ) -> TaskerResult<Self> {
         let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
         ensure_schema(&pool).await?;
         let client = MessageClient::new(pool.clone());
@@ -136,7 +133,7 @@ impl WorkerCore {
             executor_busy: Arc::new(tokio::sync::Mutex::new(())),
             running: AtomicBool::new(true),
         });
-        let (registry, handles) = WorkerActorRegistry::start(&config, shared.clone(), dispatch, callback);
+        let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch, callback);
         tracing::info!(worker_id = %shared.worker_id, namespaces = ?shared.namespaces, capacity = max_in_flight, "worker started");
         let core = Self {
             shared,
@@ -144,7 +141,12 @@ impl WorkerCore {
             shutdown_timeout: config.worker.shutdown_timeout(),
             visibility_timeout_seconds: config.worker.visibility_timeout_seconds,
         };
-        Ok((core, handles))
+        Ok(core)
+    }
+
+    /// The pull channel, when started with `DispatchMode::Ffi`.
+    pub fn ffi_channel(&self) -> Option<&Arc<FfiDispatchChannel>> {
+        self.registry.ffi.as_ref()
     }
 
     pub fn worker_id(&self) -> &str {
@@ -192,6 +194,18 @@ impl WorkerCore {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.registry.stop("handler_dispatch").await;
+        if let Some(ffi) = &self.registry.ffi {
+            // Late completions are rejected from here on; their steps are released below.
+            ffi.stop();
+        }
+        self.registry.stop("ffi_dispatch").await;
+        self.registry.stop("ffi_monitor").await;
+        // Let results already handed over commit before the processor stops.
+        let drain_deadline = Instant::now() + Duration::from_secs(2);
+        let completion_tx = &self.registry.completion_tx;
+        while completion_tx.capacity() < completion_tx.max_capacity() && Instant::now() < drain_deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.registry.stop("lease_keeper").await;
         self.registry.stop("completion_processor").await;
         let released = self.release_leases().await;

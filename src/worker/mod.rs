@@ -16,7 +16,10 @@ pub mod step_claim;
 pub mod step_context;
 
 pub use self::core::{ShutdownReport, WorkerCore, WorkerStatus};
-pub use actors::registry::{DispatchHandles, DispatchMode};
+pub use actors::registry::DispatchMode;
+pub use handlers::ffi_dispatch_channel::{
+    CompletionRejected, FfiCompletion, FfiDispatchChannel, FfiDispatchMetrics, FfiStepEvent,
+};
 pub use handlers::traits::{
     handler_fn, InMemoryHandlerRegistry, StepHandler, StepHandlerRegistry, StepResult, StepSuccess,
 };

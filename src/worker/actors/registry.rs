@@ -4,13 +4,14 @@
 
 use crate::config::TaskerConfig;
 use crate::worker::actor_command_processor::ActorCommandProcessor;
-use crate::worker::actors::messages::{DispatchHandlerMessage, StepCompletion, WorkerCommand};
+use crate::worker::actors::messages::{StepCompletion, WorkerCommand};
 use crate::worker::actors::step_executor_actor::StepExecutorActor;
 use crate::worker::core::Shared;
 use crate::worker::event_systems::worker_event_system::WorkerEventSystem;
 use crate::worker::handlers::completion_processor::CompletionProcessorService;
 use crate::worker::handlers::dispatch_service::HandlerDispatchService;
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
+use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::handlers::traits::StepHandlerRegistry;
 use crate::worker::lease_keeper::LeaseKeeper;
 use std::sync::Arc;
@@ -21,15 +22,8 @@ use tokio::task::JoinHandle;
 pub enum DispatchMode {
     /// Rust handlers from a registry, run by the `HandlerDispatchService`.
     Rust(Arc<dyn StepHandlerRegistry>),
-    /// Someone else takes claimed steps off the dispatch channel (the FFI channel for Ruby)
-    /// and returns results on the completion channel.
-    External,
-}
-
-/// The ends of the channels that an `External` dispatcher uses.
-pub struct DispatchHandles {
-    pub dispatch_rx: mpsc::Receiver<DispatchHandlerMessage>,
-    pub completion_tx: mpsc::Sender<StepCompletion>,
+    /// Threads of another language pull claimed steps through an `FfiDispatchChannel`.
+    Ffi,
 }
 
 struct Actor {
@@ -41,23 +35,24 @@ pub struct WorkerActorRegistry {
     /// In start order.
     actors: Vec<Actor>,
     pub command_tx: mpsc::Sender<WorkerCommand>,
+    pub completion_tx: mpsc::Sender<StepCompletion>,
     pub wake: Arc<Notify>,
+    pub ffi: Option<Arc<FfiDispatchChannel>>,
 }
 
 impl WorkerActorRegistry {
-    /// Builds and starts every actor. Returns the dispatch handles when `dispatch` is
-    /// `External`.
+    /// Builds and starts every actor.
     pub fn start(
         config: &TaskerConfig,
         shared: Arc<Shared>,
         dispatch: DispatchMode,
         callback: Arc<dyn PostHandlerCallback>,
-    ) -> (Self, Option<DispatchHandles>) {
+    ) -> Self {
         let worker = &config.worker;
         let channels = &worker.mpsc_channels;
         let (dispatch_tx, dispatch_rx) = mpsc::channel(match dispatch {
             DispatchMode::Rust(_) => channels.handler_dispatch.dispatch_buffer_size,
-            DispatchMode::External => channels.ffi_dispatch.dispatch_buffer_size,
+            DispatchMode::Ffi => channels.ffi_dispatch.dispatch_buffer_size,
         });
         let (completion_tx, completion_rx) = mpsc::channel(channels.handler_dispatch.completion_buffer_size);
         let (command_tx, command_rx) = mpsc::channel(channels.handler_dispatch.dispatch_buffer_size);
@@ -84,7 +79,7 @@ impl WorkerActorRegistry {
         );
         spawn("completion_processor", Box::pin(completion.run(completion_rx)));
 
-        let external = match dispatch {
+        let ffi = match dispatch {
             DispatchMode::Rust(registry) => {
                 let service = HandlerDispatchService::new(
                     registry,
@@ -95,10 +90,19 @@ impl WorkerActorRegistry {
                 spawn("handler_dispatch", Box::pin(service.run(dispatch_rx)));
                 None
             }
-            DispatchMode::External => Some(DispatchHandles {
-                dispatch_rx,
-                completion_tx: completion_tx.clone(),
-            }),
+            DispatchMode::Ffi => {
+                let channel = Arc::new(FfiDispatchChannel::new(
+                    &channels.ffi_dispatch,
+                    completion_tx.clone(),
+                    shared.worker_id.clone(),
+                ));
+                spawn(
+                    "ffi_dispatch",
+                    Box::pin(channel.clone().run_forwarder(dispatch_rx)),
+                );
+                spawn("ffi_monitor", Box::pin(channel.clone().run_monitor()));
+                Some(channel)
+            }
         };
 
         let lease_keeper = LeaseKeeper {
@@ -129,7 +133,7 @@ impl WorkerActorRegistry {
         let processor = ActorCommandProcessor {
             shared: shared.clone(),
             wake: wake.clone(),
-            completion_tx,
+            completion_tx: completion_tx.clone(),
             from_messages_tx,
         };
         spawn("command_processor", Box::pin(processor.run(command_rx)));
@@ -144,14 +148,13 @@ impl WorkerActorRegistry {
         };
         spawn("worker_event_system", Box::pin(events.run()));
 
-        (
-            Self {
-                actors,
-                command_tx,
-                wake,
-            },
-            external,
-        )
+        Self {
+            actors,
+            command_tx,
+            completion_tx,
+            wake,
+            ffi,
+        }
     }
 
     /// Stops the named actor (aborting its task) and waits until it has stopped.

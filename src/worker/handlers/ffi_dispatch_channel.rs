@@ -1,0 +1,506 @@
+//! `FfiDispatchChannel`: the pull channel through which another language's threads (Ruby)
+//! run claimed steps. It owns:
+//! 1. `next_step(timeout)`: blocks the calling thread until a step is ready (a condition
+//!    variable, no sleep-and-poll), the timeout passes, or the channel stops;
+//! 2. `complete(event_id, completion)`: an event completes once; an unknown, late or duplicate
+//!    completion is rejected with a reason;
+//! 3. enforcing `completion_timeout_ms` (or the step's `timeout_seconds`) itself: an event
+//!    polled and not completed in time gets an `ffi_timeout` failure and its slot is freed;
+//! 4. starvation warnings: steps queued and not polled, and steps polled and not completed,
+//!    past `starvation_warning_threshold_ms` (rate-limited, with the number of threads
+//!    waiting in `next_step` and of handlers running).
+//!
+//! How many steps can be queued here is bounded by the worker's capacity permits: the
+//! executor claims only as many steps as there are slots, so nothing is claimed far ahead
+//! of the threads that will run it.
+//!
+//! The lock is a plain mutex held for queue and map operations only, never across I/O or an
+//! await; the callers are OS threads (Ruby threads with the GVL released).
+
+use crate::config::FfiDispatchConfig;
+use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
+use crate::worker::actors::messages::{DispatchHandlerMessage, StepCompletion};
+use crate::worker::step_context::StepContext;
+use chrono::{DateTime, Utc};
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// A step handed to a thread: its event id (the key for `complete`) and its context.
+#[derive(Debug, Clone)]
+pub struct FfiStepEvent {
+    pub event_id: Uuid,
+    pub context: Arc<StepContext>,
+}
+
+/// What the thread reports for an event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FfiCompletion {
+    pub success: bool,
+    #[serde(default)]
+    pub result: Value,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default)]
+    pub error: Option<FfiError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FfiError {
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub error_type: Option<String>,
+    #[serde(default = "retryable_by_default")]
+    pub retryable: bool,
+    #[serde(default)]
+    pub error_class: Option<String>,
+    #[serde(default)]
+    pub backtrace: Option<Vec<String>>,
+    #[serde(default)]
+    pub retry_after: Option<u32>,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub context: Map<String, Value>,
+}
+
+fn retryable_by_default() -> bool {
+    true
+}
+
+/// Why a completion was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompletionRejected {
+    #[error("event {0} was already completed")]
+    AlreadyCompleted(Uuid),
+    #[error("event {0} timed out before it was completed; the step got an ffi_timeout failure")]
+    TimedOut(Uuid),
+    #[error("event {0} was abandoned when the worker stopped; its step will be run again")]
+    Stopped(Uuid),
+    #[error("event {0} is not known to this worker")]
+    Unknown(Uuid),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FfiDispatchMetrics {
+    /// Claimed steps no thread has polled yet.
+    pub queued: usize,
+    pub oldest_queued_ms: Option<u64>,
+    /// Steps polled and not yet completed (handlers running).
+    pub running: usize,
+    pub oldest_running_ms: Option<u64>,
+    /// Threads blocked in `next_step` right now.
+    pub waiting_threads: usize,
+    pub polled: u64,
+    pub completed: u64,
+    pub timed_out: u64,
+    pub rejected_completions: u64,
+    pub starvation_warnings: u64,
+}
+
+struct Queued {
+    message: DispatchHandlerMessage,
+    queued_at: Instant,
+}
+
+struct Running {
+    message: DispatchHandlerMessage,
+    polled_at: Instant,
+    started_at: DateTime<Utc>,
+    deadline: Instant,
+}
+
+#[derive(Clone, Copy)]
+enum Finished {
+    Completed,
+    TimedOut,
+    Stopped,
+}
+
+/// Remembers how recent events ended, to explain a rejected completion. Bounded: the
+/// oldest entries are forgotten first (and then reported as unknown).
+struct FinishedLog {
+    order: VecDeque<Uuid>,
+    why: HashMap<Uuid, Finished>,
+}
+
+const FINISHED_LOG_SIZE: usize = 10_000;
+
+impl FinishedLog {
+    fn record(&mut self, event_id: Uuid, why: Finished) {
+        if self.order.len() == FINISHED_LOG_SIZE {
+            if let Some(old) = self.order.pop_front() {
+                self.why.remove(&old);
+            }
+        }
+        self.order.push_back(event_id);
+        self.why.insert(event_id, why);
+    }
+}
+
+struct State {
+    queued: VecDeque<Queued>,
+    running: HashMap<Uuid, Running>,
+    finished: FinishedLog,
+    waiting_threads: usize,
+    stopped: bool,
+    last_warning: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Counters {
+    polled: AtomicU64,
+    completed: AtomicU64,
+    timed_out: AtomicU64,
+    rejected: AtomicU64,
+    starvation_warnings: AtomicU64,
+}
+
+pub struct FfiDispatchChannel {
+    state: Mutex<State>,
+    ready: Condvar,
+    completion_tx: mpsc::Sender<StepCompletion>,
+    completion_timeout: Duration,
+    starvation_threshold: Duration,
+    worker_id: Arc<str>,
+    counters: Counters,
+}
+
+impl FfiDispatchChannel {
+    pub fn new(
+        config: &FfiDispatchConfig,
+        completion_tx: mpsc::Sender<StepCompletion>,
+        worker_id: Arc<str>,
+    ) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queued: VecDeque::new(),
+                running: HashMap::new(),
+                finished: FinishedLog {
+                    order: VecDeque::new(),
+                    why: HashMap::new(),
+                },
+                waiting_threads: 0,
+                stopped: false,
+                last_warning: None,
+            }),
+            ready: Condvar::new(),
+            completion_tx,
+            completion_timeout: config.completion_timeout(),
+            starvation_threshold: config.starvation_warning_threshold(),
+            worker_id,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Moves claimed steps from the dispatch channel into the queue threads poll. Runs until
+    /// the dispatch channel closes.
+    pub async fn run_forwarder(self: Arc<Self>, mut dispatch_rx: mpsc::Receiver<DispatchHandlerMessage>) {
+        while let Some(message) = dispatch_rx.recv().await {
+            let mut state = self.state.lock();
+            if state.stopped {
+                // Dropping the message releases its slot; its lease lapses and it is reclaimed.
+                continue;
+            }
+            state.queued.push_back(Queued {
+                message,
+                queued_at: Instant::now(),
+            });
+            drop(state);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Enforces completion timeouts and reports starvation, every `interval`.
+    pub async fn run_monitor(self: Arc<Self>) {
+        let interval =
+            (self.starvation_threshold / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.check_timeouts().await;
+            self.check_starvation();
+        }
+    }
+
+    /// Blocks until a step is ready (returns it), `timeout` passes, or the channel stops
+    /// (both return `None`).
+    pub fn next_step(&self, timeout: Duration) -> Option<FfiStepEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock();
+        state.waiting_threads += 1;
+        let event = loop {
+            if state.stopped {
+                break None;
+            }
+            if let Some(queued) = state.queued.pop_front() {
+                break Some(self.start_running(&mut state, queued.message));
+            }
+            if self.ready.wait_until(&mut state, deadline).timed_out() {
+                break state
+                    .queued
+                    .pop_front()
+                    .map(|q| self.start_running(&mut state, q.message));
+            }
+        };
+        state.waiting_threads -= 1;
+        event
+    }
+
+    fn start_running(&self, state: &mut State, message: DispatchHandlerMessage) -> FfiStepEvent {
+        let event = FfiStepEvent {
+            event_id: message.event_id,
+            context: message.context.clone(),
+        };
+        let timeout = message
+            .context
+            .timeout_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(self.completion_timeout);
+        let now = Instant::now();
+        state.running.insert(
+            message.event_id,
+            Running {
+                message,
+                polled_at: now,
+                started_at: Utc::now(),
+                deadline: now + timeout,
+            },
+        );
+        self.counters.polled.fetch_add(1, Ordering::Relaxed);
+        event
+    }
+
+    /// Accepts the outcome of a polled event and hands it to the completion processor.
+    pub fn complete(&self, event_id: Uuid, completion: FfiCompletion) -> Result<(), CompletionRejected> {
+        let running = {
+            let mut state = self.state.lock();
+            match state.running.remove(&event_id) {
+                Some(running) => {
+                    state.finished.record(event_id, Finished::Completed);
+                    running
+                }
+                None => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(match state.finished.why.get(&event_id) {
+                        Some(Finished::Completed) => CompletionRejected::AlreadyCompleted(event_id),
+                        Some(Finished::TimedOut) => CompletionRejected::TimedOut(event_id),
+                        Some(Finished::Stopped) => CompletionRejected::Stopped(event_id),
+                        None => CompletionRejected::Unknown(event_id),
+                    });
+                }
+            }
+        };
+        let timing = ExecutionTiming {
+            started_at: running.started_at,
+            completed_at: Utc::now(),
+            worker_id: self.worker_id.to_string(),
+        };
+        let result = result_from_completion(running.message.context.step_uuid, completion, &timing);
+        self.counters.completed.fetch_add(1, Ordering::Relaxed);
+        self.send(running.message, result);
+        Ok(())
+    }
+
+    /// Never blocks the calling thread: the completion channel holds at least as many results
+    /// as there are slots, so `try_send` only fails when the worker is stopping.
+    fn send(&self, message: DispatchHandlerMessage, result: StepExecutionResult) {
+        let completion = StepCompletion {
+            claim: message.claim,
+            context: message.context,
+            result,
+            permit: Some(message.permit),
+        };
+        if let Err(err) = self.completion_tx.try_send(completion) {
+            let step_uuid = match &err {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => {
+                    c.claim.step_uuid
+                }
+            };
+            tracing::warn!(%step_uuid, "the completion processor did not take a result ({err}); the step will be reclaimed after its lease");
+        }
+    }
+
+    async fn check_timeouts(&self) {
+        let now = Instant::now();
+        let expired: Vec<(Uuid, Running)> = {
+            let mut state = self.state.lock();
+            let ids: Vec<Uuid> = state
+                .running
+                .iter()
+                .filter(|(_, r)| r.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let running = state.running.remove(&id)?;
+                    state.finished.record(id, Finished::TimedOut);
+                    Some((id, running))
+                })
+                .collect()
+        };
+        for (event_id, running) in expired {
+            let waited = now.duration_since(running.polled_at);
+            let context = &running.message.context;
+            tracing::warn!(%event_id, step = %context.step_name, handler = %context.handler.callable, waited_ms = waited.as_millis() as u64, "handler did not complete in time; failing the step with ffi_timeout");
+            let failure = StepFailure::new(
+                "ffi_timeout",
+                format!(
+                    "handler {:?} did not complete within {} ms",
+                    context.handler.callable,
+                    (running.deadline - running.polled_at).as_millis()
+                ),
+                true,
+            )
+            .with_context("handler_name", context.handler.callable.as_str())
+            .with_context(
+                "timeout_ms",
+                (running.deadline - running.polled_at).as_millis() as u64,
+            );
+            let timing = ExecutionTiming {
+                started_at: running.started_at,
+                completed_at: Utc::now(),
+                worker_id: self.worker_id.to_string(),
+            };
+            let result = StepExecutionResult::failure(context.step_uuid, failure, &timing);
+            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            self.send(running.message, result);
+        }
+    }
+
+    fn check_starvation(&self) {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        let threshold = self.starvation_threshold;
+        if state
+            .last_warning
+            .is_some_and(|at| now.duration_since(at) < threshold)
+        {
+            return;
+        }
+        let unpolled = state
+            .queued
+            .iter()
+            .filter(|q| now.duration_since(q.queued_at) >= threshold)
+            .count();
+        let slow = state
+            .running
+            .values()
+            .filter(|r| now.duration_since(r.polled_at) >= threshold)
+            .count();
+        if unpolled == 0 && slow == 0 {
+            return;
+        }
+        state.last_warning = Some(now);
+        self.counters.starvation_warnings.fetch_add(1, Ordering::Relaxed);
+        let (queued, running, waiting) = (state.queued.len(), state.running.len(), state.waiting_threads);
+        drop(state);
+        if unpolled > 0 {
+            tracing::warn!(unpolled, queued, waiting_threads = waiting, running_handlers = running, threshold_ms = threshold.as_millis() as u64,
+                "starvation: claimed steps waited longer than the threshold for a thread to poll them; every thread is busy (raise concurrency or speed up handlers)");
+        }
+        if slow > 0 {
+            tracing::warn!(
+                slow,
+                running_handlers = running,
+                waiting_threads = waiting,
+                threshold_ms = threshold.as_millis() as u64,
+                "starvation: handlers have been running longer than the threshold"
+            );
+        }
+    }
+
+    pub fn metrics(&self) -> FfiDispatchMetrics {
+        let state = self.state.lock();
+        let now = Instant::now();
+        FfiDispatchMetrics {
+            queued: state.queued.len(),
+            oldest_queued_ms: state
+                .queued
+                .front()
+                .map(|q| now.duration_since(q.queued_at).as_millis() as u64),
+            running: state.running.len(),
+            oldest_running_ms: state
+                .running
+                .values()
+                .map(|r| now.duration_since(r.polled_at).as_millis() as u64)
+                .max(),
+            waiting_threads: state.waiting_threads,
+            polled: self.counters.polled.load(Ordering::Relaxed),
+            completed: self.counters.completed.load(Ordering::Relaxed),
+            timed_out: self.counters.timed_out.load(Ordering::Relaxed),
+            rejected_completions: self.counters.rejected.load(Ordering::Relaxed),
+            starvation_warnings: self.counters.starvation_warnings.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops handing out steps; waiting threads return `None` at once. Steps not yet completed
+    /// are abandoned (their slots freed); a later `complete` for them is rejected.
+    pub fn stop(&self) {
+        let mut state = self.state.lock();
+        state.stopped = true;
+        state.queued.clear();
+        let abandoned: Vec<Uuid> = state.running.keys().copied().collect();
+        for id in abandoned {
+            state.running.remove(&id);
+            state.finished.record(id, Finished::Stopped);
+        }
+        drop(state);
+        self.ready.notify_all();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.state.lock().stopped
+    }
+}
+
+/// The stored result for what a thread reported.
+pub fn result_from_completion(
+    step_uuid: Uuid,
+    completion: FfiCompletion,
+    timing: &ExecutionTiming,
+) -> StepExecutionResult {
+    if completion.success {
+        return StepExecutionResult::success(step_uuid, completion.result, completion.metadata, timing);
+    }
+    let error = completion.error.unwrap_or(FfiError {
+        message: String::new(),
+        error_type: None,
+        retryable: true,
+        error_class: None,
+        backtrace: None,
+        retry_after: None,
+        error_code: None,
+        context: Map::new(),
+    });
+    let mut failure = StepFailure {
+        message: if error.message.is_empty() {
+            "the handler reported a failure without a message".into()
+        } else {
+            error.message
+        },
+        error_type: error
+            .error_type
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "handler_error".into()),
+        retryable: error.retryable,
+        retry_after_seconds: error.retry_after,
+        backtrace: error.backtrace,
+        context: error.context,
+    };
+    if let Some(class) = error.error_class {
+        failure = failure.with_context("error_class", class);
+    }
+    let mut result = StepExecutionResult::failure(step_uuid, failure, timing);
+    result.metadata.error_code = error.error_code;
+    result.metadata.custom = completion.metadata;
+    result
+}

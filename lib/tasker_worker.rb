@@ -11,6 +11,14 @@ rescue LoadError => e
 end
 
 require_relative "tasker_worker/database"
+require_relative "tasker_worker/step_handler"
+require_relative "tasker_worker/step_context"
+require_relative "tasker_worker/result_mapper"
+require_relative "tasker_worker/handler_registry"
+require_relative "tasker_worker/configuration"
+require_relative "tasker_worker/log_forwarder"
+require_relative "tasker_worker/processor"
+require_relative "tasker_worker/worker"
 
 # Runs the steps of Tasker workflows: a Rust engine claims steps from PostgreSQL PGMQ
 # queues and hands them to Ruby handler classes.

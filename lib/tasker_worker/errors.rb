@@ -21,4 +21,61 @@ module TaskerWorker
 
   # A defect in the native extension (for example a caught Rust panic). Please report it.
   class InternalError < Error; end
+
+  # Raised by a handler to fail its step with a code and context the orchestrator keeps.
+  # Raise a subclass: PermanentError or RetryableError. Any other exception a handler
+  # raises fails the step as a retryable "handler_error".
+  class StepError < Error
+    attr_reader :error_code, :context
+
+    def initialize(message = nil, error_code: nil, context: {})
+      super(message)
+      @error_code = error_code&.to_s
+      @context = context || {}
+    end
+  end
+
+  # The step can never succeed (bad input, declined card): it is not retried.
+  class PermanentError < StepError; end
+
+  # The step may succeed later (a timeout, a rate limit): it is retried, no sooner than
+  # `retry_after` seconds when given.
+  class RetryableError < StepError
+    attr_reader :retry_after
+
+    # The core stores the hint as whole seconds, so fractions round up rather than retry early.
+    def self.coerce_retry_after(value)
+      return nil if value.nil?
+      return value.ceil if value.is_a?(Numeric) && value.real? && value.finite? && value >= 0
+
+      raise ArgumentError, "retry_after must be a number of seconds >= 0 or nil, got #{value.inspect}"
+    end
+
+    def initialize(message = nil, retry_after: nil, error_code: nil, context: {})
+      super(message, error_code: error_code, context: context)
+      @retry_after = self.class.coerce_retry_after(retry_after)
+    end
+  end
+
+  # No registration and no handler class matches a step's callable. `callable` is the
+  # name looked up and `reason` says why nothing matched.
+  class HandlerNotFoundError < Error
+    attr_reader :callable, :reason
+
+    def initialize(message = nil, callable: nil, reason: nil)
+      @callable = callable&.to_s
+      @reason = reason
+      super(message || "no handler for #{@callable.inspect}: #{reason}")
+    end
+  end
+
+  # A handler returned something that cannot be stored as a step result.
+  class InvalidResultError < Error; end
+
+  # A worker was used in a forked child; only the process that started it may use it.
+  class ForkError < Error; end
+
+  # The core refused a completion: the step is unknown, its lease was lost, or it was
+  # already completed.
+  class CompletionRejected < Error; end
 end

@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-RSpec.describe TaskerWorker::Native do
+RSpec.describe TaskerWorker::Native, :gc_stress do
   it "is the Rust core, with the gem's version" do
     expect(described_class.core_version).to eq(TaskerWorker::VERSION)
   end

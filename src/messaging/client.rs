@@ -38,6 +38,15 @@ impl MessageClient {
     /// serialised by a transaction-level advisory lock, since `pgmq.create` is not.
     pub async fn create_queue(&self, queue_name: &str) -> TaskerResult<()> {
         validate_queue_name(queue_name)?;
+        // Checked first: pgmq.create on an existing queue works but emits a NOTICE per object.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = $1)")
+                .bind(queue_name)
+                .fetch_one(&self.pool)
+                .await?;
+        if exists {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tasker_worker.create_queue:' || $1))")
             .bind(queue_name)

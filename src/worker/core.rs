@@ -175,6 +175,12 @@ impl WorkerCore {
             .map_err(|_| TaskerError::Configuration("the worker is stopped".into()))
     }
 
+    /// Status read directly from the shared counters (no command round trip), for callers
+    /// outside the runtime.
+    pub fn status_now(&self) -> WorkerStatus {
+        self.shared.status()
+    }
+
     /// Stops claiming new steps; in-flight steps run to completion.
     pub fn quiet(&self) {
         self.shared.quiet.store(true, Ordering::Release);

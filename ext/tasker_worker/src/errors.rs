@@ -21,6 +21,11 @@ pub fn internal(ruby: &Ruby, message: impl Into<String>) -> Error {
     Error::new(error_class(ruby, "InternalError"), message.into())
 }
 
+/// An error of the public class `TaskerWorker::<class_name>`.
+pub fn named(ruby: &Ruby, class_name: &str, message: impl Into<String>) -> Error {
+    Error::new(error_class(ruby, class_name), message.into())
+}
+
 /// `TaskerWorker::<name>`, or RuntimeError when the Ruby layer was not loaded (someone
 /// required the bare extension).
 fn error_class(ruby: &Ruby, name: &str) -> ExceptionClass {

@@ -2,17 +2,22 @@
 //! arguments, calls the core crate, and converts the result back. Decisions about steps,
 //! leases and retries live in the core, where `cargo test` covers them.
 
+mod conversions;
 mod database;
 mod errors;
+mod logging;
 mod native;
 mod nogvl;
+mod worker;
 
 use magnus::{Error, Ruby};
 
 #[magnus::init(name = "tasker_worker_ext")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let tasker_worker = ruby.define_module("TaskerWorker")?;
-    native::init(ruby, tasker_worker)?;
+    let native = native::init(ruby, tasker_worker)?;
+    logging::init(ruby, native)?;
+    worker::init(ruby, native)?;
     database::init(ruby, tasker_worker)?;
     Ok(())
 }

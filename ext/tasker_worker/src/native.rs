@@ -4,13 +4,13 @@
 use crate::errors;
 use magnus::{function, prelude::*, Error, RModule, Ruby};
 
-pub fn init(ruby: &Ruby, tasker_worker: RModule) -> Result<(), Error> {
+pub fn init(ruby: &Ruby, tasker_worker: RModule) -> Result<RModule, Error> {
     let native = tasker_worker.define_module("Native")?;
     native.define_singleton_method("core_version", function!(core_version, 0))?;
     native.define_singleton_method("queue_namespace", function!(queue_namespace, 1))?;
     native.define_singleton_method("worker_queue_name", function!(worker_queue_name, 1))?;
     let _ = ruby;
-    Ok(())
+    Ok(native)
 }
 
 fn core_version() -> &'static str {

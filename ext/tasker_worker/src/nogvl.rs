@@ -53,3 +53,27 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "panic with a non-string payload".to_string()
     }
 }
+
+/// Like `without_gvl`, but returns `Ok(None)` without running `func` when the thread has a
+/// pending interrupt (`rb_thread_call_without_gvl2`); the caller then checks interrupts so
+/// Thread#kill, Thread#raise and signals act.
+pub fn without_gvl_interruptible<F: FnOnce() -> R, R>(func: F) -> Result<Option<R>, String> {
+    let mut call = Call {
+        func: Some(func),
+        result: None,
+    };
+    // SAFETY: as in `without_gvl`.
+    unsafe {
+        rb_sys::rb_thread_call_without_gvl2(
+            Some(trampoline::<F, R>),
+            &mut call as *mut Call<F, R> as *mut c_void,
+            None,
+            null_mut(),
+        );
+    }
+    match call.result {
+        Some(Ok(value)) => Ok(Some(value)),
+        Some(Err(payload)) => Err(panic_message(payload.as_ref())),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,187 @@
+//! The core's `tracing` events, handed to Ruby's Logger. A layer formats each event into a
+//! bounded queue; a Ruby thread drains it with `TaskerWorker::Native.drain_logs(timeout)`.
+//! When Ruby does not keep up, records are dropped and counted (logging must never slow or
+//! block the worker).
+
+use crate::nogvl;
+use magnus::{function, prelude::*, Error, RArray, RModule, Ruby};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+const CAPACITY: usize = 10_000;
+
+struct Record {
+    level: &'static str,
+    target: String,
+    message: String,
+}
+
+struct Queue {
+    records: Mutex<VecDeque<Record>>,
+    ready: Condvar,
+    dropped: AtomicU64,
+    /// 0 = off, 1 = error ... 5 = trace.
+    max_level: AtomicU8,
+}
+
+fn queue() -> &'static Queue {
+    static QUEUE: OnceLock<Queue> = OnceLock::new();
+    QUEUE.get_or_init(|| Queue {
+        records: Mutex::new(VecDeque::new()),
+        ready: Condvar::new(),
+        dropped: AtomicU64::new(0),
+        max_level: AtomicU8::new(3),
+    })
+}
+
+/// PostgreSQL NOTICEs ("already exists, skipping") are routine; sqlx logs them at INFO.
+const NOTICE_TARGET: &str = "sqlx::postgres::notice";
+
+fn effective(metadata: &tracing::Metadata<'_>) -> Level {
+    if metadata.target() == NOTICE_TARGET && *metadata.level() < Level::DEBUG {
+        Level::DEBUG
+    } else {
+        *metadata.level()
+    }
+}
+
+fn rank(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
+}
+
+struct ForwardLayer;
+
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.rest, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.rest, " {}={value}", field.name());
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for ForwardLayer {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+        rank(&effective(metadata)) <= queue().max_level.load(Ordering::Relaxed)
+    }
+
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let q = queue();
+        let mut fields = Fields {
+            message: String::new(),
+            rest: String::new(),
+        };
+        event.record(&mut fields);
+        let record = Record {
+            level: effective(event.metadata()).as_str(),
+            target: event.metadata().target().to_string(),
+            message: fields.message + &fields.rest,
+        };
+        let mut records = q.records.lock();
+        if records.len() >= CAPACITY {
+            q.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        records.push_back(record);
+        drop(records);
+        q.ready.notify_one();
+    }
+}
+
+pub fn init(_ruby: &Ruby, native: RModule) -> Result<(), Error> {
+    // Another library may have installed a global subscriber first; then logs go there.
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(ForwardLayer));
+    native.define_singleton_method("drain_logs", function!(drain_logs, 1))?;
+    native.define_singleton_method("log_level=", function!(set_log_level, 1))?;
+    native.define_singleton_method("dropped_logs", function!(dropped_logs, 0))?;
+    Ok(())
+}
+
+/// Waits (without the GVL, in slices) up to `timeout` seconds for records; returns
+/// `[[level, target, message], ...]` (possibly empty).
+fn drain_logs(ruby: &Ruby, timeout: f64) -> Result<RArray, Error> {
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    loop {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        let batch = nogvl::without_gvl_interruptible(move || {
+            let q = queue();
+            let mut records = q.records.lock();
+            if records.is_empty() {
+                q.ready.wait_for(&mut records, slice);
+            }
+            records.drain(..).collect::<Vec<_>>()
+        })
+        .map_err(|panic| crate::errors::internal(ruby, format!("drain_logs panicked: {panic}")))?
+        .unwrap_or_default();
+        if !batch.is_empty() {
+            let out = ruby.ary_new_capa(batch.len());
+            for r in batch {
+                out.push(ruby.ary_new_from_values(&[
+                    ruby.str_new(r.level).as_value(),
+                    ruby.str_new(&r.target).as_value(),
+                    ruby.str_new(&r.message).as_value(),
+                ]))?;
+            }
+            return Ok(out);
+        }
+        ruby.thread_check_ints()?;
+        if Instant::now() >= deadline {
+            return Ok(ruby.ary_new());
+        }
+    }
+}
+
+fn set_log_level(ruby: &Ruby, level: String) -> Result<(), Error> {
+    let rank = match level.to_ascii_lowercase().as_str() {
+        "off" => 0,
+        "error" => 1,
+        "warn" => 2,
+        "info" => 3,
+        "debug" => 4,
+        "trace" => 5,
+        other => {
+            return Err(crate::errors::named(
+                ruby,
+                "ConfigurationError",
+                format!("log_level must be one of trace, debug, info, warn, error, off; got {other:?}"),
+            ))
+        }
+    };
+    queue().max_level.store(rank, Ordering::Relaxed);
+    tracing::callsite::rebuild_interest_cache();
+    Ok(())
+}
+
+fn dropped_logs() -> u64 {
+    queue().dropped.load(Ordering::Relaxed)
+}

@@ -1,0 +1,198 @@
+//! `TaskerWorker::Native::Worker`: a running worker core and its pull channel, owned by a
+//! Ruby object. Each method converts, calls the core, converts back.
+//!
+//! Fork safety: the object remembers the pid that started it. In a forked child every method
+//! raises `TaskerWorker::ForkError`, and the inherited runtime is leaked, never dropped
+//! (its threads do not exist in the child; dropping it would hang).
+
+use crate::{conversions, errors, nogvl};
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
+use parking_lot::Mutex;
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tasker_worker::config::TaskerConfig;
+use tasker_worker::worker::{DispatchMode, FfiDispatchChannel, WorkerCore};
+use tasker_worker::TaskerError;
+
+/// Longest stretch spent without the GVL before checking for Ruby interrupts (signals,
+/// Thread#kill, Thread#raise); on Ruby 3.1 signals do not call an unblock function.
+const SLICE: Duration = Duration::from_millis(100);
+
+struct Inner {
+    pid: u32,
+    runtime: ManuallyDrop<tokio::runtime::Runtime>,
+    core: Mutex<Option<WorkerCore>>,
+    channel: Arc<FfiDispatchChannel>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked child: the runtime's threads are the parent's. Leak it all.
+            std::mem::forget(self.core.lock().take());
+            return;
+        }
+        let _entered = self.runtime.enter();
+        drop(self.core.lock().take());
+        // SAFETY: taken once, here, and `runtime` is not used afterwards.
+        let runtime = unsafe { ManuallyDrop::take(&mut self.runtime) };
+        runtime.shutdown_background();
+    }
+}
+
+#[magnus::wrap(class = "TaskerWorker::Native::Worker", free_immediately, size)]
+pub struct NativeWorker {
+    inner: Arc<Inner>,
+}
+
+pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
+    let class = native.define_class("Worker", ruby.class_object())?;
+    class.define_singleton_method("start", function!(NativeWorker::start, 2))?;
+    class.define_method("next_step", method!(NativeWorker::next_step, 1))?;
+    class.define_method("complete", method!(NativeWorker::complete, 2))?;
+    class.define_method("status", method!(NativeWorker::status, 0))?;
+    class.define_method("quiet", method!(NativeWorker::quiet, 0))?;
+    class.define_method("stop", method!(NativeWorker::stop, 0))?;
+    class.define_method("stopped?", method!(NativeWorker::is_stopped, 0))?;
+    class.define_method("pid", method!(NativeWorker::pid, 0))?;
+    Ok(())
+}
+
+impl NativeWorker {
+    /// `start(overrides, config_path)`: `overrides` maps dotted config keys to values.
+    fn start(ruby: &Ruby, overrides: RHash, config_path: Option<String>) -> Result<Self, Error> {
+        let overrides = conversions::overrides(ruby, overrides)?;
+        let env = |name: &str| std::env::var(name).ok();
+        let config =
+            TaskerConfig::load_from(config_path.as_deref().map(std::path::Path::new), &env, &overrides)
+                .map_err(|err| errors::to_ruby(ruby, err))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tasker-worker")
+            .enable_all()
+            .build()
+            .map_err(|err| errors::internal(ruby, format!("starting the tokio runtime: {err}")))?;
+        let core = nogvl::without_gvl(|| runtime.block_on(WorkerCore::start(config, DispatchMode::Ffi)))
+            .map_err(|panic| errors::internal(ruby, format!("starting the worker panicked: {panic}")))?;
+        let core = match core {
+            Ok(core) => core,
+            Err(err) => {
+                runtime.shutdown_background();
+                return Err(errors::to_ruby(ruby, err));
+            }
+        };
+        let channel = core
+            .ffi_channel()
+            .cloned()
+            .ok_or_else(|| errors::internal(ruby, "no pull channel"))?;
+        let inner = Inner {
+            pid: std::process::id(),
+            runtime: ManuallyDrop::new(runtime),
+            core: Mutex::new(Some(core)),
+            channel,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    fn check_pid(&self, ruby: &Ruby) -> Result<&Inner, Error> {
+        let current = std::process::id();
+        if current == self.inner.pid {
+            Ok(&self.inner)
+        } else {
+            Err(errors::named(
+                ruby,
+                "ForkError",
+                format!(
+                    "this worker was started in process {} and cannot be used in the forked process {current}; \
+                     start a new TaskerWorker::Worker in the child",
+                    self.inner.pid
+                ),
+            ))
+        }
+    }
+
+    /// Blocks (without the GVL) up to `timeout` seconds for a step; returns its event Hash or
+    /// nil. Interrupts are checked every `SLICE`.
+    fn next_step(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
+        let inner = rb_self.check_pid(ruby)?;
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        loop {
+            let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
+            let channel = inner.channel.clone();
+            let event = nogvl::without_gvl_interruptible(move || channel.next_step(slice))
+                .map_err(|panic| errors::internal(ruby, format!("next_step panicked: {panic}")))?;
+            if let Some(Some(event)) = event {
+                return conversions::event(ruby, &event).map(Some);
+            }
+            ruby.thread_check_ints()?;
+            if Instant::now() >= deadline || inner.channel.is_stopped() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn complete(ruby: &Ruby, rb_self: &Self, event_id: String, completion: Value) -> Result<bool, Error> {
+        let inner = rb_self.check_pid(ruby)?;
+        let event_id = uuid::Uuid::parse_str(&event_id).map_err(|err| {
+            errors::named(
+                ruby,
+                "CompletionRejected",
+                format!("event id {event_id:?} is not a uuid: {err}"),
+            )
+        })?;
+        let completion = conversions::completion(ruby, event_id, completion)?;
+        inner
+            .channel
+            .complete(event_id, completion)
+            .map(|()| true)
+            .map_err(|rejected| errors::named(ruby, "CompletionRejected", rejected.to_string()))
+    }
+
+    fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let inner = rb_self.check_pid(ruby)?;
+        let metrics = inner.channel.metrics();
+        let core_status = {
+            let guard = inner.core.lock();
+            match guard.as_ref() {
+                Some(core) => Some(core.status_now()),
+                None => None,
+            }
+        };
+        conversions::status(ruby, core_status.as_ref(), &metrics)
+    }
+
+    fn quiet(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
+        let inner = rb_self.check_pid(ruby)?;
+        if let Some(core) = inner.core.lock().as_ref() {
+            core.quiet();
+        }
+        Ok(())
+    }
+
+    /// Graceful stop (see `WorkerCore::shutdown`); the GVL is released so handler threads can
+    /// finish their steps meanwhile. Returns the report, or nil when already stopped.
+    fn stop(ruby: &Ruby, rb_self: &Self) -> Result<Option<RHash>, Error> {
+        let inner = rb_self.check_pid(ruby)?;
+        let Some(core) = inner.core.lock().take() else {
+            return Ok(None);
+        };
+        let report = nogvl::without_gvl(|| inner.runtime.block_on(core.shutdown()))
+            .map_err(|panic| errors::internal(ruby, format!("stop panicked: {panic}")))?
+            .map_err(|err: TaskerError| errors::to_ruby(ruby, err))?;
+        let hash = ruby.hash_new();
+        hash.aset(ruby.to_symbol("finished"), report.finished)?;
+        hash.aset(ruby.to_symbol("released"), report.released)?;
+        Ok(Some(hash))
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.inner.core.lock().is_none()
+    }
+
+    fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+}

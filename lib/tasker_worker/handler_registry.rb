@@ -1,0 +1,115 @@
+# frozen_string_literal: true
+
+module TaskerWorker
+  # Maps a step template's `handler.callable` to a handler that answers #call(context).
+  # Explicit registrations win; otherwise the callable names a constant, a class whose
+  # instances answer #call. Every resolution of a class builds a new instance, so
+  # handlers never share state across the worker's threads.
+  class HandlerRegistry
+    def initialize
+      @mutex = Mutex.new
+      @registrations = {}
+    end
+
+    # `register("name", SomeHandler)`, `register("name", some_callable)` or
+    # `register("name") { |context| ... }`. A callable object or block is shared by every step.
+    def register(name, handler = nil, &block)
+      name = registration_name(name)
+      factory = factory_for(name, handler, block)
+      @mutex.synchronize { @registrations[name] = factory }
+      self
+    end
+
+    def unregister(name)
+      @mutex.synchronize { !@registrations.delete(name.to_s).nil? }
+    end
+
+    def registered?(name)
+      @mutex.synchronize { @registrations.key?(name.to_s) }
+    end
+
+    def names
+      @mutex.synchronize { @registrations.keys }
+    end
+
+    def clear
+      @mutex.synchronize { @registrations.clear }
+    end
+
+    # A handler ready to #call(context); `config` is the step's `handler.initialization`.
+    # Raises HandlerNotFoundError. Constants are looked up on every call rather than cached,
+    # so a reloaded (or, in specs, stubbed) class is picked up; the lookup costs microseconds.
+    def resolve(callable, config: {})
+      name = callable.to_s
+      factory = @mutex.synchronize { @registrations[name] } || class_factory(handler_class(name))
+      factory.call(config || {})
+    end
+
+    private
+
+    def registration_name(name)
+      name = name.to_s
+      raise ConfigurationError, "handler name must not be empty" if name.strip.empty?
+
+      name
+    end
+
+    def factory_for(name, handler, block)
+      raise ConfigurationError, "register #{name.inspect}: pass a handler or a block, not both" if handler && block
+      return ->(_config) { block } if block
+      return class_factory(handler) if handler.is_a?(Class) && handler_class?(handler)
+      return ->(_config) { handler } if !handler.is_a?(Module) && handler.respond_to?(:call)
+
+      raise ConfigurationError, "register #{name.inspect}: #{not_a_handler(handler)}"
+    end
+
+    # Called outside the lock: const_get may autoload a file that registers handlers.
+    def handler_class(name)
+      klass = Object.const_get(name)
+      return klass if klass.is_a?(Class) && handler_class?(klass)
+
+      raise HandlerNotFoundError.new(callable: name, reason: not_a_handler(klass))
+    rescue NameError => e
+      # The first line only: Ruby appends did_you_mean and error_highlight text to the rest.
+      raise HandlerNotFoundError.new(callable: name, reason: "nothing is registered under that name and it is " \
+                                                             "not a constant (#{e.message.lines.first.strip})")
+    end
+
+    def handler_class?(klass)
+      klass.public_method_defined?(:call)
+    end
+
+    def not_a_handler(value)
+      case value
+      when Class then "instances of #{value.name || value.inspect} do not respond to #call"
+      when Module then "#{value.inspect} is a module, not a handler class"
+      else "#{value.inspect} is neither a handler class nor callable"
+      end
+    end
+
+    def class_factory(klass)
+      if accepts_config?(klass)
+        ->(config) { klass.new(config: config) }
+      else
+        ->(_config) { klass.new }
+      end
+    end
+
+    def accepts_config?(klass)
+      klass.instance_method(:initialize).parameters.any? do |type, param|
+        type == :keyrest || (%i[key keyreq].include?(type) && param == :config)
+      end
+    end
+  end
+
+  @handler_registry = HandlerRegistry.new
+
+  class << self
+    # The registry the worker resolves callables with.
+    attr_reader :handler_registry
+
+    def register(name, handler = nil, &block)
+      handler_registry.register(name, handler, &block)
+    end
+  end
+end

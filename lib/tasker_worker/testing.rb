@@ -1,0 +1,118 @@
+# frozen_string_literal: true
+
+require "json"
+require "tasker_worker"
+
+module TaskerWorker
+  # Runs one handler in a spec, without a database or a worker: it resolves, calls and maps
+  # the handler the way the worker does, including the JSON check the core makes when it
+  # stores the result. Load it with `require "tasker_worker/testing"`.
+  #
+  #   outcome = TaskerWorker::Testing.run(ChargeCard, context: { order: { total: 10 } })
+  #   expect(outcome).to be_success
+  #   expect(outcome.result).to eq(charge_id: "ch_1")
+  module Testing
+    # The completion the handler produced, with readers for specs.
+    class Outcome
+      attr_reader :completion
+
+      def initialize(completion)
+        @completion = completion
+        freeze
+      end
+
+      def success? = completion[:success]
+      def failure? = !success?
+      def result = completion[:result]
+      def metadata = completion[:metadata]
+      # message, error_type, retryable, error_class, backtrace, retry_after, error_code, context.
+      def error = completion[:error]
+      def retryable? = error ? error[:retryable] : false
+      def error_type = error&.fetch(:error_type)
+      def message = error&.fetch(:message)
+
+      def inspect
+        details = success? ? "result=#{result.inspect}" : "#{error_type}: #{message}"
+        "#<#{self.class.name} #{success? ? 'success' : 'failure'} #{details}>"
+      end
+    end
+
+    UNDER_TEST = "handler_under_test"
+    private_constant :UNDER_TEST
+
+    module_function
+
+    # `handler` is a handler class, an instance or another callable, or a callable name
+    # resolved by TaskerWorker.handler_registry; or give a block. `context` is the task's
+    # input and `dependency_results` the ancestors' handler results, by step name.
+    def run(handler = nil, context: {}, dependency_results: {}, config: {}, attempt: 1, max_attempts: 3,
+            step_name: "step", inputs: {}, &block)
+      callable = handler || block
+      raise ArgumentError, "pass a handler or a block" unless callable
+
+      step = StepContext.build(task_context: context, inputs: inputs, step_name: step_name, attempts: attempt,
+                               max_attempts: max_attempts, dependency_results: stored_results(dependency_results),
+                               handler: { callable: callable_name(callable), initialization: config })
+      Outcome.new(checked(ResultMapper.capture { resolve(callable, step.config).call(step) }))
+    end
+
+    # Built the way the worker builds handlers: through a registry, a new instance per run.
+    def resolve(callable, config)
+      return TaskerWorker.handler_registry.resolve(callable, config: config) if callable.is_a?(String)
+
+      HandlerRegistry.new.register(UNDER_TEST, callable).resolve(UNDER_TEST, config: config)
+    end
+
+    # The core stores each ancestor's whole result; handlers read its "result".
+    def stored_results(results)
+      results.to_h { |name, result| [name.to_s, { "success" => true, "result" => result }] }
+    end
+
+    def callable_name(callable)
+      callable.is_a?(Module) ? callable.name : callable.to_s
+    end
+
+    # The core refuses what JSON cannot hold. JSON.generate alone would quietly turn any
+    # object into its to_s, so the structure is checked first.
+    def checked(completion)
+      problem = JsonCheck.problem(completion[:result], "result") ||
+                JsonCheck.problem(completion[:metadata], "metadata") ||
+                JsonCheck.problem(completion.dig(:error, :context), "error context")
+      JSON.generate(completion) unless problem
+      problem ? ResultMapper.invalid_result(problem) : completion
+    rescue JSON::JSONError => e
+      ResultMapper.invalid_result(e)
+    end
+
+    private_class_method :resolve, :stored_results, :callable_name, :checked
+
+    # Finds the first value JSON cannot represent, and says where it is.
+    module JsonCheck
+      SCALARS = [NilClass, TrueClass, FalseClass, String, Symbol, Integer].freeze
+
+      module_function
+
+      def problem(value, path)
+        case value
+        when *SCALARS then nil
+        when Float then value.finite? ? nil : "#{path} is #{value}, which JSON cannot represent"
+        when Array then array_problem(value, path)
+        when Hash then hash_problem(value, path)
+        else "#{path} is #{value.class.name || value.class.inspect} #{value.inspect[0, 80]}, which has no JSON form"
+        end
+      end
+
+      def array_problem(array, path)
+        array.each_with_index.lazy.filter_map { |item, index| problem(item, "#{path}[#{index}]") }.first
+      end
+
+      def hash_problem(hash, path)
+        hash.lazy.filter_map do |key, item|
+          next "#{path} has the key #{key.inspect}; JSON keys are strings" unless key.is_a?(String) || key.is_a?(Symbol)
+
+          problem(item, "#{path}[#{key.inspect}]")
+        end.first
+      end
+    end
+  end
+end

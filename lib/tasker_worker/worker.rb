@@ -1,0 +1,95 @@
+# frozen_string_literal: true
+
+module TaskerWorker
+  # A worker in this process: the Rust core (claiming, leases, commits) plus `concurrency`
+  # Ruby threads running handlers. It owns:
+  # 1. booting the core with the configuration (TaskerWorker.configure, then keyword options);
+  # 2. keeping `concurrency` processor threads alive (a killed thread is replaced);
+  # 3. the lifecycle: `start`, `quiet!` (stop claiming), `stop(timeout:)`, `status`.
+  #
+  #   worker = TaskerWorker::Worker.new(concurrency: 10, namespaces: ["orders"]).start
+  #   ...
+  #   worker.stop
+  class Worker
+    attr_reader :concurrency
+
+    # Options are those of TaskerWorker::Configuration (concurrency:, namespaces:, ...);
+    # they override the global configuration for this worker.
+    def initialize(registry: TaskerWorker.handler_registry, **options)
+      @config = configuration_with(options)
+      @concurrency = @config.concurrency
+      @registry = registry
+      @mutex = Mutex.new
+      @processors = []
+      @stopping = false
+    end
+
+    def start
+      LogForwarder.start
+      @native = Native::Worker.start(@config.to_core_overrides, @config.config_path)
+      @mutex.synchronize { @concurrency.times { |i| spawn(i) } }
+      self
+    end
+
+    # Stops claiming new steps; steps already claimed still run.
+    def quiet!
+      @native&.quiet
+      self
+    end
+
+    # Graceful stop: no new claims; waits up to `timeout` seconds (default: the configured
+    # shutdown timeout) for running steps, then gives their leases back so other workers take
+    # them at once. Returns { finished:, released: }.
+    def stop(timeout: nil)
+      return unless @native
+
+      @stopping = true
+      report = @native.stop
+      join_processors(timeout || @config.shutdown_timeout)
+      report
+    end
+
+    def status
+      @native ? @native.status.merge(threads: alive_threads) : { running: false }
+    end
+
+    def running?
+      !@native.nil? && !@native.stopped?
+    end
+
+    private
+
+    def configuration_with(options)
+      TaskerWorker.configuration.dup.tap do |config|
+        options.each { |option, value| config.public_send(:"#{option}=", value) }
+      end
+    end
+
+    def spawn(index)
+      @processors[index] = Processor.new(@native, @registry, index, method(:processor_exited)).start
+    end
+
+    # Called from a processor thread's `ensure`: replace it unless the worker is stopping.
+    def processor_exited(processor)
+      return if @stopping || @native.stopped?
+
+      @mutex.synchronize do
+        index = @processors.index(processor)
+        spawn(index) if index
+      end
+    end
+
+    def join_processors(timeout)
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout.to_f
+      @processors.each do |p|
+        p.terminate
+        remaining = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        p.thread&.join([remaining, 0.1].max)
+      end
+    end
+
+    def alive_threads
+      @processors.count { |p| p.thread&.alive? }
+    end
+  end
+end

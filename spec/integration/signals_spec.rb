@@ -1,0 +1,34 @@
+# frozen_string_literal: true
+
+require "open3"
+require "rbconfig"
+
+# A worker process whose threads sit in next_step (GVL released) stops promptly on a signal.
+RSpec.describe "signals", :worker do
+  SCRIPT = <<~RUBY
+    require "tasker_worker"
+    worker = TaskerWorker::Worker.new(concurrency: 3, namespaces: ["signals"], database_url: ARGV[0]).start
+    stop = Queue.new
+    %w[TERM INT].each { |sig| Signal.trap(sig) { stop << sig } }
+    $stdout.puts "ready"
+    $stdout.flush
+    sig = stop.pop
+    worker.stop(timeout: 5)
+    $stdout.puts "stopped on \#{sig}"
+  RUBY
+
+  %w[TERM INT].each do |signal|
+    it "stops on SIG#{signal} while every thread waits for work" do
+      lib = File.expand_path("../../lib", __dir__)
+      Open3.popen2(RbConfig.ruby, "-I", lib, "-e", SCRIPT, migrated_database_url) do |_in, out, wait|
+        expect(out.gets).to eq("ready\n")
+        sleep 0.3 # let the threads block in next_step
+        Process.kill(signal, wait.pid)
+        finished = wait.join(15)
+        expect(finished).not_to be_nil, "the worker did not exit within 15 s of SIG#{signal}"
+        expect(out.read).to include("stopped on #{signal}")
+        expect(wait.value.exitstatus).to eq(0)
+      end
+    end
+  end
+end

@@ -1,0 +1,238 @@
+# frozen_string_literal: true
+
+require "stringio"
+
+RSpec.describe TaskerWorker::Configuration do
+  subject(:config) { described_class.new }
+
+  around do |example|
+    saved = ENV.to_h.slice("DATABASE_URL", "TASKER_CONFIG_PATH", "TASKER_WORKER_NAMESPACES")
+    %w[DATABASE_URL TASKER_CONFIG_PATH TASKER_WORKER_NAMESPACES].each { |name| ENV.delete(name) }
+    example.run
+  ensure
+    %w[DATABASE_URL TASKER_CONFIG_PATH TASKER_WORKER_NAMESPACES].each { |name| ENV.delete(name) }
+    ENV.update(saved)
+    TaskerWorker.reset_configuration!
+  end
+
+  describe "defaults" do
+    it "has the documented values" do
+      expect(config).to have_attributes(
+        database_url: nil, config_path: nil, concurrency: 5, namespaces: ["default"], deployment_mode: nil,
+        visibility_timeout: nil, poll_interval: nil, claim_batch_size: nil, completion_batch_size: nil,
+        max_delivery_attempts: nil, shutdown_timeout: 25, handler_timeout: nil, completion_timeout: nil,
+        starvation_warning_threshold: nil, pool_size: nil, log_level: :info
+      )
+    end
+
+    it "sends only the options that are set" do
+      expect(config.to_core_overrides).to eq(
+        "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers" => 5,
+        "worker.namespaces" => ["default"],
+        "worker.shutdown_timeout_ms" => 25_000
+      )
+    end
+
+    it "reads DATABASE_URL, TASKER_CONFIG_PATH and TASKER_WORKER_NAMESPACES" do
+      ENV["DATABASE_URL"] = "postgres://db.example/app"
+      ENV["TASKER_CONFIG_PATH"] = "/etc/tasker.toml"
+      ENV["TASKER_WORKER_NAMESPACES"] = "default, payments"
+
+      expect(described_class.new).to have_attributes(database_url: "postgres://db.example/app",
+                                                     config_path: "/etc/tasker.toml",
+                                                     namespaces: %w[default payments])
+      expect(described_class.new.to_core_overrides).to include("database.url" => "postgres://db.example/app")
+    end
+
+    it "treats an empty environment variable as unset" do
+      ENV["DATABASE_URL"] = ""
+
+      expect(described_class.new.database_url).to be_nil
+    end
+
+    it "logs to stdout at info" do
+      expect { described_class.new.logger.info("ready") }
+        .to output(/\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO  tasker_worker: ready\n\z/).to_stdout
+      expect { described_class.new.logger.debug("hidden") }.not_to output.to_stdout
+    end
+
+    it "formats a line with the UTC time in milliseconds, the level and the program" do
+      line = config.logger.formatter.call("INFO", Time.utc(2026, 11, 26, 10, 0, 0.123r), nil, "ready")
+
+      expect(line).to eq("2026-11-26T10:00:00.123Z INFO  tasker_worker: ready\n")
+      expect(config.logger.level).to eq(Logger::INFO)
+    end
+
+    it "logs a Hash message as its message followed by key=value pairs" do
+      line = config.logger.formatter.call("WARN", Time.utc(2026, 1, 1), "x", { message: "slow", step: "a b", ms: 3 })
+
+      expect(line).to eq(%(2026-01-01T00:00:00.000Z WARN  x: slow step="a b" ms=3\n))
+    end
+  end
+
+  describe "#to_core_overrides" do
+    it "maps every option to its core key, in the core's units" do
+      config.database_url = "postgresql://u@h:5432/db"
+      config.concurrency = 12
+      config.namespaces = [:payments, "default"]
+      config.deployment_mode = :event_driven
+      config.visibility_timeout = 60
+      config.poll_interval = 0.25
+      config.claim_batch_size = 20
+      config.completion_batch_size = 200
+      config.max_delivery_attempts = 4
+      config.shutdown_timeout = 10.5
+      config.handler_timeout = 45
+      config.completion_timeout = 50
+      config.starvation_warning_threshold = 2
+      config.pool_size = 16
+
+      expect(config.to_core_overrides).to eq(
+        "database.url" => "postgresql://u@h:5432/db",
+        "database.max_connections" => 16,
+        "worker.namespaces" => %w[payments default],
+        "worker.deployment_mode" => "event_driven",
+        "worker.visibility_timeout_seconds" => 60,
+        "worker.poll_interval_ms" => 250,
+        "worker.claim_batch_size" => 20,
+        "worker.completion_batch_size" => 200,
+        "worker.max_delivery_attempts" => 4,
+        "worker.shutdown_timeout_ms" => 10_500,
+        "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers" => 12,
+        "worker.mpsc_channels.handler_dispatch.handler_timeout_ms" => 45_000,
+        "worker.mpsc_channels.ffi_dispatch.completion_timeout_ms" => 50_000,
+        "worker.mpsc_channels.ffi_dispatch.starvation_warning_threshold_ms" => 2_000
+      )
+    end
+
+    it "gives Integer milliseconds" do
+      config.poll_interval = 1.0 / 3
+
+      expect(config.to_core_overrides["worker.poll_interval_ms"]).to eql(333)
+    end
+
+    it "omits options set back to nil" do
+      config.concurrency = nil
+      config.namespaces = nil
+      config.shutdown_timeout = nil
+
+      expect(config.to_core_overrides).to eq({})
+    end
+
+    it "leaves out the Ruby-side options" do
+      config.log_level = :debug
+      config.config_path = "/tmp/x.toml"
+
+      expect(config.to_core_overrides.keys).to all(match(/\A(worker|database)\./))
+    end
+  end
+
+  describe "validation" do
+    {
+      concurrency: [0, 10_001, 2.5, "5"],
+      pool_size: [1, 0, "10"],
+      claim_batch_size: [0, 1_001],
+      completion_batch_size: [0, 10_001],
+      max_delivery_attempts: [0, -1],
+      visibility_timeout: [0, 43_201, 1.5],
+      poll_interval: [0, 0.001, -1, "1", Float::NAN],
+      shutdown_timeout: [-1, Float::INFINITY, :soon],
+      handler_timeout: [0, -5],
+      completion_timeout: [0, "30"],
+      starvation_warning_threshold: [0, -0.5],
+      deployment_mode: ["push", :fast, 1],
+      namespaces: [[], "default", ["Payments"], ["a" * 41], ["ok", "bad-name"], %w[a a], [1]],
+      log_level: [:verbose, nil, 3],
+      logger: [nil, "stdout"],
+      config_path: [""],
+      database_url: ["mysql://localhost/db", "", 42]
+    }.each do |option, values|
+      values.each do |value|
+        it "rejects #{option} = #{value.inspect}, naming the option" do
+          expect { config.public_send(:"#{option}=", value) }
+            .to raise_error(TaskerWorker::ConfigurationError, /\A#{option} must be /)
+        end
+      end
+    end
+
+    it "says what it expected and what it got" do
+      expect { config.concurrency = 0 }.to raise_error(
+        TaskerWorker::ConfigurationError, "concurrency must be an Integer between 1 and 10000, got 0"
+      )
+    end
+
+    it "does not repeat a database URL, which may hold a password" do
+      expect { config.database_url = "mysql://root:secret@db/app" }
+        .to raise_error(TaskerWorker::ConfigurationError) { |error| expect(error.message).not_to include("secret") }
+    end
+
+    it "accepts Strings as well as Symbols for named values" do
+      config.log_level = "warn"
+      config.deployment_mode = "polling"
+
+      expect(config).to have_attributes(log_level: :warn, deployment_mode: "polling")
+      expect(config.logger.level).to eq(Logger::WARN)
+    end
+
+    it "raises ConfigurationError naming an unknown option" do
+      expect { config.concurency = 5 }
+        .to raise_error(TaskerWorker::ConfigurationError, /unknown option concurency/)
+    end
+
+    it "still raises NoMethodError for an unknown reader" do
+      expect { config.concurency }.to raise_error(NoMethodError)
+    end
+  end
+
+  describe "logger" do
+    it "uses a logger given as is, leaving its level alone" do
+      logger = Logger.new(StringIO.new, level: Logger::ERROR)
+      config.logger = logger
+      config.log_level = :debug
+
+      expect(config.logger).to equal(logger)
+      expect(logger.level).to eq(Logger::ERROR)
+    end
+
+    it "maps trace to the default logger's debug level" do
+      config.log_level = :trace
+
+      expect(config.logger.level).to eq(Logger::DEBUG)
+    end
+  end
+
+  describe "TaskerWorker.configure" do
+    it "sets options in a block and keeps them" do
+      result = TaskerWorker.configure do |c|
+        c.concurrency = 3
+        c.namespaces = %i[payments]
+      end
+
+      expect(result).to equal(TaskerWorker.configuration)
+      expect(TaskerWorker.configuration).to have_attributes(concurrency: 3, namespaces: ["payments"])
+    end
+
+    it "changes nothing when a value is rejected" do
+      expect do
+        TaskerWorker.configure do |c|
+          c.concurrency = 3
+          c.namespaces = []
+        end
+      end.to raise_error(TaskerWorker::ConfigurationError, /namespaces/)
+      expect(TaskerWorker.configuration.concurrency).to eq(5)
+    end
+
+    it "raises ConfigurationError for an unknown option" do
+      expect { TaskerWorker.configure { |c| c.worker_count = 2 } }
+        .to raise_error(TaskerWorker::ConfigurationError, /unknown option worker_count/)
+    end
+
+    it "starts again from the defaults and the environment after reset_configuration!" do
+      TaskerWorker.configure { |c| c.concurrency = 9 }
+      ENV["DATABASE_URL"] = "postgres://after-reset/db"
+      TaskerWorker.reset_configuration!
+
+      expect(TaskerWorker.configuration).to have_attributes(concurrency: 5, database_url: "postgres://after-reset/db")
+    end
+  end
+end

@@ -154,13 +154,7 @@ impl NativeWorker {
     fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
         let inner = rb_self.check_pid(ruby)?;
         let metrics = inner.channel.metrics();
-        let core_status = {
-            let guard = inner.core.lock();
-            match guard.as_ref() {
-                Some(core) => Some(core.status_now()),
-                None => None,
-            }
-        };
+        let core_status = inner.core.lock().as_ref().map(WorkerCore::status_now);
         conversions::status(ruby, core_status.as_ref(), &metrics)
     }
 

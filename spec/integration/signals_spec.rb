@@ -7,6 +7,7 @@ require "rbconfig"
 RSpec.describe "signals", :worker do
   SCRIPT = <<~RUBY
     require "tasker_worker"
+    TaskerWorker.configure { |c| c.logger = Logger.new($stderr) }
     worker = TaskerWorker::Worker.new(concurrency: 3, namespaces: ["signals"], database_url: ARGV[0]).start
     stop = Queue.new
     %w[TERM INT].each { |sig| Signal.trap(sig) { stop << sig } }
@@ -20,7 +21,8 @@ RSpec.describe "signals", :worker do
   %w[TERM INT].each do |signal|
     it "stops on SIG#{signal} while every thread waits for work" do
       lib = File.expand_path("../../lib", __dir__)
-      Open3.popen2(RbConfig.ruby, "-I", lib, "-e", SCRIPT, migrated_database_url) do |_in, out, wait|
+      _in, out, wait = Open3.popen2(RbConfig.ruby, "-I", lib, "-e", SCRIPT, migrated_database_url, err: File::NULL)
+      begin
         expect(out.gets).to eq("ready\n")
         sleep 0.3 # let the threads block in next_step
         Process.kill(signal, wait.pid)
@@ -28,6 +30,8 @@ RSpec.describe "signals", :worker do
         expect(finished).not_to be_nil, "the worker did not exit within 15 s of SIG#{signal}"
         expect(out.read).to include("stopped on #{signal}")
         expect(wait.value.exitstatus).to eq(0)
+      ensure
+        Process.kill(:KILL, wait.pid) if wait.alive?
       end
     end
   end

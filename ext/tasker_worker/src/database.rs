@@ -29,6 +29,7 @@ fn migrate(ruby: &Ruby, url: String) -> Result<RHash, Error> {
 fn run_migrations(url: &str) -> TaskerResult<MigrationReport> {
     database::connect_options(url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .on_thread_start(crate::worker::block_signals)
         .enable_all()
         .build()
         .map_err(|err| tasker_worker::TaskerError::Migration(format!("starting a runtime: {err}")))?;

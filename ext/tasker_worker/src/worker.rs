@@ -59,6 +59,18 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     Ok(())
 }
 
+/// Signals sent to the process must reach a Ruby thread: Ruby's handler run on one of our
+/// runtime threads only queues the signal, and nothing may wake the main thread to act on it
+/// (seen as a worker that ignores SIGTERM now and then). So runtime threads block them all.
+pub(crate) fn block_signals() {
+    // SAFETY: plain libc calls on a stack-allocated, initialised signal set for this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 impl NativeWorker {
     /// `start(overrides, config_path)`: `overrides` maps dotted config keys to values.
     fn start(ruby: &Ruby, overrides: RHash, config_path: Option<String>) -> Result<Self, Error> {
@@ -70,6 +82,7 @@ impl NativeWorker {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tasker-worker")
+            .on_thread_start(block_signals)
             .enable_all()
             .build()
             .map_err(|err| errors::internal(ruby, format!("starting the tokio runtime: {err}")))?;

@@ -39,3 +39,14 @@ impl From<pgmq::PgmqError> for TaskerError {
         TaskerError::Migration(format!("installing PGMQ: {err}"))
     }
 }
+
+/// The message of a caught panic (`catch_unwind` or a panicked task), for failure results.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

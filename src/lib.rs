@@ -11,7 +11,7 @@ pub mod worker;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
-pub use error::{TaskerError, TaskerResult};
+pub use error::{panic_message, TaskerError, TaskerResult};
 
 /// The version of this crate, reported to Ruby as `TaskerWorker::Native.core_version`.
 pub fn version() -> &'static str {

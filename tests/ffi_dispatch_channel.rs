@@ -23,6 +23,14 @@ fn ok(result: serde_json::Value) -> FfiCompletion {
     serde_json::from_value(json!({ "success": true, "result": result })).unwrap()
 }
 
+/// `next_step` from a blocking thread, as a Ruby thread calls it.
+async fn poll(channel: &Arc<FfiDispatchChannel>) -> Option<tasker_worker::worker::FfiStepEvent> {
+    let channel = channel.clone();
+    tokio::task::spawn_blocking(move || channel.next_step(Duration::from_secs(10)))
+        .await
+        .unwrap()
+}
+
 async fn one_step(db: &TestDatabase, ns: &str) -> TestWorkflow {
     let wf = TestWorkflow::create(
         &db.pool,
@@ -89,13 +97,7 @@ async fn an_event_completes_once_and_unknown_ids_are_rejected() {
     let db = TestDatabase::migrated().await;
     let (core, channel) = start(worker_config(&db, &["once"])).await;
     let wf = one_step(&db, "once").await;
-    let event = tokio::task::spawn_blocking({
-        let channel = channel.clone();
-        move || channel.next_step(Duration::from_secs(10))
-    })
-    .await
-    .unwrap()
-    .expect("a step");
+    let event = poll(&channel).await.expect("a step");
     assert_eq!(event.context.step_uuid, wf.step("only"));
     channel.complete(event.event_id, ok(json!(1))).unwrap();
     assert_eq!(
@@ -119,13 +121,7 @@ async fn a_failure_keeps_message_type_class_and_backoff() {
     let db = TestDatabase::migrated().await;
     let (core, channel) = start(worker_config(&db, &["fail"])).await;
     let wf = one_step(&db, "fail").await;
-    let event = tokio::task::spawn_blocking({
-        let channel = channel.clone();
-        move || channel.next_step(Duration::from_secs(10))
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let event = poll(&channel).await.unwrap();
     let failure: FfiCompletion = serde_json::from_value(json!({
         "success": false,
         "error": { "message": "gateway busy", "error_type": "retryable_error", "retryable": true,
@@ -156,13 +152,7 @@ async fn a_handler_past_the_completion_timeout_fails_with_ffi_timeout_and_its_la
     config.worker.mpsc_channels.ffi_dispatch.completion_timeout_ms = 200;
     let (core, channel) = start(config).await;
     let wf = one_step(&db, "slow").await;
-    let event = tokio::task::spawn_blocking({
-        let channel = channel.clone();
-        move || channel.next_step(Duration::from_secs(10))
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let event = poll(&channel).await.unwrap();
     wait_state(&wf, "enqueued_as_error_for_orchestration").await;
     let r = wf.results("only").await.unwrap();
     assert_eq!(r["error"]["error_type"], "ffi_timeout");
@@ -196,13 +186,7 @@ async fn steps_waiting_unpolled_past_the_threshold_raise_a_starvation_warning() 
     let first = one_step(&db, "starve").await;
     let _second = one_step(&db, "starve").await;
     // One thread takes one step and sits on it; the other step waits with nobody to poll it.
-    let event = tokio::task::spawn_blocking({
-        let channel = channel.clone();
-        move || channel.next_step(Duration::from_secs(10))
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let event = poll(&channel).await.unwrap();
     let m = wait_for("a starvation warning", WAIT, || async {
         let m = channel.metrics();
         (m.starvation_warnings >= 1 && m.queued == 1).then_some(m)

@@ -55,7 +55,8 @@ pub struct ClaimRequest {
     pub message: StepMessage,
 }
 
-const LOCK_STEPS_SQL: &str = "SELECT workflow_step_uuid FROM tasker.workflow_steps \
+/// Locks step rows in uuid order; claims and completions both take these locks first.
+pub(crate) const LOCK_STEPS_SQL: &str = "SELECT workflow_step_uuid FROM tasker.workflow_steps \
      WHERE workflow_step_uuid = ANY($1) ORDER BY workflow_step_uuid FOR UPDATE";
 
 const DECIDE_SQL: &str = r#"

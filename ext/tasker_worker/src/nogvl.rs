@@ -23,48 +23,33 @@ unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(data: *mut c_void) -> *mut 
 /// Runs `func` with the GVL released. `func` must not touch Ruby objects. Returns the
 /// panic message as `Err` when `func` panicked.
 pub fn without_gvl<F: FnOnce() -> R, R>(func: F) -> Result<R, String> {
-    let mut call = Call {
-        func: Some(func),
-        result: None,
-    };
-    // SAFETY: the callback only touches `call`, which outlives the call; no Ruby API is
-    // used without the GVL. No unblock function: the work is bounded by its own timeouts.
-    unsafe {
-        rb_sys::rb_thread_call_without_gvl(
-            Some(trampoline::<F, R>),
-            &mut call as *mut Call<F, R> as *mut c_void,
-            None,
-            null_mut(),
-        );
-    }
-    match call.result {
-        Some(Ok(value)) => Ok(value),
-        Some(Err(payload)) => Err(panic_message(payload.as_ref())),
-        None => Err("the call did not run".to_string()),
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
-    }
+    // rb_thread_call_without_gvl always runs the function.
+    call(func, rb_sys::rb_thread_call_without_gvl)?.ok_or_else(|| "the call did not run".to_string())
 }
 
 /// Like `without_gvl`, but returns `Ok(None)` without running `func` when the thread has a
 /// pending interrupt (`rb_thread_call_without_gvl2`); the caller then checks interrupts so
 /// Thread#kill, Thread#raise and signals act.
 pub fn without_gvl_interruptible<F: FnOnce() -> R, R>(func: F) -> Result<Option<R>, String> {
+    call(func, rb_sys::rb_thread_call_without_gvl2)
+}
+
+type CallWithoutGvl = unsafe extern "C" fn(
+    Option<unsafe extern "C" fn(*mut c_void) -> *mut c_void>,
+    *mut c_void,
+    rb_sys::rb_unblock_function_t,
+    *mut c_void,
+) -> *mut c_void;
+
+fn call<F: FnOnce() -> R, R>(func: F, without_gvl: CallWithoutGvl) -> Result<Option<R>, String> {
     let mut call = Call {
         func: Some(func),
         result: None,
     };
-    // SAFETY: as in `without_gvl`.
+    // SAFETY: the callback only touches `call`, which outlives the call; no Ruby API is used
+    // without the GVL. No unblock function: waits are sliced (<= 100 ms) by the callers.
     unsafe {
-        rb_sys::rb_thread_call_without_gvl2(
+        without_gvl(
             Some(trampoline::<F, R>),
             &mut call as *mut Call<F, R> as *mut c_void,
             None,
@@ -73,7 +58,7 @@ pub fn without_gvl_interruptible<F: FnOnce() -> R, R>(func: F) -> Result<Option<
     }
     match call.result {
         Some(Ok(value)) => Ok(Some(value)),
-        Some(Err(payload)) => Err(panic_message(payload.as_ref())),
+        Some(Err(payload)) => Err(tasker_worker::panic_message(payload.as_ref())),
         None => Ok(None),
     }
 }

@@ -68,15 +68,15 @@ impl WorkerActorRegistry {
                 });
             };
 
-        let completion = CompletionProcessorService::new(
-            shared.pool.clone(),
-            worker.completion_batch_size as usize,
-            shared.worker_id.clone(),
-            shared.in_flight.clone(),
-            shared.counters.clone(),
+        let completion = CompletionProcessorService {
+            pool: shared.pool.clone(),
+            batch_size: worker.completion_batch_size as usize,
+            worker_id: shared.worker_id.clone(),
+            in_flight: shared.in_flight.clone(),
+            counters: shared.counters.clone(),
             callback,
-            shared.events_enabled.clone(),
-        );
+            events_enabled: shared.events_enabled.clone(),
+        };
         spawn("completion_processor", Box::pin(completion.run(completion_rx)));
 
         let ffi = match dispatch {

@@ -22,6 +22,7 @@ use crate::worker::actors::messages::StepCompletion;
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
 use crate::worker::in_flight::InFlight;
 use crate::worker::stats::WorkerCounters;
+use crate::worker::step_claim::LOCK_STEPS_SQL;
 use serde_json::json;
 use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, HashSet};
@@ -30,9 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
-
-const LOCK_STEPS_SQL: &str = "SELECT workflow_step_uuid FROM tasker.workflow_steps \
-     WHERE workflow_step_uuid = ANY($1) ORDER BY workflow_step_uuid FOR UPDATE";
 
 const RETIRE_CLAIMS_SQL: &str =
     "UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now() \
@@ -64,13 +62,14 @@ const SINGLE_RETRY_DELAYS: [Duration; 3] = [
 ];
 
 pub struct CompletionProcessorService {
-    pool: PgPool,
-    batch_size: usize,
-    worker_id: Arc<str>,
-    in_flight: Arc<InFlight>,
-    counters: Arc<WorkerCounters>,
-    callback: Arc<dyn PostHandlerCallback>,
-    events_enabled: Arc<AtomicBool>,
+    pub pool: PgPool,
+    /// Most results committed in one transaction.
+    pub batch_size: usize,
+    pub worker_id: Arc<str>,
+    pub in_flight: Arc<InFlight>,
+    pub counters: Arc<WorkerCounters>,
+    pub callback: Arc<dyn PostHandlerCallback>,
+    pub events_enabled: Arc<AtomicBool>,
 }
 
 /// What one commit did with each result.
@@ -80,26 +79,6 @@ struct CommitOutcome {
 }
 
 impl CompletionProcessorService {
-    pub fn new(
-        pool: PgPool,
-        batch_size: usize,
-        worker_id: Arc<str>,
-        in_flight: Arc<InFlight>,
-        counters: Arc<WorkerCounters>,
-        callback: Arc<dyn PostHandlerCallback>,
-        events_enabled: Arc<AtomicBool>,
-    ) -> Self {
-        Self {
-            pool,
-            batch_size,
-            worker_id,
-            in_flight,
-            counters,
-            callback,
-            events_enabled,
-        }
-    }
-
     /// Runs until every sender of the completion channel is gone and it is drained.
     pub async fn run(self, mut completion_rx: mpsc::Receiver<StepCompletion>) {
         while let Some(first) = completion_rx.recv().await {

@@ -7,6 +7,7 @@
 //! Concurrency is bounded by the capacity permit each message carries (taken before its
 //! step was read, released after its result commits), so no second semaphore is needed here.
 
+use crate::error::panic_message;
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
 use crate::worker::actors::messages::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::handlers::traits::{StepHandlerRegistry, StepResult};
@@ -142,14 +143,4 @@ pub fn handler_timeout(context: &StepContext, default: Duration) -> Duration {
         .timeout_seconds
         .map(Duration::from_secs)
         .unwrap_or(default)
-}
-
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_string()
-    }
 }

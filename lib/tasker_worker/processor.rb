@@ -34,11 +34,21 @@ module TaskerWorker
     def run
       Thread.current.name = "tasker_worker.processor.#{@index}"
       until @done || @native.stopped?
-        event = @native.next_step(POLL_SECONDS)
+        event = next_event
         process(event) if event
       end
     ensure
       @on_exit.call(self)
+    end
+
+    # An error from the extension itself is logged and retried after a pause rather than
+    # killing the thread (which would be replaced and fail the same way at once).
+    def next_event
+      @native.next_step(POLL_SECONDS)
+    rescue StandardError => e
+      TaskerWorker.logger.error("tasker_worker: next_step failed: #{e.class}: #{e.message}")
+      sleep 1
+      nil
     end
 
     def process(event)

@@ -44,8 +44,8 @@ module TaskerWorker
       return unless @native
 
       @stopping = true
-      report = @native.stop
-      join_processors(timeout || @config.shutdown_timeout)
+      report = @native.stop(timeout&.to_f)
+      join_processors(1.0)
       report
     end
 
@@ -79,6 +79,7 @@ module TaskerWorker
       end
     end
 
+    # By now the core has stopped: every thread's next_step returns nil within a slice.
     def join_processors(timeout)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout.to_f
       @processors.each do |p|

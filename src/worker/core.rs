@@ -187,7 +187,14 @@ impl WorkerCore {
         self.registry.wake.notify_one();
     }
 
-    pub async fn shutdown(mut self) -> TaskerResult<ShutdownReport> {
+    /// Graceful stop, waiting up to the configured `shutdown_timeout_ms` for in-flight steps.
+    pub async fn shutdown(self) -> TaskerResult<ShutdownReport> {
+        let timeout = self.shutdown_timeout;
+        self.shutdown_within(timeout).await
+    }
+
+    /// Graceful stop, waiting up to `timeout` for in-flight steps.
+    pub async fn shutdown_within(mut self, timeout: Duration) -> TaskerResult<ShutdownReport> {
         self.quiet();
         self.registry.stop("worker_event_system").await;
         // Wait for a half-done claim batch, then stop the executor.
@@ -195,7 +202,7 @@ impl WorkerCore {
         self.registry.stop("step_executor").await;
 
         let before = self.shared.in_flight.len();
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
         while !self.shared.in_flight.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

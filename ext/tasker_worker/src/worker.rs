@@ -53,7 +53,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("complete", method!(NativeWorker::complete, 2))?;
     class.define_method("status", method!(NativeWorker::status, 0))?;
     class.define_method("quiet", method!(NativeWorker::quiet, 0))?;
-    class.define_method("stop", method!(NativeWorker::stop, 0))?;
+    class.define_method("stop", method!(NativeWorker::stop, 1))?;
     class.define_method("stopped?", method!(NativeWorker::is_stopped, 0))?;
     class.define_method("pid", method!(NativeWorker::pid, 0))?;
     Ok(())
@@ -179,14 +179,24 @@ impl NativeWorker {
         Ok(())
     }
 
-    /// Graceful stop (see `WorkerCore::shutdown`); the GVL is released so handler threads can
+    /// Graceful stop (see `WorkerCore::shutdown`), waiting up to `timeout` seconds for running
+    /// steps (nil: the configured shutdown timeout). The GVL is released so handler threads can
     /// finish their steps meanwhile. Returns the report, or nil when already stopped.
-    fn stop(ruby: &Ruby, rb_self: &Self) -> Result<Option<RHash>, Error> {
+    fn stop(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<RHash>, Error> {
         let inner = rb_self.check_pid(ruby)?;
         let Some(core) = inner.core.lock().take() else {
             return Ok(None);
         };
-        let report = nogvl::without_gvl(|| inner.runtime.block_on(core.shutdown()))
+        let shutdown = async move {
+            match timeout {
+                Some(seconds) => {
+                    core.shutdown_within(Duration::from_secs_f64(seconds.max(0.0)))
+                        .await
+                }
+                None => core.shutdown().await,
+            }
+        };
+        let report = nogvl::without_gvl(|| inner.runtime.block_on(shutdown))
             .map_err(|panic| errors::internal(ruby, format!("stop panicked: {panic}")))?
             .map_err(|err: TaskerError| errors::to_ruby(ruby, err))?;
         let hash = ruby.hash_new();

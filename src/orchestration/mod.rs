@@ -1,0 +1,89 @@
+//! The embedded orchestrator: task templates, task creation and the step-result processor,
+//! speaking tasker-core's protocol so a deployment can move to tasker-core's orchestration
+//! service without touching handlers. `Orchestrator` runs the result processor, woken by
+//! NOTIFY on `pgmq_message_ready.orchestration` with a fallback poll.
+
+mod registry;
+mod result_processor;
+mod task_initializer;
+mod template;
+
+pub use registry::register_template;
+pub use result_processor::{OrchestratorCounters, OrchestratorStatus, ResultProcessor};
+pub use task_initializer::{create_task, TaskRequest};
+pub use template::{RetryPolicy, StepTemplate, TaskTemplate};
+
+use crate::config::TaskerConfig;
+use crate::database;
+use crate::error::TaskerResult;
+use crate::messaging::{MessageClient, ORCHESTRATION_NAMESPACE, STEP_RESULTS_QUEUE};
+use crate::worker::event_systems::worker_event_system::WorkerEventSystem;
+use crate::worker::stats::WorkerCounters;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub struct Orchestrator {
+    pool: PgPool,
+    counters: Arc<OrchestratorCounters>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Orchestrator {
+    pub async fn start(config: &TaskerConfig) -> TaskerResult<Self> {
+        let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
+        MessageClient::new(pool.clone())
+            .create_queue(STEP_RESULTS_QUEUE)
+            .await?;
+        let wake = Arc::new(Notify::new());
+        let counters = Arc::new(OrchestratorCounters::default());
+        let events = WorkerEventSystem {
+            pool: pool.clone(),
+            namespaces: vec![ORCHESTRATION_NAMESPACE.to_string()],
+            deployment_mode: config.worker.deployment_mode,
+            poll_interval: config.worker.poll_interval(),
+            wake: wake.clone(),
+            counters: Arc::new(WorkerCounters::default()),
+        };
+        let processor = ResultProcessor {
+            pool: pool.clone(),
+            wake,
+            counters: counters.clone(),
+            batch_size: config.worker.claim_batch_size as i32,
+            visibility_timeout_seconds: config.worker.visibility_timeout_seconds as i32,
+        };
+        let tasks = vec![tokio::spawn(events.run()), tokio::spawn(processor.run())];
+        Ok(Self {
+            pool,
+            counters,
+            tasks,
+        })
+    }
+
+    pub fn status(&self) -> OrchestratorStatus {
+        self.counters.snapshot()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Stops between messages or mid-message (a half-processed message is rolled back and
+    /// read again by any orchestrator after its visibility timeout).
+    pub async fn shutdown(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        self.pool.close().await;
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

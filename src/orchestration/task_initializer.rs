@@ -1,0 +1,196 @@
+//! Creates a task from a registered template: the task, one step per template step, the
+//! dependency edges, and the root steps enqueued (state first, then the message, in one
+//! transaction, so a message never names a step that is not `enqueued`).
+
+use crate::error::{TaskerError, TaskerResult};
+use crate::messaging::{self, StepMessage};
+use crate::orchestration::template::TaskTemplate;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool, Row};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub context: Value,
+    /// Creating twice with one key returns the first task.
+    pub idempotency_key: Option<String>,
+}
+
+/// Returns the new task's uuid (or, for a repeated idempotency key, the existing one's).
+pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Uuid> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT nt.named_task_uuid, nt.configuration FROM tasker.named_tasks nt \
+         JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \
+         WHERE tn.name = $1 AND nt.name = $2 AND nt.version = $3",
+    )
+    .bind(&request.namespace)
+    .bind(&request.name)
+    .bind(&request.version)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| {
+        TaskerError::Configuration(format!(
+            "no task template {}/{}@{} is registered",
+            request.namespace, request.name, request.version
+        ))
+    })?;
+    let named_task_uuid: Uuid = row.try_get(0)?;
+    let template: TaskTemplate = serde_json::from_value(row.try_get(1)?)?;
+
+    let task_uuid = Uuid::now_v7();
+    let correlation_id = Uuid::now_v7();
+    let identity = request
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| task_uuid.to_string());
+    let inserted = sqlx::query(
+        "INSERT INTO tasker.tasks (task_uuid, named_task_uuid, context, identity_hash, correlation_id) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (identity_hash) DO NOTHING",
+    )
+    .bind(task_uuid)
+    .bind(named_task_uuid)
+    .bind(&request.context)
+    .bind(&identity)
+    .bind(correlation_id)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        let existing = sqlx::query_scalar("SELECT task_uuid FROM tasker.tasks WHERE identity_hash = $1")
+            .bind(&identity)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        return Ok(existing);
+    }
+    insert_task_transition(&mut tx, task_uuid, None, "pending").await?;
+
+    let steps = insert_steps(&mut tx, task_uuid, &template).await?;
+    let roots: Vec<&str> = template
+        .steps
+        .iter()
+        .filter(|s| s.dependencies.is_empty())
+        .map(|s| s.name.as_str())
+        .collect();
+    let queue = messaging::worker_queue_name(&template.namespace_name)?;
+    for root in roots {
+        let step_uuid = steps[root];
+        insert_step_transition(
+            &mut tx,
+            step_uuid,
+            Some("pending"),
+            "enqueued",
+            2,
+            json!({"event": "enqueue"}),
+        )
+        .await?;
+        let message = StepMessage {
+            task_uuid,
+            step_uuid,
+            correlation_id,
+        };
+        messaging::client::send_with_notify(&mut *tx, &queue, &message, 0).await?;
+    }
+    insert_task_transition(&mut tx, task_uuid, Some("pending"), "steps_in_process").await?;
+    tx.commit().await?;
+    Ok(task_uuid)
+}
+
+async fn insert_steps(
+    tx: &mut PgConnection,
+    task_uuid: Uuid,
+    template: &TaskTemplate,
+) -> TaskerResult<HashMap<String, Uuid>> {
+    let mut steps = HashMap::with_capacity(template.steps.len());
+    for step in &template.steps {
+        let step_uuid = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid, retryable, max_attempts, inputs) \
+             SELECT $1, $2, named_step_uuid, $4, $5, '{}'::jsonb FROM tasker.named_steps WHERE name = $3",
+        )
+        .bind(step_uuid)
+        .bind(task_uuid)
+        .bind(&step.name)
+        .bind(step.retry.retryable)
+        .bind(step.retry.max_attempts as i32)
+        .execute(&mut *tx)
+        .await?;
+        insert_step_transition(tx, step_uuid, None, "pending", 1, json!({"event": "initialize"})).await?;
+        steps.insert(step.name.clone(), step_uuid);
+    }
+    for step in &template.steps {
+        for parent in &step.dependencies {
+            sqlx::query(
+                "INSERT INTO tasker.workflow_step_edges (workflow_step_edge_uuid, from_step_uuid, to_step_uuid) VALUES ($1, $2, $3)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(steps[parent])
+            .bind(steps[&step.name])
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(steps)
+}
+
+/// Appends a step transition; the previous one (if any) stops being most recent.
+pub(crate) async fn insert_step_transition(
+    tx: &mut PgConnection,
+    step_uuid: Uuid,
+    from: Option<&str>,
+    to: &str,
+    sort_key: i32,
+    metadata: Value,
+) -> TaskerResult<()> {
+    if from.is_some() {
+        sqlx::query("UPDATE tasker.workflow_step_transitions SET most_recent = false WHERE workflow_step_uuid = $1 AND most_recent")
+            .bind(step_uuid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO tasker.workflow_step_transitions \
+         (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
+         VALUES ($1, $2, $3, $4, $5, $6, true)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(step_uuid)
+    .bind(from)
+    .bind(to)
+    .bind(metadata)
+    .bind(sort_key)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends a task transition (sort key follows the last one).
+pub(crate) async fn insert_task_transition(
+    tx: &mut PgConnection,
+    task_uuid: Uuid,
+    from: Option<&str>,
+    to: &str,
+) -> TaskerResult<()> {
+    let last: Option<i32> = sqlx::query_scalar(
+        "UPDATE tasker.task_transitions SET most_recent = false WHERE task_uuid = $1 AND most_recent RETURNING sort_key",
+    )
+    .bind(task_uuid)
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent) \
+         VALUES ($1, $2, $3, $4, $5, true)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(task_uuid)
+    .bind(from)
+    .bind(to)
+    .bind(last.unwrap_or(0) + 1)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -10,6 +10,7 @@
 //! 3. the task becomes `complete` when every step is;
 //! 4. the message is archived in the same transaction. A message for a step not waiting for
 //!    orchestration (a duplicate) is archived and changes nothing.
+//!
 //! Safe to run in every worker process at once.
 
 use crate::error::TaskerResult;

@@ -19,6 +19,7 @@ require_relative "tasker_worker/configuration"
 require_relative "tasker_worker/log_forwarder"
 require_relative "tasker_worker/processor"
 require_relative "tasker_worker/worker"
+require_relative "tasker_worker/client"
 
 # Runs the steps of Tasker workflows: a Rust engine claims steps from PostgreSQL PGMQ
 # queues and hands them to Ruby handler classes.

@@ -79,3 +79,8 @@ module TaskerWorker
   # already completed.
   class CompletionRejected < Error; end
 end
+
+module TaskerWorker
+  # `Client.wait` gave up before the task settled.
+  class TimeoutError < Error; end
+end

@@ -14,8 +14,12 @@ module TaskerWorker
     attr_reader :concurrency
 
     # Options are those of TaskerWorker::Configuration (concurrency:, namespaces:, ...);
-    # they override the global configuration for this worker.
-    def initialize(registry: TaskerWorker.handler_registry, **options)
+    # they override the global configuration for this worker. `orchestrate: true` also runs
+    # the embedded orchestrator. `templates_path` (default: config/tasks when it exists) is
+    # a directory of task templates registered at start.
+    def initialize(registry: TaskerWorker.handler_registry, orchestrate: false, templates_path: default_templates, **options)
+      @orchestrate = orchestrate
+      @templates_path = templates_path
       @config = configuration_with(options)
       @concurrency = @config.concurrency
       @registry = registry
@@ -26,7 +30,8 @@ module TaskerWorker
 
     def start
       LogForwarder.start
-      @native = Native::Worker.start(@config.to_core_overrides, @config.config_path)
+      Client.for(@config.database_url).register_templates(@templates_path) if @templates_path
+      @native = Native::Worker.start(@config.to_core_overrides, @config.config_path, @orchestrate)
       @mutex.synchronize { @concurrency.times { |i| spawn(i) } }
       self
     end
@@ -58,6 +63,10 @@ module TaskerWorker
     end
 
     private
+
+    def default_templates
+      "config/tasks" if Dir.exist?("config/tasks")
+    end
 
     def configuration_with(options)
       TaskerWorker.configuration.dup.tap do |config|

@@ -4,10 +4,11 @@
 mod migrate;
 
 pub use migrate::{migrate, MigrationReport, MIGRATOR};
+pub use sqlx::PgPool;
 
 use crate::error::{TaskerError, TaskerResult};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::time::Duration;
 

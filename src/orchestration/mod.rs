@@ -6,11 +6,13 @@
 mod registry;
 mod result_processor;
 mod task_initializer;
+mod task_summary;
 mod template;
 
 pub use registry::register_template;
 pub use result_processor::{OrchestratorCounters, OrchestratorStatus, ResultProcessor};
 pub use task_initializer::{create_task, TaskRequest};
+pub use task_summary::{task_summary, StepSummary, TaskSummary};
 pub use template::{RetryPolicy, StepTemplate, TaskTemplate};
 
 use crate::config::TaskerConfig;

@@ -2,6 +2,7 @@
 //! arguments, calls the core crate, and converts the result back. Decisions about steps,
 //! leases and retries live in the core, where `cargo test` covers them.
 
+mod client;
 mod conversions;
 mod database;
 mod errors;
@@ -18,6 +19,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let native = native::init(ruby, tasker_worker)?;
     logging::init(ruby, native)?;
     worker::init(ruby, native)?;
+    client::init(ruby, native)?;
     database::init(ruby, tasker_worker)?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tasker_worker::config::TaskerConfig;
+use tasker_worker::orchestration::Orchestrator;
 use tasker_worker::worker::{DispatchMode, FfiDispatchChannel, WorkerCore};
 use tasker_worker::TaskerError;
 
@@ -23,6 +24,7 @@ struct Inner {
     pid: u32,
     runtime: ManuallyDrop<tokio::runtime::Runtime>,
     core: Mutex<Option<WorkerCore>>,
+    orchestrator: Mutex<Option<Orchestrator>>,
     channel: Arc<FfiDispatchChannel>,
 }
 
@@ -31,10 +33,12 @@ impl Drop for Inner {
         if std::process::id() != self.pid {
             // A forked child: the runtime's threads are the parent's. Leak it all.
             std::mem::forget(self.core.lock().take());
+            std::mem::forget(self.orchestrator.lock().take());
             return;
         }
         let _entered = self.runtime.enter();
         drop(self.core.lock().take());
+        drop(self.orchestrator.lock().take());
         // SAFETY: taken once, here, and `runtime` is not used afterwards.
         let runtime = unsafe { ManuallyDrop::take(&mut self.runtime) };
         runtime.shutdown_background();
@@ -48,7 +52,7 @@ pub struct NativeWorker {
 
 pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     let class = native.define_class("Worker", ruby.class_object())?;
-    class.define_singleton_method("start", function!(NativeWorker::start, 2))?;
+    class.define_singleton_method("start", function!(NativeWorker::start, 3))?;
     class.define_method("next_step", method!(NativeWorker::next_step, 1))?;
     class.define_method("complete", method!(NativeWorker::complete, 2))?;
     class.define_method("status", method!(NativeWorker::status, 0))?;
@@ -57,6 +61,17 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("stopped?", method!(NativeWorker::is_stopped, 0))?;
     class.define_method("pid", method!(NativeWorker::pid, 0))?;
     Ok(())
+}
+
+/// A runtime whose threads never take signals meant for Ruby (see `block_signals`).
+pub(crate) fn build_runtime(ruby: &Ruby, threads: usize) -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("tasker-worker")
+        .on_thread_start(block_signals)
+        .enable_all()
+        .build()
+        .map_err(|err| errors::internal(ruby, format!("starting the tokio runtime: {err}")))
 }
 
 /// Signals sent to the process must reach a Ruby thread: Ruby's handler run on one of our
@@ -72,24 +87,33 @@ pub(crate) fn block_signals() {
 }
 
 impl NativeWorker {
-    /// `start(overrides, config_path)`: `overrides` maps dotted config keys to values.
-    fn start(ruby: &Ruby, overrides: RHash, config_path: Option<String>) -> Result<Self, Error> {
+    /// `start(overrides, config_path, orchestrate)`: `overrides` maps dotted config keys to
+    /// values; `orchestrate` also runs the embedded orchestrator's result processor.
+    fn start(
+        ruby: &Ruby,
+        overrides: RHash,
+        config_path: Option<String>,
+        orchestrate: bool,
+    ) -> Result<Self, Error> {
         let overrides = conversions::overrides(ruby, overrides)?;
         let env = |name: &str| std::env::var(name).ok();
         let config =
             TaskerConfig::load_from(config_path.as_deref().map(std::path::Path::new), &env, &overrides)
                 .map_err(|err| errors::to_ruby(ruby, err))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tasker-worker")
-            .on_thread_start(block_signals)
-            .enable_all()
-            .build()
-            .map_err(|err| errors::internal(ruby, format!("starting the tokio runtime: {err}")))?;
-        let core = nogvl::without_gvl(|| runtime.block_on(WorkerCore::start(config, DispatchMode::Ffi)))
-            .map_err(|panic| errors::internal(ruby, format!("starting the worker panicked: {panic}")))?;
-        let core = match core {
-            Ok(core) => core,
+        let runtime = build_runtime(ruby, 2)?;
+        let started = nogvl::without_gvl(|| {
+            runtime.block_on(async {
+                let orchestrator = match orchestrate {
+                    true => Some(Orchestrator::start(&config).await?),
+                    false => None,
+                };
+                let core = WorkerCore::start(config, DispatchMode::Ffi).await?;
+                Ok::<_, TaskerError>((core, orchestrator))
+            })
+        })
+        .map_err(|panic| errors::internal(ruby, format!("starting the worker panicked: {panic}")))?;
+        let (core, orchestrator) = match started {
+            Ok(started) => started,
             Err(err) => {
                 runtime.shutdown_background();
                 return Err(errors::to_ruby(ruby, err));
@@ -103,6 +127,7 @@ impl NativeWorker {
             pid: std::process::id(),
             runtime: ManuallyDrop::new(runtime),
             core: Mutex::new(Some(core)),
+            orchestrator: Mutex::new(orchestrator),
             channel,
         };
         Ok(Self {
@@ -168,7 +193,15 @@ impl NativeWorker {
         let inner = rb_self.check_pid(ruby)?;
         let metrics = inner.channel.metrics();
         let core_status = inner.core.lock().as_ref().map(WorkerCore::status_now);
-        conversions::status(ruby, core_status.as_ref(), &metrics)
+        let orchestrator = inner.orchestrator.lock().as_ref().map(Orchestrator::status);
+        let hash = conversions::status(ruby, core_status.as_ref(), &metrics)?;
+        if let Some(orchestrator) = orchestrator {
+            hash.aset(
+                ruby.to_symbol("orchestrator"),
+                serde_magnus::serialize::<_, RHash>(ruby, &orchestrator)?,
+            )?;
+        }
+        Ok(hash)
     }
 
     fn quiet(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {

@@ -1,0 +1,148 @@
+//! `TaskerWorker::Native::Client`: a connection pool for creating and inspecting tasks and
+//! registering templates, usable without a running worker (from a Rails request, a script).
+//! Fork-aware like `Native::Worker`: it records its pid; the Ruby layer makes a new client
+//! in a forked child, and an inherited one is leaked, never dropped.
+
+use crate::{errors, nogvl, worker};
+use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
+use std::mem::ManuallyDrop;
+use std::time::Duration;
+use tasker_worker::database::{self, PoolSettings};
+use tasker_worker::orchestration::{self, TaskRequest, TaskTemplate};
+use tasker_worker::{TaskerError, TaskerResult};
+
+#[magnus::wrap(class = "TaskerWorker::Native::Client", free_immediately, size)]
+pub struct NativeClient {
+    pid: u32,
+    runtime: ManuallyDrop<tokio::runtime::Runtime>,
+    pool: ManuallyDrop<database::PgPool>,
+}
+
+impl Drop for NativeClient {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            return; // a forked child: leak the parent's runtime and pool
+        }
+        // SAFETY: each field is taken once, here, and not used afterwards.
+        let (pool, runtime) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.pool),
+                ManuallyDrop::take(&mut self.runtime),
+            )
+        };
+        let _entered = runtime.enter();
+        drop(pool);
+        drop(_entered);
+        runtime.shutdown_background();
+    }
+}
+
+pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
+    let class = native.define_class("Client", ruby.class_object())?;
+    class.define_singleton_method("connect", function!(NativeClient::connect, 2))?;
+    class.define_method("register_template", method!(NativeClient::register_template, 2))?;
+    class.define_method("create_task", method!(NativeClient::create_task, 5))?;
+    class.define_method("task", method!(NativeClient::task, 1))?;
+    class.define_method("pid", method!(NativeClient::pid, 0))?;
+    Ok(())
+}
+
+impl NativeClient {
+    fn connect(ruby: &Ruby, url: String, pool_size: u32) -> Result<Self, Error> {
+        let runtime = worker::build_runtime(ruby, 1)?;
+        let settings = PoolSettings {
+            max_connections: pool_size.max(1),
+            acquire_timeout: Duration::from_secs(10),
+        };
+        let pool = nogvl::without_gvl(|| runtime.block_on(database::connect(&url, &settings)))
+            .map_err(|panic| errors::internal(ruby, format!("connect panicked: {panic}")))?
+            .map_err(|err| errors::to_ruby(ruby, err))?;
+        Ok(Self {
+            pid: std::process::id(),
+            runtime: ManuallyDrop::new(runtime),
+            pool: ManuallyDrop::new(pool),
+        })
+    }
+
+    /// Runs `work` on the client's runtime with the GVL released.
+    fn run<T: Send, F>(
+        &self,
+        ruby: &Ruby,
+        work: impl FnOnce(database::PgPool) -> F + Send,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = TaskerResult<T>>,
+    {
+        if std::process::id() != self.pid {
+            return Err(errors::named(
+                ruby,
+                "ForkError",
+                "this client was created in another process",
+            ));
+        }
+        let pool = (*self.pool).clone();
+        nogvl::without_gvl(|| self.runtime.block_on(work(pool)))
+            .map_err(|panic| errors::internal(ruby, format!("client call panicked: {panic}")))?
+            .map_err(|err| errors::to_ruby(ruby, err))
+    }
+
+    /// Validates and registers one YAML template; returns its namespace, name and version.
+    fn register_template(ruby: &Ruby, rb_self: &Self, yaml: String, origin: String) -> Result<RHash, Error> {
+        let template = TaskTemplate::from_yaml(&yaml, &origin).map_err(|err| errors::to_ruby(ruby, err))?;
+        let registered = template.clone();
+        rb_self.run(ruby, move |pool| async move {
+            orchestration::register_template(&pool, &registered).await
+        })?;
+        let hash = ruby.hash_new();
+        hash.aset(ruby.to_symbol("namespace"), template.namespace_name)?;
+        hash.aset(ruby.to_symbol("name"), template.name)?;
+        hash.aset(ruby.to_symbol("version"), template.version)?;
+        Ok(hash)
+    }
+
+    fn create_task(
+        ruby: &Ruby,
+        rb_self: &Self,
+        namespace: String,
+        name: String,
+        version: String,
+        context: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<String, Error> {
+        let context: serde_json::Value = serde_magnus::deserialize(ruby, context).map_err(|err| {
+            errors::named(
+                ruby,
+                "SerializationError",
+                format!("the task context could not be converted to JSON: {err}"),
+            )
+        })?;
+        let request = TaskRequest {
+            namespace,
+            name,
+            version,
+            context,
+            idempotency_key,
+        };
+        let uuid = rb_self.run(ruby, move |pool| async move {
+            orchestration::create_task(&pool, &request).await
+        })?;
+        Ok(uuid.to_string())
+    }
+
+    fn task(ruby: &Ruby, rb_self: &Self, task_uuid: String) -> Result<RHash, Error> {
+        let uuid = uuid::Uuid::parse_str(&task_uuid).map_err(|err| {
+            errors::to_ruby(
+                ruby,
+                TaskerError::Configuration(format!("task uuid {task_uuid:?}: {err}")),
+            )
+        })?;
+        let summary: orchestration::TaskSummary = rb_self.run(ruby, move |pool| async move {
+            orchestration::task_summary(&pool, uuid).await
+        })?;
+        serde_magnus::serialize(ruby, &summary)
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+}

@@ -1,0 +1,112 @@
+# frozen_string_literal: true
+
+require "optparse"
+require_relative "../tasker_worker"
+
+module TaskerWorker
+  # `tasker_worker`, the worker process. It owns:
+  # 1. options (`--help` lists them) and loading the application (`-r`);
+  # 2. starting a Worker (and the embedded orchestrator with --orchestrate);
+  # 3. signals: INT/TERM stop gracefully (no new claims, up to -t seconds for running steps,
+  #    the rest released to other workers), TSTP stops claiming, TTIN prints threads and
+  #    status. Traps only write to a pipe; the main thread acts.
+  #
+  # Exit codes: 0 stopped gracefully, 1 could not start (configuration, database, template
+  # or application error), 2 bad command line.
+  class CLI
+    EXIT_OK = 0
+    EXIT_BOOT_FAILED = 1
+    EXIT_USAGE = 2
+    SIGNALS = %w[INT TERM TSTP TTIN].freeze
+
+    def initialize(argv, out: $stdout)
+      @argv = argv.dup
+      @out = out
+      @options = {}
+    end
+
+    def run
+      $stdout.sync = true # log lines reach a pipe or file as they happen
+      parse!
+      boot
+      worker = start_worker
+      wait_for_signals(worker)
+      EXIT_OK
+    rescue OptionParser::ParseError => e
+      warn "tasker_worker: #{e.message} (see --help)"
+      EXIT_USAGE
+    rescue TaskerWorker::Error, LoadError, SystemCallError => e
+      warn "tasker_worker: could not start: #{e.class}: #{e.message}"
+      EXIT_BOOT_FAILED
+    end
+
+    private
+
+    def parse!
+      parser.parse!(@argv)
+      raise OptionParser::InvalidArgument, "unexpected argument #{@argv.first}" unless @argv.empty?
+    end
+
+    def parser # rubocop:disable Metrics/MethodLength,Metrics/AbcSize -- one line per option
+      OptionParser.new do |o|
+        o.banner = "Usage: tasker_worker [options]"
+        o.on("-c", "--concurrency N", Integer, "Ruby threads running handlers (default 5)") { |v| @options[:concurrency] = v }
+        o.on("-n", "--namespaces A,B", Array, "namespaces to serve (default: default)") { |v| @options[:namespaces] = v }
+        o.on("-r", "--require PATH", "file, or Rails app directory, to load (default ./config/environment.rb if present)") { |v| @require = v }
+        o.on("-C", "--config PATH", "TOML configuration file (keys of config/tasker/base/worker.toml)") { |v| @options[:config_path] = v }
+        o.on("-t", "--timeout SECONDS", Float, "graceful-stop wait for running steps (default 25)") { |v| @options[:shutdown_timeout] = v }
+        o.on("-T", "--templates DIR", "task templates to register (default ./config/tasks if present)") { |v| @templates = v }
+        o.on("--orchestrate", "also run the embedded orchestrator") { @orchestrate = true }
+        o.on("-v", "--verbose", "debug logging") { @options[:log_level] = :debug }
+        o.on("-V", "--version", "print the version") { @out.puts(TaskerWorker::VERSION) || exit(EXIT_OK) }
+        o.on("-h", "--help", "this help") { @out.puts(o.help) || exit(EXIT_OK) }
+      end
+    end
+
+    def boot
+      path = @require || ("./config/environment.rb" if File.exist?("./config/environment.rb"))
+      return unless path
+
+      path = File.join(path, "config/environment.rb") if File.directory?(path)
+      require File.expand_path(path)
+    end
+
+    def start_worker
+      templates = @templates || ("config/tasks" if Dir.exist?("config/tasks"))
+      worker = Worker.new(orchestrate: @orchestrate || false, templates_path: templates, **@options).start
+      TaskerWorker.logger.info("tasker_worker #{VERSION}: pid #{Process.pid}, #{worker.concurrency} threads" \
+                               "#{", orchestrating" if @orchestrate}; INT/TERM to stop, TSTP to quiet, TTIN to dump")
+      worker
+    end
+
+    def wait_for_signals(worker)
+      reader, writer = IO.pipe
+      SIGNALS.each { |sig| Signal.trap(sig) { writer.write_nonblock("#{sig}\n", exception: false) } }
+      while (line = reader.gets)
+        break if handle(line.strip, worker) == :stop
+      end
+    end
+
+    def handle(signal, worker)
+      case signal
+      when "INT", "TERM"
+        report = worker.stop
+        TaskerWorker.logger.info("tasker_worker: stopped (#{report.inspect})")
+        :stop
+      when "TSTP"
+        worker.quiet!
+        TaskerWorker.logger.info("tasker_worker: quiet, no new steps will be claimed")
+      when "TTIN"
+        dump(worker)
+      end
+    end
+
+    def dump(worker)
+      Thread.list.each do |thread|
+        TaskerWorker.logger.info("thread #{thread.name || thread.object_id} #{thread.status}\n  " \
+                                 "#{(thread.backtrace || []).first(10).join("\n  ")}")
+      end
+      TaskerWorker.logger.info("status #{worker.status.inspect}")
+    end
+  end
+end

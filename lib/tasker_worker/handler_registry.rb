@@ -6,6 +6,8 @@ module TaskerWorker
   # instances answer #call. Every resolution of a class builds a new instance, so
   # handlers never share state across the worker's threads.
   class HandlerRegistry
+    CONSTANT_SEGMENT = /\A[A-Z]\w*\z/.freeze
+
     def initialize
       @mutex = Mutex.new
       @registrations = {}
@@ -65,14 +67,28 @@ module TaskerWorker
 
     # Called outside the lock: const_get may autoload a file that registers handlers.
     def handler_class(name)
-      klass = Object.const_get(name)
+      unless name.delete_prefix("::").split("::", -1).all? { |segment| segment.match?(CONSTANT_SEGMENT) }
+        raise HandlerNotFoundError.new(callable: name, reason: "nothing is registered under that name and it is " \
+                                                               "not a Ruby constant name")
+      end
+      klass = constant(name)
+      unless klass
+        raise HandlerNotFoundError.new(callable: name, reason: "nothing is registered under that name and " \
+                                                               "no constant #{name} is defined")
+      end
       return klass if klass.is_a?(Class) && handler_class?(klass)
 
       raise HandlerNotFoundError.new(callable: name, reason: not_a_handler(klass))
-    rescue NameError => e
-      # The first line only: Ruby appends did_you_mean and error_highlight text to the rest.
-      raise HandlerNotFoundError.new(callable: name, reason: "nothing is registered under that name and it is " \
-                                                             "not a constant (#{e.message.lines.first.strip})")
+    end
+
+    # Walks "A::B::C" with const_defined? instead of rescuing NameError: an unknown handler is
+    # routine here, and a NameError's message runs did_you_mean over every constant.
+    def constant(name)
+      name.delete_prefix("::").split("::").reduce(Object) do |scope, segment|
+        return nil unless scope.is_a?(Module) && scope.const_defined?(segment, scope.equal?(Object))
+
+        scope.const_get(segment, false)
+      end
     end
 
     def handler_class?(klass)

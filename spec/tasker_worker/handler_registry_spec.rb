@@ -99,13 +99,13 @@ RSpec.describe TaskerWorker::HandlerRegistry do
     it "raises HandlerNotFoundError naming the callable" do
       expect { registry.resolve("Billing::Missing") }.to raise_error(TaskerWorker::HandlerNotFoundError) { |error|
         expect(error.callable).to eq("Billing::Missing")
-        expect(error.message).to start_with('no handler for "Billing::Missing"').and include("uninitialized constant")
+        expect(error.message).to start_with('no handler for "Billing::Missing"').and include("no constant Billing::Missing is defined")
       }
     end
 
     it "raises for a name that cannot be a constant" do
       expect { registry.resolve("billing.charge") }
-        .to raise_error(TaskerWorker::HandlerNotFoundError, /"billing\.charge".*wrong constant name/)
+        .to raise_error(TaskerWorker::HandlerNotFoundError, /"billing\.charge".*not a Ruby constant name/)
     end
 
     it "explains that a class's instances cannot be called" do

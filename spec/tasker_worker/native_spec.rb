@@ -24,3 +24,15 @@ RSpec.describe TaskerWorker::Native, :gc_stress do
     expect { described_class.worker_queue_name(42) }.to raise_error(TypeError)
   end
 end
+
+RSpec.describe TaskerWorker::Native::Loopback, :gc_stress do
+  it "hands out synthetic steps and takes their completions, once each" do
+    loopback = described_class.new(2)
+    event = loopback.next_step(5.0)
+    expect(event).to include(step_name: "noop", attempts: 1)
+    expect(event[:task_context]).to include("order_id" => 1234)
+    expect(loopback.complete(event[:event_id], { success: true, result: {} })).to be(true)
+    expect { loopback.complete(event[:event_id], { success: true, result: {} }) }
+      .to raise_error(TaskerWorker::CompletionRejected, /already completed/)
+  end
+end

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod hydration;
 pub mod in_flight;
 pub mod lease_keeper;
+pub mod loopback;
 pub mod stats;
 pub mod step_claim;
 pub mod step_context;

@@ -7,6 +7,7 @@ mod conversions;
 mod database;
 mod errors;
 mod logging;
+mod loopback;
 mod native;
 mod nogvl;
 mod worker;
@@ -20,6 +21,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     logging::init(ruby, native)?;
     worker::init(ruby, native)?;
     client::init(ruby, native)?;
+    loopback::init(ruby, native)?;
     database::init(ruby, tasker_worker)?;
     Ok(())
 }

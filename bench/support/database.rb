@@ -1,0 +1,63 @@
+# frozen_string_literal: true
+
+# A throw-away database per benchmark (or per measurement): CREATE DATABASE tw_bench_<random>
+# on the server of DATABASE_URL, migrated with TaskerWorker::Database.migrate!, dropped at the
+# end (also when the run fails or is interrupted).
+require "pg"
+require "securerandom"
+require "uri"
+require_relative "common"
+
+module Bench
+  module ThrowawayDatabase
+    module_function
+
+    # Yields the new database's URL; drops it afterwards. `migrate: false` leaves it empty.
+    def with(migrate: true)
+      url = create(migrate: migrate)
+      yield url
+    ensure
+      drop(url) if url
+    end
+
+    def create(migrate: true)
+      name = "tw_bench_#{SecureRandom.hex(6)}"
+      admin { |conn| conn.exec("CREATE DATABASE #{conn.quote_ident(name)}") }
+      url = url_for(name)
+      TaskerWorker::Database.migrate!(url) if migrate
+      url
+    rescue StandardError
+      drop(url) if url
+      raise
+    end
+
+    def drop(url)
+      name = URI.parse(url).path.delete_prefix("/")
+      # WITH (FORCE) ends connections still open (a pool being torn down, a killed child).
+      admin { |conn| conn.exec("DROP DATABASE IF EXISTS #{conn.quote_ident(name)} WITH (FORCE)") }
+    rescue PG::Error => e
+      Bench.log("could not drop #{name}: #{e.message.strip}")
+    end
+
+    def url_for(database)
+      uri = URI.parse(Bench.database_url)
+      uri.path = "/#{database}"
+      uri.to_s
+    end
+
+    def admin
+      conn = PG.connect(url_for("postgres"))
+      yield conn
+    ensure
+      conn&.close
+    end
+
+    # `SHOW name` on `url`.
+    def setting(url, name)
+      conn = PG.connect(url)
+      conn.exec("SHOW #{conn.quote_ident(name)}").getvalue(0, 0)
+    ensure
+      conn&.close
+    end
+  end
+end

@@ -18,6 +18,7 @@ require_relative "tasker_worker/handler_registry"
 require_relative "tasker_worker/configuration"
 require_relative "tasker_worker/log_forwarder"
 require_relative "tasker_worker/processor"
+require_relative "tasker_worker/domain_events"
 require_relative "tasker_worker/worker"
 require_relative "tasker_worker/client"
 

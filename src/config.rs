@@ -74,6 +74,16 @@ pub enum DeploymentMode {
 pub struct MpscChannelsConfig {
     pub handler_dispatch: HandlerDispatchConfig,
     pub ffi_dispatch: FfiDispatchConfig,
+    pub domain_events: DomainEventsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainEventsConfig {
+    /// Durable events waiting to be sent to `{namespace}_domain_events`.
+    pub durable_buffer_size: usize,
+    /// Fast events waiting for a Ruby subscriber thread.
+    pub fast_buffer_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -549,6 +559,18 @@ impl WorkerConfig {
         );
         self.mpsc_channels.handler_dispatch.check(issues);
         self.mpsc_channels.ffi_dispatch.check(issues);
+        check_min(
+            issues,
+            "worker.mpsc_channels.domain_events.durable_buffer_size",
+            self.mpsc_channels.domain_events.durable_buffer_size,
+            1,
+        );
+        check_min(
+            issues,
+            "worker.mpsc_channels.domain_events.fast_buffer_size",
+            self.mpsc_channels.domain_events.fast_buffer_size,
+            1,
+        );
     }
 
     fn check_namespaces(&self, issues: &mut Vec<Issue>) {

@@ -31,7 +31,7 @@ module TaskerWorker
     DEPLOYMENT_MODES = %w[hybrid event_driven polling].freeze
     LOG_LEVELS = { trace: Logger::DEBUG, debug: Logger::DEBUG, info: Logger::INFO, warn: Logger::WARN,
                    error: Logger::ERROR }.freeze
-    NAMESPACE_FORMAT = /\A[a-z0-9_]{1,40}\z/.freeze
+    NAMESPACE_FORMAT = /\A[a-z0-9_]{1,33}\z/.freeze
     # PGMQ takes the visibility timeout in seconds; the core refuses more than 12 hours.
     MAX_VISIBILITY_TIMEOUT = 12 * 60 * 60
 
@@ -195,7 +195,7 @@ module TaskerWorker
     def namespace_list(value)
       names = value.map { |name| name.is_a?(Symbol) ? name.to_s : name } if value.is_a?(Array)
       unless names&.any? && names.all? { |name| name.is_a?(String) && name.match?(NAMESPACE_FORMAT) }
-        reject(:namespaces, value, "a non-empty Array of names of 1-40 characters of a-z, 0-9 and _")
+        reject(:namespaces, value, "a non-empty Array of names of 1-33 characters of a-z, 0-9 and _")
       end
       reject(:namespaces, value, "a list without duplicates") if names.uniq.size < names.size
       names.freeze

@@ -33,6 +33,7 @@ module TaskerWorker
       Client.for(@config.database_url).register_templates(@templates_path) if @templates_path
       @native = Native::Worker.start(@config.to_core_overrides, @config.config_path, @orchestrate)
       @mutex.synchronize { @concurrency.times { |i| spawn(i) } }
+      @events = EventDispatcher.new(@native).start
       self
     end
 
@@ -51,11 +52,15 @@ module TaskerWorker
       @stopping = true
       report = @native.stop(timeout&.to_f)
       join_processors(1.0)
+      @events.join(1.0)
       report
     end
 
     def status
-      @native ? @native.status.merge(threads: alive_threads) : { running: false }
+      return { running: false } unless @native
+
+      @native.status.merge(threads: alive_threads, subscribers: { delivered: @events.delivered,
+                                                                   errors: @events.subscriber_errors })
     end
 
     def running?

@@ -10,8 +10,8 @@ mod result;
 pub use client::{MessageClient, QueuedMessage};
 pub use message::{NotifyEvent, StepMessage};
 pub use queues::{
-    extract_namespace, message_ready_channel, validate_namespace, worker_queue_name, ORCHESTRATION_NAMESPACE,
-    STEP_RESULTS_QUEUE,
+    domain_events_queue_name, extract_namespace, message_ready_channel, validate_namespace,
+    worker_queue_name, ORCHESTRATION_NAMESPACE, STEP_RESULTS_QUEUE,
 };
 pub use result::{
     BackoffHint, ExecutionTiming, OrchestrationMetadata, StepExecutionError, StepExecutionMetadata,

@@ -9,9 +9,9 @@ pub const STEP_RESULTS_QUEUE: &str = "orchestration_step_results";
 /// Namespace of every `orchestration*` queue.
 pub const ORCHESTRATION_NAMESPACE: &str = "orchestration";
 
-/// Longest namespace whose queue (`worker_{ns}_queue`, plus PGMQ's `a_`/`q_` table prefix) and
-/// notification channel (`pgmq_message_ready.{ns}`) both fit PostgreSQL's 63-byte names.
-const MAX_NAMESPACE_LEN: usize = 40;
+/// Longest namespace whose queues (`worker_{ns}_queue`, `{ns}_domain_events`) fit PGMQ's
+/// 47-character queue names.
+const MAX_NAMESPACE_LEN: usize = 33;
 
 /// Checks that a namespace can be used in queue and channel names.
 pub fn validate_namespace(namespace: &str) -> TaskerResult<()> {
@@ -30,6 +30,12 @@ pub fn validate_namespace(namespace: &str) -> TaskerResult<()> {
 pub fn worker_queue_name(namespace: &str) -> TaskerResult<String> {
     validate_namespace(namespace)?;
     Ok(format!("worker_{namespace}_queue"))
+}
+
+/// `{namespace}_domain_events`, the queue durable domain events go to.
+pub fn domain_events_queue_name(namespace: &str) -> TaskerResult<String> {
+    validate_namespace(namespace)?;
+    Ok(format!("{namespace}_domain_events"))
 }
 
 /// The channel `tasker.pgmq_send_with_notify` notifies for messages of `namespace`.
@@ -78,7 +84,7 @@ mod tests {
     #[test]
     fn namespace_validation_names_the_problem() {
         assert!(validate_namespace("order_fulfillment").is_ok());
-        for bad in ["", "Upper", "has-dash", "semi;colon", &"x".repeat(41)] {
+        for bad in ["", "Upper", "has-dash", "semi;colon", &"x".repeat(34)] {
             let err = validate_namespace(bad).unwrap_err().to_string();
             assert!(err.contains("namespace"), "{bad}: {err}");
         }

@@ -5,6 +5,7 @@
 
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging::validate_namespace;
+use crate::worker::event_systems::domain_event_system::EventDeclaration;
 use crate::worker::HandlerSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -147,6 +148,10 @@ impl TaskTemplate {
             if step.timeout_seconds == Some(0) {
                 return Err(format!("{at}: timeout_seconds must be at least 1"));
             }
+            for (i, event) in step.publishes_events.iter().enumerate() {
+                serde_json::from_value::<EventDeclaration>(event.clone())
+                    .map_err(|err| format!("{at}: publishes_events[{i}]: {err}"))?;
+            }
         }
         if let Some(cycle) = self.find_cycle() {
             return Err(format!("{label}: dependency cycle through step {cycle:?}"));
@@ -282,6 +287,13 @@ steps:
                 "timeout_seconds",
             ),
             (with("steps:\n", "stepz:\n"), "missing field `steps`"),
+            (
+                with(
+                    "timeout_seconds: 30",
+                    "publishes_events: [{ name: x, delivery_mode: pigeon }]",
+                ),
+                "publishes_events[0]: unknown variant `pigeon`",
+            ),
         ];
         for (result, expected) in cases {
             let err = result.expect_err(expected).to_string();

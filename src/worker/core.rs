@@ -16,7 +16,7 @@ use crate::error::{TaskerError, TaskerResult};
 use crate::messaging::{self, client, MessageClient, STEP_RESULTS_QUEUE};
 use crate::worker::actors::messages::WorkerCommand;
 use crate::worker::actors::registry::{DispatchMode, WorkerActorRegistry};
-use crate::worker::handlers::domain_event_callback::{NoopPostHandlerCallback, PostHandlerCallback};
+use crate::worker::event_systems::domain_event_system::{DomainEventStats, DomainEventSystem};
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::in_flight::InFlight;
 use crate::worker::stats::{CounterSnapshot, WorkerCounters};
@@ -42,6 +42,7 @@ pub struct Shared {
     pub events_enabled: Arc<AtomicBool>,
     pub executor_busy: Arc<tokio::sync::Mutex<()>>,
     pub running: AtomicBool,
+    pub domain_events: Arc<DomainEventSystem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,6 +56,7 @@ pub struct WorkerStatus {
     pub capacity: usize,
     pub oldest_in_flight_ms: Option<u64>,
     pub counters: CounterSnapshot,
+    pub domain_events: DomainEventStats,
     pub pool_size: u32,
     pub pool_idle: usize,
 }
@@ -70,6 +72,7 @@ impl Shared {
             capacity: self.max_in_flight,
             oldest_in_flight_ms: self.in_flight.oldest_age().map(|d| d.as_millis() as u64),
             counters: self.counters.snapshot(),
+            domain_events: self.domain_events.stats(),
             pool_size: self.pool.size(),
             pool_idle: self.pool.num_idle(),
         }
@@ -95,14 +98,6 @@ pub struct WorkerCore {
 impl WorkerCore {
     /// Starts a worker. With `DispatchMode::Ffi`, `ffi_channel()` is where threads pull steps.
     pub async fn start(config: TaskerConfig, dispatch: DispatchMode) -> TaskerResult<Self> {
-        Self::start_with_callback(config, dispatch, Arc::new(NoopPostHandlerCallback)).await
-    }
-
-    pub async fn start_with_callback(
-        config: TaskerConfig,
-        dispatch: DispatchMode,
-        callback: Arc<dyn PostHandlerCallback>,
-    ) -> TaskerResult<Self> {
         let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
         ensure_schema(&pool).await?;
         let client = MessageClient::new(pool.clone());
@@ -110,8 +105,16 @@ impl WorkerCore {
         for namespace in &config.worker.namespaces {
             let queue = messaging::worker_queue_name(namespace)?;
             client.create_queue(&queue).await?;
+            client
+                .create_queue(&messaging::domain_events_queue_name(namespace)?)
+                .await?;
             queues.push(Arc::<str>::from(queue));
         }
+        let events_config = &config.worker.mpsc_channels.domain_events;
+        let domain_events = Arc::new(DomainEventSystem::new(
+            events_config.durable_buffer_size,
+            events_config.fast_buffer_size,
+        ));
         client.create_queue(STEP_RESULTS_QUEUE).await?;
 
         let max_in_flight = config
@@ -132,8 +135,9 @@ impl WorkerCore {
             events_enabled: Arc::new(AtomicBool::new(true)),
             executor_busy: Arc::new(tokio::sync::Mutex::new(())),
             running: AtomicBool::new(true),
+            domain_events,
         });
-        let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch, callback);
+        let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch);
         tracing::info!(worker_id = %shared.worker_id, namespaces = ?shared.namespaces, capacity = max_in_flight, "worker started");
         let core = Self {
             shared,
@@ -181,6 +185,11 @@ impl WorkerCore {
         self.shared.status()
     }
 
+    /// Domain events: the fast queue Ruby subscribers pull from, and counters.
+    pub fn domain_events(&self) -> &Arc<DomainEventSystem> {
+        &self.shared.domain_events
+    }
+
     /// Stops claiming new steps; in-flight steps run to completion.
     pub fn quiet(&self) {
         self.shared.quiet.store(true, Ordering::Release);
@@ -221,6 +230,12 @@ impl WorkerCore {
         }
         self.registry.stop("lease_keeper").await;
         self.registry.stop("completion_processor").await;
+        // Durable events of committed results still go out, within a bound.
+        let events_deadline = Instant::now() + Duration::from_secs(2);
+        while !self.shared.domain_events.durable_idle() && Instant::now() < events_deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.registry.stop("domain_event_publisher").await;
         let released = self.release_leases().await;
         self.registry.stop_all().await;
         self.shared.running.store(false, Ordering::Relaxed);

@@ -55,6 +55,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_singleton_method("start", function!(NativeWorker::start, 3))?;
     class.define_method("next_step", method!(NativeWorker::next_step, 1))?;
     class.define_method("complete", method!(NativeWorker::complete, 2))?;
+    class.define_method("next_event", method!(NativeWorker::next_event, 1))?;
     class.define_method("status", method!(NativeWorker::status, 0))?;
     class.define_method("quiet", method!(NativeWorker::quiet, 0))?;
     class.define_method("stop", method!(NativeWorker::stop, 1))?;
@@ -167,6 +168,34 @@ impl NativeWorker {
             }
             ruby.thread_check_ints()?;
             if Instant::now() >= deadline || inner.channel.is_stopped() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Blocks (without the GVL, in slices) up to `timeout` seconds for the next fast domain
+    /// event; returns its envelope Hash or nil.
+    fn next_event(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
+        let inner = rb_self.check_pid(ruby)?;
+        let Some(events) = inner
+            .core
+            .lock()
+            .as_ref()
+            .map(|core| core.domain_events().clone())
+        else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        loop {
+            let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
+            let source = events.clone();
+            let event = nogvl::without_gvl_interruptible(move || source.next_fast_event(slice))
+                .map_err(|panic| errors::internal(ruby, format!("next_event panicked: {panic}")))?;
+            if let Some(Some(event)) = event {
+                return serde_magnus::serialize(ruby, &event).map(Some);
+            }
+            ruby.thread_check_ints()?;
+            if Instant::now() >= deadline || rb_self.is_stopped() {
                 return Ok(None);
             }
         }

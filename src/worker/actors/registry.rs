@@ -10,7 +10,6 @@ use crate::worker::core::Shared;
 use crate::worker::event_systems::worker_event_system::WorkerEventSystem;
 use crate::worker::handlers::completion_processor::CompletionProcessorService;
 use crate::worker::handlers::dispatch_service::HandlerDispatchService;
-use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::handlers::traits::StepHandlerRegistry;
 use crate::worker::lease_keeper::LeaseKeeper;
@@ -42,12 +41,7 @@ pub struct WorkerActorRegistry {
 
 impl WorkerActorRegistry {
     /// Builds and starts every actor.
-    pub fn start(
-        config: &TaskerConfig,
-        shared: Arc<Shared>,
-        dispatch: DispatchMode,
-        callback: Arc<dyn PostHandlerCallback>,
-    ) -> Self {
+    pub fn start(config: &TaskerConfig, shared: Arc<Shared>, dispatch: DispatchMode) -> Self {
         let worker = &config.worker;
         let channels = &worker.mpsc_channels;
         let (dispatch_tx, dispatch_rx) = mpsc::channel(match dispatch {
@@ -74,10 +68,19 @@ impl WorkerActorRegistry {
             worker_id: shared.worker_id.clone(),
             in_flight: shared.in_flight.clone(),
             counters: shared.counters.clone(),
-            callback,
+            callback: shared.domain_events.clone(),
             events_enabled: shared.events_enabled.clone(),
         };
         spawn("completion_processor", Box::pin(completion.run(completion_rx)));
+        spawn(
+            "domain_event_publisher",
+            Box::pin(
+                shared
+                    .domain_events
+                    .clone()
+                    .run_durable_publisher(shared.pool.clone()),
+            ),
+        );
 
         let ffi = match dispatch {
             DispatchMode::Rust(registry) => {

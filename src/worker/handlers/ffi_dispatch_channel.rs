@@ -306,26 +306,34 @@ impl FfiDispatchChannel {
         };
         let result = result_from_completion(running.message.context.step_uuid, completion, &timing);
         self.counters.completed.fetch_add(1, Ordering::Relaxed);
-        self.send(running.message, result);
+        if let Some(completion) = self.try_send(running.message, result) {
+            // A full channel means the completion processor is behind: wait for it (this is a
+            // handler thread, not the runtime) rather than lose the result.
+            let _ = self.completion_tx.blocking_send(completion);
+        }
         Ok(())
     }
 
-    /// Never blocks the calling thread: the completion channel holds at least as many results
-    /// as there are slots, so `try_send` only fails when the worker is stopping.
-    fn send(&self, message: DispatchHandlerMessage, result: StepExecutionResult) {
+    /// Hands the result to the completion processor without waiting; returns it when the
+    /// completion channel is full, for the caller to wait in the way its context allows.
+    fn try_send(
+        &self,
+        message: DispatchHandlerMessage,
+        result: StepExecutionResult,
+    ) -> Option<StepCompletion> {
         let completion = StepCompletion {
             claim: message.claim,
             context: message.context,
             result,
             permit: Some(message.permit),
         };
-        if let Err(err) = self.completion_tx.try_send(completion) {
-            let step_uuid = match &err {
-                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => {
-                    c.claim.step_uuid
-                }
-            };
-            tracing::warn!(%step_uuid, "the completion processor did not take a result ({err}); the step will be reclaimed after its lease");
+        match self.completion_tx.try_send(completion) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(completion)) => Some(completion),
+            Err(mpsc::error::TrySendError::Closed(completion)) => {
+                tracing::warn!(step_uuid = %completion.claim.step_uuid, "the worker is stopping; the result is not committed and the step will be reclaimed after its lease");
+                None
+            }
         }
     }
 
@@ -372,7 +380,9 @@ impl FfiDispatchChannel {
             };
             let result = StepExecutionResult::failure(context.step_uuid, failure, &timing);
             self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            self.send(running.message, result);
+            if let Some(completion) = self.try_send(running.message, result) {
+                let _ = self.completion_tx.send(completion).await;
+            }
         }
     }
 

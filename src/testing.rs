@@ -329,6 +329,22 @@ impl TestWorkflow {
     }
 }
 
+/// Makes every send to `orchestration_step_results` fail (its table is renamed) until
+/// `repair_step_results_queue`: a real failure between writing a result and sending its message.
+pub async fn break_step_results_queue(pool: &PgPool) {
+    sqlx::query("ALTER TABLE pgmq.q_orchestration_step_results RENAME TO q_broken_step_results")
+        .execute(pool)
+        .await
+        .expect("break the results queue");
+}
+
+pub async fn repair_step_results_queue(pool: &PgPool) {
+    sqlx::query("ALTER TABLE pgmq.q_broken_step_results RENAME TO q_orchestration_step_results")
+        .execute(pool)
+        .await
+        .expect("repair the results queue");
+}
+
 /// A template with one step per `(name, callable, dependencies)`.
 pub fn template(name: &str, steps: &[(&str, &str, &[&str])]) -> serde_json::Value {
     serde_json::json!({

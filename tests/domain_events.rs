@@ -5,7 +5,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::messaging::StepFailure;
-use tasker_worker::testing::{wait_for, worker_config, TestDatabase, TestWorkflow};
+use tasker_worker::testing::{
+    break_step_results_queue, repair_step_results_queue, wait_for, worker_config, TestDatabase, TestWorkflow,
+};
 use tasker_worker::worker::event_systems::domain_event_system::DomainEvent;
 use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepSuccess, WorkerCore};
 use tokio::sync::Notify;
@@ -130,10 +132,7 @@ async fn nothing_is_published_for_a_result_whose_commit_rolled_back() {
     })
     .await;
 
-    sqlx::query("ALTER TABLE pgmq.q_orchestration_step_results RENAME TO q_broken")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    break_step_results_queue(&db.pool).await;
     gate.notify_one();
     wait_for("a failed commit", WAIT, || async {
         (core.status().await.unwrap().counters.commit_failures >= 1).then_some(())
@@ -148,10 +147,7 @@ async fn nothing_is_published_for_a_result_whose_commit_rolled_back() {
         "a fast event for an uncommitted result"
     );
 
-    sqlx::query("ALTER TABLE pgmq.q_broken RENAME TO q_orchestration_step_results")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    repair_step_results_queue(&db.pool).await;
     let events = wait_for("the event after the commit", WAIT, || async {
         let events = durable_events(&db.pool, "rollback").await;
         (!events.is_empty()).then_some(events)

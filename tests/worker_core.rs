@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::config::{DeploymentMode, TaskerConfig};
 use tasker_worker::messaging::{MessageClient, StepFailure, StepMessage};
-use tasker_worker::testing::{template, wait_for, worker_config, TestDatabase, TestWorkflow};
+use tasker_worker::testing::{
+    break_step_results_queue, repair_step_results_queue, template, wait_for, worker_config, TestDatabase,
+    TestWorkflow,
+};
 use tasker_worker::worker::{
     handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
 };
@@ -578,10 +581,7 @@ async fn the_result_and_the_orchestration_message_commit_together_or_not_at_all(
     wait_state(&wf, "only", "in_progress").await;
 
     // Break the results queue so the send fails after the results are written.
-    sqlx::query("ALTER TABLE pgmq.q_orchestration_step_results RENAME TO q_broken")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    break_step_results_queue(&db.pool).await;
     gate.notify_one();
     wait_for("a failed commit", WAIT, || async {
         (core.status().await.unwrap().counters.commit_failures >= 1).then_some(())
@@ -599,10 +599,7 @@ async fn the_result_and_the_orchestration_message_commit_together_or_not_at_all(
         "the message must not be archived"
     );
 
-    sqlx::query("ALTER TABLE pgmq.q_broken RENAME TO q_orchestration_step_results")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    repair_step_results_queue(&db.pool).await;
     wait_state(&wf, "only", "enqueued_for_orchestration").await;
     assert_eq!(wf.results("only").await.unwrap()["result"]["by"], "ok");
     assert_eq!(orchestration_messages(&db.pool).await, vec![wf.message("only")]);

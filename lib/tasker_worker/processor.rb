@@ -56,13 +56,10 @@ module TaskerWorker
       complete(event[:event_id], outcome(context))
     end
 
+    # Resolution errors (HandlerNotFoundError) and handler exceptions map the same way here
+    # as in TaskerWorker::Testing.
     def outcome(context)
-      handler = @registry.resolve(context.handler_callable, config: context.config)
-      ResultMapper.from_return(handler.call(context))
-    rescue HandlerNotFoundError => e
-      ResultMapper.handler_not_found(context.handler_callable, e.message)
-    rescue StandardError => e
-      ResultMapper.from_exception(e)
+      ResultMapper.capture { @registry.resolve(context.handler_callable, config: context.config).call(context) }
     end
 
     def complete(event_id, completion)

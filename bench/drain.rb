@@ -1,0 +1,70 @@
+# frozen_string_literal: true
+
+# Worker drain: N single-step tasks are enqueued first (not timed); then a worker with a
+# no-op Ruby handler and `concurrency` threads is started and timed until all N results are
+# committed (worker.status counters, polled every 50 ms). Worker alone: claim -> handler ->
+# commit, no orchestrator. One fresh database per concurrency.
+#
+#   ruby -Ilib bench/drain.rb [--quick] [--concurrency 1,4,10,25]
+#
+# Prints one RESULT line per concurrency.
+require_relative "support/worker_setup"
+require_relative "support/prepare"
+require_relative "support/database"
+require_relative "support/cpu"
+
+module Bench
+  module Drain
+    module_function
+
+    def run(concurrencies, tasks)
+      concurrencies.each do |concurrency|
+        Prepared.database(tasks) { |url| measure(url, concurrency, tasks) }
+      end
+    end
+
+    def measure(url, concurrency, tasks)
+      sync = ThrowawayDatabase.setting(url, "synchronous_commit")
+      worker = TaskerWorker::Worker.new(registry: Bench.noop_registry, concurrency: concurrency,
+                                        namespaces: [Prepared::NAMESPACE], database_url: url, templates_path: nil)
+      cpu_before = Cpu.snapshot(url)
+      started = Bench.now
+      worker.start
+      succeeded = Bench.wait_until(timeout: 3600, interval: 0.05, what: "#{tasks} steps") do
+        count = worker.status[:counters][:succeeded]
+        count if count >= tasks
+      end
+      seconds = Bench.now - started
+      cpu = Cpu.per_step(cpu_before, Cpu.snapshot(url), succeeded)
+      status = worker.status
+      worker.stop(timeout: 10)
+      committed = committed_steps(url)
+      counters = status[:counters]
+      Bench.log(format("concurrency %d: %d steps in %.2f s = %.1f steps/s (synchronous_commit=%s, " \
+                       "%.1f steps per read, %.1f per commit)", concurrency, succeeded, seconds,
+                       succeeded / seconds, sync, counters[:messages_read].fdiv(counters[:read_batches]),
+                       counters[:succeeded].fdiv(counters[:commit_batches])))
+      Bench.log("  CPU µs per step: #{cpu}")
+      raise "only #{committed} of #{tasks} steps reached enqueued_for_orchestration" if committed < tasks
+
+      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, seconds: seconds.round(3),
+                   steps_per_s: (succeeded / seconds).round(1), synchronous_commit: sync,
+                   steps_per_read: counters[:messages_read].fdiv(counters[:read_batches]).round(2),
+                   steps_per_commit: counters[:succeeded].fdiv(counters[:commit_batches]).round(2),
+                   cpu_us_per_step: cpu, quick: Bench.quick?)
+    end
+
+    def committed_steps(url)
+      conn = PG.connect(url)
+      conn.exec("SELECT count(*) FROM tasker.workflow_step_transitions " \
+                "WHERE to_state = 'enqueued_for_orchestration' AND most_recent").getvalue(0, 0).to_i
+    ensure
+      conn&.close
+    end
+  end
+end
+
+if $PROGRAM_NAME == __FILE__
+  list = ARGV.each_cons(2).find { |flag, _| flag == "--concurrency" }&.last || "1,4,10,25"
+  Bench::Drain.run(list.split(",").map { |c| Integer(c) }, Bench.size(:drain_tasks, full: 20_000, quick: 2_000))
+end

@@ -27,6 +27,10 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> TaskerResult<PgPool>
     // report only "pool timed out", hiding "connection refused" or "password failed".
     options.connect().await?.close().await?;
     let pool = PgPoolOptions::new()
+        // No ping on every checkout (a round trip per query batch on the hot path). A dead
+        // connection fails its statement instead: the worker's loops retry, a Client call
+        // raises DatabaseError.
+        .test_before_acquire(false)
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_with(options)

@@ -38,6 +38,18 @@ fn echo_registry() -> Arc<InMemoryHandlerRegistry> {
     registry
 }
 
+/// A task whose template has one step, `step`, run by `callable`.
+async fn one_step(
+    db: &TestDatabase,
+    ns: &str,
+    task: &str,
+    step: &str,
+    callable: &str,
+    context: Value,
+) -> TestWorkflow {
+    TestWorkflow::create(&db.pool, ns, template(task, &[(step, callable, &[])]), context).await
+}
+
 async fn wait_state(wf: &TestWorkflow, step: &str, state: &str) {
     wait_for(&format!("step {step} to reach {state}"), WAIT, || async {
         (wf.state(step).await == state).then_some(())
@@ -67,13 +79,7 @@ async fn orchestration_messages(pool: &sqlx::PgPool) -> Vec<StepMessage> {
 async fn one_step_is_claimed_run_and_committed_with_its_orchestration_message() {
     let db = TestDatabase::migrated().await;
     let core = start(worker_config(&db, &["math"]), echo_registry()).await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "math",
-        template("double", &[("double", "Double", &[])]),
-        json!({"n": 21}),
-    )
-    .await;
+    let wf = one_step(&db, "math", "double", "double", "Double", json!({"n": 21})).await;
     let msg_id = wf.enqueue("double").await;
 
     wait_state(&wf, "double", "enqueued_for_orchestration").await;
@@ -124,13 +130,7 @@ async fn a_batch_of_steps_all_commit_exactly_once() {
     let core = start(worker_config(&db, &["math"]), echo_registry()).await;
     let mut workflows = Vec::new();
     for n in 0..40 {
-        let wf = TestWorkflow::create(
-            &db.pool,
-            "math",
-            template("double", &[("double", "Double", &[])]),
-            json!({"n": n}),
-        )
-        .await;
+        let wf = one_step(&db, "math", "double", "double", "Double", json!({"n": n})).await;
         wf.enqueue("double").await;
         workflows.push(wf);
     }
@@ -301,13 +301,7 @@ async fn two_workers_racing_on_duplicate_messages_commit_one_result_per_step() {
     let b = start(worker_config(&db, &["race"]), registry()).await;
     let mut workflows = Vec::new();
     for _ in 0..20 {
-        let wf = TestWorkflow::create(
-            &db.pool,
-            "race",
-            template("one", &[("only", "Count", &[])]),
-            json!({}),
-        )
-        .await;
+        let wf = one_step(&db, "race", "one", "only", "Count", json!({})).await;
         wf.enqueue("only").await;
         wf.send("only").await;
         wf.send("only").await;
@@ -376,13 +370,7 @@ async fn a_worker_that_dies_mid_handler_loses_nothing_another_reclaims_after_the
         blocking_registry(Arc::new(Notify::new()), "dying"),
     )
     .await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "crash",
-        template("one", &[("only", "Gate", &[])]),
-        json!({}),
-    )
-    .await;
+    let wf = one_step(&db, "crash", "one", "only", "Gate", json!({})).await;
     wf.enqueue("only").await;
     wait_state(&wf, "only", "in_progress").await;
     drop(dying); // no shutdown: tasks aborted, leases not released
@@ -416,13 +404,7 @@ async fn a_late_completion_after_a_reclaim_is_discarded_and_archives_nothing() {
     let config = worker_config(&db, &["late"]);
     let gate = Arc::new(Notify::new());
     let slow = start(config.clone(), blocking_registry(gate.clone(), "slow")).await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "late",
-        template("one", &[("only", "Gate", &[])]),
-        json!({}),
-    )
-    .await;
+    let wf = one_step(&db, "late", "one", "only", "Gate", json!({})).await;
     wf.enqueue("only").await;
     wait_state(&wf, "only", "in_progress").await;
 
@@ -467,13 +449,7 @@ async fn a_handler_running_longer_than_the_lease_keeps_it() {
         }),
     );
     let long = start(config.clone(), registry).await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "long",
-        template("one", &[("only", "Long", &[])]),
-        json!({}),
-    )
-    .await;
+    let wf = one_step(&db, "long", "one", "only", "Long", json!({})).await;
     wf.enqueue("only").await;
     wait_state(&wf, "only", "in_progress").await;
     let intruder_runs = Arc::new(AtomicUsize::new(0));
@@ -522,13 +498,7 @@ async fn malformed_and_unhydratable_messages_are_dead_lettered_and_the_worker_ke
         .send_with_notify("worker_poison_queue", &ghost, 0)
         .await
         .unwrap();
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "poison",
-        template("double", &[("double", "Double", &[])]),
-        json!({"n": 1}),
-    )
-    .await;
+    let wf = one_step(&db, "poison", "double", "double", "Double", json!({"n": 1})).await;
     wf.enqueue("double").await;
     wait_state(&wf, "double", "enqueued_for_orchestration").await;
 
@@ -570,13 +540,7 @@ async fn the_result_and_the_orchestration_message_commit_together_or_not_at_all(
         blocking_registry(gate.clone(), "ok"),
     )
     .await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "atomic",
-        template("one", &[("only", "Gate", &[])]),
-        json!({}),
-    )
-    .await;
+    let wf = one_step(&db, "atomic", "one", "only", "Gate", json!({})).await;
     wf.enqueue("only").await;
     wait_state(&wf, "only", "in_progress").await;
 
@@ -616,13 +580,7 @@ async fn notify_wakes_an_event_driven_worker_which_never_polls() {
     let core = start(config, echo_registry()).await;
     // Let the LISTEN connection come up (its start triggers one read of its own).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "wake",
-        template("double", &[("double", "Double", &[])]),
-        json!({"n": 2}),
-    )
-    .await;
+    let wf = one_step(&db, "wake", "double", "double", "Double", json!({"n": 2})).await;
     wf.enqueue("double").await;
     wait_state(&wf, "double", "enqueued_for_orchestration").await;
     let counters = core.status().await.unwrap().counters;
@@ -638,13 +596,7 @@ async fn a_polling_worker_finds_steps_without_notify() {
     let mut config = worker_config(&db, &["poll"]);
     config.worker.deployment_mode = DeploymentMode::Polling;
     let core = start(config, echo_registry()).await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "poll",
-        template("double", &[("double", "Double", &[])]),
-        json!({"n": 2}),
-    )
-    .await;
+    let wf = one_step(&db, "poll", "double", "double", "Double", json!({"n": 2})).await;
     wf.enqueue("double").await;
     wait_state(&wf, "double", "enqueued_for_orchestration").await;
     let counters = core.status().await.unwrap().counters;
@@ -683,13 +635,7 @@ async fn in_flight_never_exceeds_max_concurrent_handlers() {
     let core = start(config, registry).await;
     let mut workflows = Vec::new();
     for _ in 0..8 {
-        let wf = TestWorkflow::create(
-            &db.pool,
-            "cap",
-            template("busy", &[("busy", "Busy", &[])]),
-            json!({}),
-        )
-        .await;
+        let wf = one_step(&db, "cap", "busy", "busy", "Busy", json!({})).await;
         wf.enqueue("busy").await;
         workflows.push(wf);
     }
@@ -706,21 +652,9 @@ async fn in_flight_never_exceeds_max_concurrent_handlers() {
 async fn only_the_configured_namespaces_are_served() {
     let db = TestDatabase::migrated().await;
     let core = start(worker_config(&db, &["mine"]), echo_registry()).await;
-    let theirs = TestWorkflow::create(
-        &db.pool,
-        "theirs",
-        template("double", &[("double", "Double", &[])]),
-        json!({"n": 1}),
-    )
-    .await;
+    let theirs = one_step(&db, "theirs", "double", "double", "Double", json!({"n": 1})).await;
     theirs.enqueue("double").await;
-    let mine = TestWorkflow::create(
-        &db.pool,
-        "mine",
-        template("double", &[("double", "Double", &[])]),
-        json!({"n": 1}),
-    )
-    .await;
+    let mine = one_step(&db, "mine", "double", "double", "Double", json!({"n": 1})).await;
     mine.enqueue("double").await;
     wait_state(&mine, "double", "enqueued_for_orchestration").await;
     assert_eq!(theirs.state("double").await, "enqueued");
@@ -734,13 +668,7 @@ async fn graceful_shutdown_releases_unfinished_steps_at_once() {
     let mut config = worker_config(&db, &["stop"]);
     config.worker.shutdown_timeout_ms = 200;
     let core = start(config, blocking_registry(Arc::new(Notify::new()), "never")).await;
-    let wf = TestWorkflow::create(
-        &db.pool,
-        "stop",
-        template("one", &[("only", "Gate", &[])]),
-        json!({}),
-    )
-    .await;
+    let wf = one_step(&db, "stop", "one", "only", "Gate", json!({})).await;
     let msg_id = wf.enqueue("only").await;
     wait_state(&wf, "only", "in_progress").await;
     let report = core.shutdown().await.unwrap();

@@ -29,6 +29,7 @@ require "time"
 require_relative "support/common"
 require_relative "support/enqueue"
 require_relative "support/prepare"
+require_relative "support/database"
 require_relative "support/cpu"
 
 module Bench
@@ -192,7 +193,7 @@ module Bench
 
     def run(tasks, threads)
       Prepared.database(tasks) do |url|
-        sync = synchronous_commit(url)
+        sync = ThrowawayDatabase.setting(url, "synchronous_commit")
         worker = BaselineRubyPgmqWorker.new(url, namespace: Prepared::NAMESPACE, threads: threads,
                                                  handler: ->(_context) { {} })
         cpu_before = Cpu.snapshot(url)
@@ -202,7 +203,7 @@ module Bench
         seconds = Bench.now - started
         cpu = Cpu.per_step(cpu_before, Cpu.snapshot(url), worker.done)
         worker.stop
-        committed = committed_steps(url)
+        committed = ThrowawayDatabase.committed_steps(url)
         raise "only #{committed} of #{tasks} steps reached enqueued_for_orchestration" if committed < tasks
 
         Bench.log(format("%d threads: %d steps in %.2f s = %.1f steps/s (synchronous_commit=%s)",
@@ -214,20 +215,7 @@ module Bench
       end
     end
 
-    def synchronous_commit(url)
-      conn = PG.connect(url)
-      conn.exec("SHOW synchronous_commit").getvalue(0, 0)
-    ensure
-      conn&.close
-    end
 
-    def committed_steps(url)
-      conn = PG.connect(url)
-      conn.exec("SELECT count(*) FROM tasker.workflow_step_transitions " \
-                "WHERE to_state = 'enqueued_for_orchestration' AND most_recent").getvalue(0, 0).to_i
-    ensure
-      conn&.close
-    end
   end
 end
 

@@ -38,7 +38,7 @@ module Bench
       cpu = Cpu.per_step(cpu_before, Cpu.snapshot(url), succeeded)
       status = worker.status
       worker.stop(timeout: 10)
-      committed = committed_steps(url)
+      committed = ThrowawayDatabase.committed_steps(url)
       counters = status[:counters]
       Bench.log(format("concurrency %d: %d steps in %.2f s = %.1f steps/s (synchronous_commit=%s, " \
                        "%.1f steps per read, %.1f per commit)", concurrency, succeeded, seconds,
@@ -54,13 +54,6 @@ module Bench
                    cpu_us_per_step: cpu, quick: Bench.quick?)
     end
 
-    def committed_steps(url)
-      conn = PG.connect(url)
-      conn.exec("SELECT count(*) FROM tasker.workflow_step_transitions " \
-                "WHERE to_state = 'enqueued_for_orchestration' AND most_recent").getvalue(0, 0).to_i
-    ensure
-      conn&.close
-    end
   end
 end
 

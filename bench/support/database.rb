@@ -52,6 +52,15 @@ module Bench
       conn&.close
     end
 
+    # Steps whose result is committed (current state enqueued_for_orchestration).
+    def committed_steps(url)
+      conn = PG.connect(url)
+      conn.exec("SELECT count(*) FROM tasker.workflow_step_transitions " \
+                "WHERE to_state = 'enqueued_for_orchestration' AND most_recent").getvalue(0, 0).to_i
+    ensure
+      conn&.close
+    end
+
     # `SHOW name` on `url`.
     def setting(url, name)
       conn = PG.connect(url)

@@ -208,6 +208,10 @@ async fn sql_and_rust_agree_on_queue_namespaces() {
         "orchestration_step_results",
         "x_queue",
         "plain",
+        "worker__queue",
+        "_queue",
+        "orchestrationx",
+        "worker_queue",
         "worker_x_queue_queue",
     ] {
         let sql: String = sqlx::query_scalar("SELECT tasker.extract_queue_namespace($1)")

@@ -17,7 +17,7 @@ use crate::error::TaskerResult;
 use crate::messaging::{self, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
 use crate::orchestration::task_initializer::{insert_step_transition, insert_task_transition};
 use crate::orchestration::template::TaskTemplate;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,7 +116,7 @@ impl ResultProcessor {
 
     async fn process(&self, queued: &QueuedMessage) -> TaskerResult<()> {
         let mut tx = self.pool.begin().await?;
-        let Ok(message) = serde_json::from_value::<StepMessage>(queued.message.clone()) else {
+        let Ok(message) = StepMessage::deserialize(&queued.message) else {
             tracing::error!(msg_id = queued.msg_id, message = %queued.message, "unparseable step result message archived");
             messaging::client::archive(&mut *tx, STEP_RESULTS_QUEUE, &[queued.msg_id]).await?;
             tx.commit().await?;

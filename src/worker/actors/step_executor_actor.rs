@@ -14,6 +14,7 @@ use crate::worker::hydration;
 use crate::worker::in_flight::{InFlight, InFlightEntry};
 use crate::worker::stats::WorkerCounters;
 use crate::worker::step_claim::{self, ClaimOutcome, ClaimRequest};
+use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,7 +147,7 @@ impl StepExecutorActor {
         let mut poison = Vec::new();
         let mut parsed = Vec::with_capacity(messages.len());
         for message in messages {
-            match serde_json::from_value::<StepMessage>(message.message.clone()) {
+            match StepMessage::deserialize(&message.message) {
                 Ok(step_message) => parsed.push((message, step_message)),
                 Err(err) => poison.push((message, format!("unparseable step message: {err}"))),
             }

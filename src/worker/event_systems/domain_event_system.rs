@@ -268,8 +268,10 @@ impl PostHandlerCallback for DomainEventSystem {
         else {
             return;
         };
+        // The payload (the stored result) is built once, and only if some declaration matches.
+        let mut payload: Option<Value> = None;
         for raw in declarations {
-            let declaration: EventDeclaration = match serde_json::from_value(raw.clone()) {
+            let declaration = match EventDeclaration::deserialize(raw) {
                 Ok(d) => d,
                 Err(err) => {
                     self.counters.bad_declarations.fetch_add(1, Ordering::Relaxed);
@@ -280,10 +282,10 @@ impl PostHandlerCallback for DomainEventSystem {
             if !declaration.condition.matches(result) {
                 continue;
             }
-            let payload = match serde_json::to_value(result) {
-                Ok(payload) => payload,
-                Err(_) => continue,
-            };
+            if payload.is_none() {
+                payload = serde_json::to_value(result).ok();
+            }
+            let Some(payload) = payload.clone() else { continue };
             if let Some(schema) = &declaration.schema {
                 if let Err(why) = check_schema(schema, &payload, "payload") {
                     self.counters.invalid_payload.fetch_add(1, Ordering::Relaxed);

@@ -54,6 +54,10 @@ pub struct WorkerConfig {
     pub completion_batch_size: u32,
     pub max_delivery_attempts: u32,
     pub shutdown_timeout_ms: u64,
+    /// Steps claimed ahead of the handlers, waiting for a free one. Unset: as many as
+    /// `max_concurrent_handlers`; 0: claim only for idle handlers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u32>,
     pub mpsc_channels: MpscChannelsConfig,
 }
 
@@ -127,6 +131,19 @@ impl WorkerConfig {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// Steps claimed ahead of the handlers (`prefetch`, or `max_concurrent_handlers` when unset).
+    pub fn effective_prefetch(&self) -> usize {
+        self.prefetch
+            .map(|p| p as usize)
+            .unwrap_or(self.mpsc_channels.handler_dispatch.max_concurrent_handlers)
+    }
+
+    /// Most steps claimed and not yet finished by a handler: the handlers plus the prefetch.
+    /// (Finished results waiting to commit are bounded by the completion channel.)
+    pub fn claim_capacity(&self) -> usize {
+        self.mpsc_channels.handler_dispatch.max_concurrent_handlers + self.effective_prefetch()
     }
 }
 
@@ -557,6 +574,9 @@ impl WorkerConfig {
             self.max_delivery_attempts,
             1,
         );
+        if let Some(prefetch) = self.prefetch {
+            check_range(issues, "worker.prefetch", prefetch, 0..=100_000);
+        }
         self.mpsc_channels.handler_dispatch.check(issues);
         self.mpsc_channels.ffi_dispatch.check(issues);
         check_min(

@@ -95,6 +95,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(worker.completion_batch_size, 100);
     assert_eq!(worker.max_delivery_attempts, 5);
     assert_eq!(worker.shutdown_timeout_ms, 30000);
+    assert_eq!(worker.prefetch, None);
 
     let handler = &worker.mpsc_channels.handler_dispatch;
     assert_eq!(handler.dispatch_buffer_size, 1000);
@@ -106,6 +107,31 @@ fn defaults_match_the_documented_values() {
     assert_eq!(ffi.dispatch_buffer_size, 1000);
     assert_eq!(ffi.completion_timeout_ms, 30000);
     assert_eq!(ffi.starvation_warning_threshold_ms, 10000);
+}
+
+#[test]
+fn prefetch_defaults_to_the_handler_count_and_adds_to_the_claim_capacity() {
+    let config = load_with_overrides(&[(
+        "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers",
+        Value::Integer(7),
+    )])
+    .unwrap();
+    assert_eq!(
+        (config.worker.effective_prefetch(), config.worker.claim_capacity()),
+        (7, 14)
+    );
+    let config = load_with_overrides(&[
+        (
+            "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers",
+            Value::Integer(7),
+        ),
+        ("worker.prefetch", Value::Integer(0)),
+    ])
+    .unwrap();
+    assert_eq!(
+        (config.worker.effective_prefetch(), config.worker.claim_capacity()),
+        (0, 7)
+    );
 }
 
 #[test]
@@ -404,6 +430,7 @@ fn each_rule_rejects_a_bad_value_naming_the_key() {
         ("worker.completion_batch_size", 0),
         ("worker.completion_batch_size", 10_001),
         ("worker.max_delivery_attempts", 0),
+        ("worker.prefetch", 100_001),
         ("worker.mpsc_channels.handler_dispatch.dispatch_buffer_size", 0),
         ("worker.mpsc_channels.handler_dispatch.completion_buffer_size", 0),
         ("worker.mpsc_channels.handler_dispatch.max_concurrent_handlers", 0),
@@ -441,6 +468,8 @@ fn each_rule_accepts_its_boundaries() {
         ("worker.max_delivery_attempts", 1),
         ("worker.shutdown_timeout_ms", 0),
         ("worker.shutdown_timeout_ms", i64::MAX),
+        ("worker.prefetch", 0),
+        ("worker.prefetch", 100_000),
         ("worker.mpsc_channels.handler_dispatch.dispatch_buffer_size", 1),
         ("worker.mpsc_channels.handler_dispatch.completion_buffer_size", 1),
         ("worker.mpsc_channels.handler_dispatch.max_concurrent_handlers", 1),

@@ -2,7 +2,7 @@
 //! complete, every failure kind, and the crash-safety guarantees.
 
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::config::{DeploymentMode, TaskerConfig};
@@ -607,7 +607,7 @@ async fn a_polling_worker_finds_steps_without_notify() {
 }
 
 #[tokio::test]
-async fn in_flight_never_exceeds_max_concurrent_handlers() {
+async fn handlers_never_exceed_max_concurrent_handlers_and_prefetch_bounds_the_claims() {
     let db = TestDatabase::migrated().await;
     let mut config = worker_config(&db, &["cap"]);
     config
@@ -615,18 +615,22 @@ async fn in_flight_never_exceeds_max_concurrent_handlers() {
         .mpsc_channels
         .handler_dispatch
         .max_concurrent_handlers = 2;
+    config.worker.prefetch = Some(1);
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(InMemoryHandlerRegistry::new());
-    let (r, p) = (running.clone(), peak.clone());
+    let (r, p, o) = (running.clone(), peak.clone(), open.clone());
     registry.register(
         "Busy",
         handler_fn(move |_ctx| {
-            let (r, p) = (r.clone(), p.clone());
+            let (r, p, o) = (r.clone(), p.clone(), o.clone());
             async move {
                 let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                 p.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                while !o.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 r.fetch_sub(1, Ordering::SeqCst);
                 Ok(StepSuccess::default())
             }
@@ -639,11 +643,34 @@ async fn in_flight_never_exceeds_max_concurrent_handlers() {
         wf.enqueue("busy").await;
         workflows.push(wf);
     }
+    let claimed = || async {
+        let mut n = 0;
+        for wf in &workflows {
+            if wf.state("busy").await == "in_progress" {
+                n += 1;
+            }
+        }
+        n
+    };
+    wait_for("two handlers running", WAIT, || async {
+        (running.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    wait_for("three steps claimed", WAIT, || async {
+        (claimed().await == 3).then_some(())
+    })
+    .await;
+    // Held there while the handlers are busy: 2 running + 1 prefetched, the rest unread.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(claimed().await, 3, "two handlers plus a prefetch of one");
+    assert_eq!(running.load(Ordering::SeqCst), 2);
+    assert_eq!(queue_len(&db.pool, "q_worker_cap_queue").await, 8);
+
+    open.store(true, Ordering::SeqCst);
     for wf in &workflows {
         wait_state(wf, "busy", "enqueued_for_orchestration").await;
     }
-    assert_eq!(peak.load(Ordering::SeqCst), 2, "two slots, and both used");
-    // Unclaimed messages stay in the queue, visible: nothing was read ahead of capacity.
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "two handler slots, and both used");
     core.shutdown().await.unwrap();
     db.drop_database().await;
 }

@@ -21,6 +21,7 @@ module TaskerWorker
       max_delivery_attempts: "worker.max_delivery_attempts",
       shutdown_timeout: "worker.shutdown_timeout_ms",
       concurrency: "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers",
+      prefetch: "worker.prefetch",
       handler_timeout: "worker.mpsc_channels.handler_dispatch.handler_timeout_ms",
       completion_timeout: "worker.mpsc_channels.ffi_dispatch.completion_timeout_ms",
       starvation_warning_threshold: "worker.mpsc_channels.ffi_dispatch.starvation_warning_threshold_ms"
@@ -77,6 +78,11 @@ module TaskerWorker
 
     def concurrency=(value)
       @concurrency = integer(:concurrency, value, 1..10_000)
+    end
+
+    # Steps claimed ahead of the threads, waiting for a free one (nil: as many as concurrency).
+    def prefetch=(value)
+      @prefetch = integer(:prefetch, value, 0..100_000)
     end
 
     def pool_size=(value)

@@ -21,7 +21,7 @@ RSpec.describe TaskerWorker::Configuration do
         database_url: nil, config_path: nil, concurrency: 5, namespaces: ["default"], deployment_mode: nil,
         visibility_timeout: nil, poll_interval: nil, claim_batch_size: nil, completion_batch_size: nil,
         max_delivery_attempts: nil, shutdown_timeout: 25, handler_timeout: nil, completion_timeout: nil,
-        starvation_warning_threshold: nil, pool_size: nil, log_level: :info
+        starvation_warning_threshold: nil, pool_size: nil, prefetch: nil, log_level: :info
       )
     end
 
@@ -86,6 +86,7 @@ RSpec.describe TaskerWorker::Configuration do
       config.completion_timeout = 50
       config.starvation_warning_threshold = 2
       config.pool_size = 16
+      config.prefetch = 0
 
       expect(config.to_core_overrides).to eq(
         "database.url" => "postgresql://u@h:5432/db",
@@ -99,6 +100,7 @@ RSpec.describe TaskerWorker::Configuration do
         "worker.max_delivery_attempts" => 4,
         "worker.shutdown_timeout_ms" => 10_500,
         "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers" => 12,
+        "worker.prefetch" => 0,
         "worker.mpsc_channels.handler_dispatch.handler_timeout_ms" => 45_000,
         "worker.mpsc_channels.ffi_dispatch.completion_timeout_ms" => 50_000,
         "worker.mpsc_channels.ffi_dispatch.starvation_warning_threshold_ms" => 2_000
@@ -131,6 +133,7 @@ RSpec.describe TaskerWorker::Configuration do
     {
       concurrency: [0, 10_001, 2.5, "5"],
       pool_size: [1, 0, "10"],
+      prefetch: [-1, 100_001, 1.5, "2"],
       claim_batch_size: [0, 1_001],
       completion_batch_size: [0, 10_001],
       max_delivery_attempts: [0, -1],

@@ -34,7 +34,8 @@ pub struct Shared {
     pub queues: Vec<Arc<str>>,
     pub pool: PgPool,
     pub max_in_flight: usize,
-    /// One permit per step that may be in flight (claimed, not committed).
+    /// One permit per step claimed and not yet finished by a handler (handlers + prefetch);
+    /// the permit returns when the handler's result is handed to the completion processor.
     pub capacity: Arc<Semaphore>,
     pub in_flight: Arc<InFlight>,
     pub counters: Arc<WorkerCounters>,
@@ -117,11 +118,7 @@ impl WorkerCore {
         ));
         client.create_queue(STEP_RESULTS_QUEUE).await?;
 
-        let max_in_flight = config
-            .worker
-            .mpsc_channels
-            .handler_dispatch
-            .max_concurrent_handlers;
+        let max_in_flight = config.worker.claim_capacity();
         let shared = Arc::new(Shared {
             worker_id: format!("worker_{}", uuid::Uuid::now_v7()).into(),
             namespaces: config.worker.namespaces.clone(),

@@ -41,7 +41,7 @@ pub enum WorkerCommand {
 }
 
 /// A claimed, hydrated step on its way to a handler. The capacity permit travels with it
-/// and is released only after the result commits.
+/// and is released when the handler's result is handed to the completion processor.
 #[derive(Debug)]
 pub struct DispatchHandlerMessage {
     pub event_id: Uuid,
@@ -57,5 +57,4 @@ pub struct StepCompletion {
     pub claim: Claim,
     pub context: Arc<StepContext>,
     pub result: StepExecutionResult,
-    pub permit: Option<OwnedSemaphorePermit>,
 }

@@ -86,6 +86,7 @@ impl WorkerActorRegistry {
             DispatchMode::Rust(registry) => {
                 let service = HandlerDispatchService::new(
                     registry,
+                    channels.handler_dispatch.max_concurrent_handlers,
                     channels.handler_dispatch.handler_timeout(),
                     completion_tx.clone(),
                     shared.worker_id.clone(),

@@ -1,6 +1,7 @@
 //! `StepExecutorActor`: turns queue messages into dispatched steps. It owns:
 //! 1. capacity: it takes a permit per step BEFORE reading, so it never reads more messages
-//!    than there are free handler slots (permits return after the result commits);
+//!    than there are free slots (handlers + prefetch; a permit returns when the step's
+//!    handler has finished and its result is handed to the completion processor);
 //! 2. reading (`pgmq.read` under the lease, round-robin over the namespaces' queues);
 //! 3. poison handling: unparseable messages are dead-lettered at once; messages whose step
 //!    cannot be hydrated are retried and dead-lettered after `max_delivery_attempts` reads;

@@ -5,7 +5,7 @@
 //!    transition, move the step to `enqueued_for_orchestration` (or `..._as_error_...`), write
 //!    `workflow_steps.results`, send the StepMessage to `orchestration_step_results` with
 //!    notify, and archive the worker message — all or nothing;
-//! 3. after COMMIT only: release capacity and call the post-handler callback;
+//! 3. after COMMIT only: count the result and call the post-handler callback;
 //! 4. stale results (the step was reclaimed meanwhile) are discarded and counted, and do not
 //!    archive anything.
 //!
@@ -162,7 +162,6 @@ impl CompletionProcessorService {
                 self.callback
                     .on_handler_complete(&done.context, &done.result, &self.worker_id);
             }
-            drop(done.permit);
         }
     }
 }

@@ -4,8 +4,9 @@
 //! 2. the handler timeout, and catching panics (a panicking handler is a failure result);
 //! 3. sending every outcome, success or failure, to the completion channel.
 //!
-//! Concurrency is bounded by the capacity permit each message carries (taken before its
-//! step was read, released after its result commits), so no second semaphore is needed here.
+//! The capacity permit each message carries bounds the steps claimed (handlers + prefetch);
+//! `max_concurrent_handlers` more narrowly bounds the handlers running at once, so prefetched
+//! steps wait here for a handler slot. Both permits return when the result is handed on.
 
 use crate::error::panic_message;
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
@@ -15,11 +16,13 @@ use crate::worker::step_context::StepContext;
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 pub struct HandlerDispatchService {
     registry: Arc<dyn StepHandlerRegistry>,
+    /// One permit per handler allowed to run at once.
+    handlers: Arc<Semaphore>,
     handler_timeout: Duration,
     completion_tx: mpsc::Sender<StepCompletion>,
     worker_id: Arc<str>,
@@ -28,12 +31,14 @@ pub struct HandlerDispatchService {
 impl HandlerDispatchService {
     pub fn new(
         registry: Arc<dyn StepHandlerRegistry>,
+        max_concurrent_handlers: usize,
         handler_timeout: Duration,
         completion_tx: mpsc::Sender<StepCompletion>,
         worker_id: Arc<str>,
     ) -> Self {
         Self {
             registry,
+            handlers: Arc::new(Semaphore::new(max_concurrent_handlers.max(1))),
             handler_timeout,
             completion_tx,
             worker_id,
@@ -58,9 +63,14 @@ impl HandlerDispatchService {
     }
 
     async fn execute(self: Arc<Self>, message: DispatchHandlerMessage) {
+        let Ok(slot) = self.handlers.clone().acquire_owned().await else {
+            return;
+        };
         let started_at = Utc::now();
         let context = message.context.clone();
         let outcome = self.run_handler(&context).await;
+        drop(slot);
+        drop(message.permit);
         let timing = ExecutionTiming {
             started_at,
             completed_at: Utc::now(),
@@ -76,7 +86,6 @@ impl HandlerDispatchService {
             claim: message.claim,
             context,
             result,
-            permit: Some(message.permit),
         };
         if let Err(unsent) = self.completion_tx.send(completion).await {
             // Shutting down: the lease lapses and another worker re-runs the step.

@@ -11,8 +11,9 @@
 //!    waiting in `next_step` and of handlers running).
 //!
 //! How many steps can be queued here is bounded by the worker's capacity permits: the
-//! executor claims only as many steps as there are slots, so nothing is claimed far ahead
-//! of the threads that will run it.
+//! executor claims at most `max_concurrent_handlers + prefetch` steps that no handler has
+//! finished, so nothing is claimed far ahead of the threads that will run it. A step's
+//! permit returns when its result is handed to the completion processor.
 //!
 //! The lock is a plain mutex held for queue and map operations only, never across I/O or an
 //! await; the callers are OS threads (Ruby threads with the GVL released).
@@ -321,11 +322,12 @@ impl FfiDispatchChannel {
         message: DispatchHandlerMessage,
         result: StepExecutionResult,
     ) -> Option<StepCompletion> {
+        // The handler is done: its slot is free for the next claim while the result commits.
+        drop(message.permit);
         let completion = StepCompletion {
             claim: message.claim,
             context: message.context,
             result,
-            permit: Some(message.permit),
         };
         match self.completion_tx.try_send(completion) {
             Ok(()) => None,

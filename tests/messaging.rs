@@ -1,6 +1,7 @@
 //! PGMQ through our own client on real PostgreSQL: send with notify, read under a
 //! visibility timeout, archive; and the NOTIFY that `tasker.pgmq_send_with_notify` sends.
 
+use serde_json::json;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
 use tasker_worker::messaging::{self, MessageClient, NotifyEvent, StepMessage};
@@ -221,5 +222,63 @@ async fn sql_and_rust_agree_on_queue_namespaces() {
             .unwrap();
         assert_eq!(sql, messaging::extract_namespace(queue), "queue {queue}");
     }
+    db.drop_database().await;
+}
+
+/// The direct read does what pgmq.read does, and a PGMQ install without `last_read_at`
+/// (simulated: the column dropped and pgmq.read replaced by one that does not set it) is
+/// read through pgmq.read.
+#[tokio::test]
+async fn reads_set_what_pgmq_read_sets_and_fall_back_to_it_without_last_read_at() {
+    let db = TestDatabase::migrated().await;
+    let client = MessageClient::new(db.pool.clone());
+    for queue in ["worker_new_queue", "worker_old_queue"] {
+        client.create_queue(queue).await.unwrap();
+        for n in 0..3 {
+            client
+                .send_with_notify(queue, &json!({ "n": n }), 0)
+                .await
+                .unwrap();
+        }
+    }
+    let first = client.read("worker_new_queue", 30, 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|m| m.message["n"].clone()).collect::<Vec<_>>(),
+        [json!(0), json!(1)]
+    );
+    let (read_ct, has_last_read, vt_secs): (i32, bool, f64) = sqlx::query_as(
+        "SELECT read_ct, last_read_at IS NOT NULL, extract(epoch FROM vt - clock_timestamp())::float8 \
+         FROM pgmq.q_worker_new_queue WHERE msg_id = $1",
+    )
+    .bind(first[0].msg_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((read_ct, has_last_read), (1, true));
+    assert!((25.0..=30.0).contains(&vt_secs), "vt {vt_secs} s ahead");
+
+    sqlx::query("ALTER TABLE pgmq.q_worker_old_queue DROP COLUMN last_read_at")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        r#"CREATE OR REPLACE FUNCTION pgmq.read(queue_name text, vt integer, qty integer, conditional jsonb DEFAULT '{}')
+           RETURNS SETOF pgmq.message_record LANGUAGE plpgsql AS $$
+           BEGIN
+               RETURN QUERY EXECUTE format(
+                   'WITH cte AS (SELECT msg_id FROM pgmq.%I WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                    UPDATE pgmq.%I m SET vt = clock_timestamp() + make_interval(secs => $2), read_ct = read_ct + 1
+                      FROM cte WHERE m.msg_id = cte.msg_id
+                    RETURNING m.msg_id, m.read_ct, m.enqueued_at, NULL::timestamptz, m.vt, m.message, m.headers',
+                   'q_' || queue_name, 'q_' || queue_name) USING qty, vt;
+           END $$"#,
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let old = client.read("worker_old_queue", 30, 10).await.unwrap();
+    assert_eq!(old.len(), 3);
+    assert!(old.iter().all(|m| m.read_ct == 1));
+    assert!(client.read("worker_old_queue", 30, 10).await.unwrap().is_empty());
     db.drop_database().await;
 }

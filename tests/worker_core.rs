@@ -719,3 +719,65 @@ async fn a_worker_refuses_to_start_on_a_database_without_the_schema() {
     assert!(err.to_string().contains("migrate"), "{err}");
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn each_committed_result_notifies_the_orchestration_channel_as_pgmq_send_with_notify_does() {
+    let db = TestDatabase::migrated().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen("pgmq_message_ready.orchestration").await.unwrap();
+    let client = MessageClient::new(db.pool.clone());
+
+    // The reference: what tasker.pgmq_send_with_notify sends for one message.
+    client.create_queue("orchestration_probe").await.unwrap();
+    client
+        .send_with_notify("orchestration_probe", &json!({"probe": true}), 0)
+        .await
+        .unwrap();
+    let reference: Value = serde_json::from_str(listener.recv().await.unwrap().payload()).unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+
+    let core = start(worker_config(&db, &["note"]), echo_registry()).await;
+    let mut workflows = Vec::new();
+    for n in 0..5 {
+        let wf = one_step(&db, "note", "double", "double", "Double", json!({"n": n})).await;
+        wf.enqueue("double").await;
+        workflows.push(wf);
+    }
+    let mut notified = Vec::new();
+    while notified.len() < 5 {
+        let next = tokio::time::timeout(WAIT, listener.recv())
+            .await
+            .expect("a notification for each result")
+            .unwrap();
+        notified.push(serde_json::from_str::<Value>(next.payload()).unwrap());
+    }
+    core.shutdown().await.unwrap();
+
+    let rows: Vec<(i64, Value)> =
+        sqlx::query_as("SELECT msg_id, message FROM pgmq.q_orchestration_step_results ORDER BY msg_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 5);
+    for payload in &notified {
+        assert_eq!(keys(payload), keys(&reference), "{payload}");
+        assert_eq!(payload["event_type"], "message_with_payload");
+        assert_eq!(payload["queue_name"], "orchestration_step_results");
+        assert_eq!(payload["namespace"], "orchestration");
+        assert_eq!(payload["delay_seconds"], 0);
+        let row = rows
+            .iter()
+            .find(|(id, _)| payload["msg_id"] == *id)
+            .unwrap_or_else(|| panic!("no queued message for {payload}"));
+        assert_eq!(payload["message"], row.1);
+    }
+    let mut ids: Vec<i64> = notified.iter().map(|p| p["msg_id"].as_i64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "one notification per message");
+    let expected: Vec<Value> = workflows.iter().map(|wf| json!(wf.message("double"))).collect();
+    for message in expected {
+        assert!(rows.iter().any(|(_, m)| *m == message), "{message} was sent");
+    }
+    db.drop_database().await;
+}

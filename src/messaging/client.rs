@@ -132,19 +132,44 @@ where
 }
 
 /// Reads up to `qty` visible messages and hides them for `visibility_timeout_seconds`.
-pub async fn read<'e, E: PgExecutor<'e>>(
-    executor: E,
+///
+/// The statement is `pgmq.read`'s (lowest ids first, `FOR UPDATE SKIP LOCKED`, `read_ct + 1`,
+/// `last_read_at`), sent directly so PostgreSQL keeps its plan per connection; `pgmq.read`
+/// formats and plans it on every call. A PGMQ install whose queue tables lack `last_read_at`
+/// (before PGMQ 1.5) is read through `pgmq.read` instead.
+pub async fn read(
+    pool: &PgPool,
     queue_name: &str,
     visibility_timeout_seconds: i32,
     qty: i32,
 ) -> TaskerResult<Vec<QueuedMessage>> {
-    let rows = sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read($1, $2, $3)")
-        .bind(queue_name)
-        .bind(visibility_timeout_seconds)
+    validate_queue_name(queue_name)?;
+    let sql = format!(
+        "WITH cte AS (SELECT msg_id FROM pgmq.q_{queue_name} WHERE vt <= clock_timestamp() \
+           ORDER BY msg_id ASC LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         UPDATE pgmq.q_{queue_name} m \
+            SET last_read_at = clock_timestamp(), vt = clock_timestamp() + make_interval(secs => $2), \
+                read_ct = read_ct + 1 \
+           FROM cte WHERE m.msg_id = cte.msg_id \
+         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message"
+    );
+    let direct = sqlx::query(&sql)
         .bind(qty)
-        .fetch_all(executor)
-        .await
-        .map_err(|err| queue_error(queue_name, err))?;
+        .bind(f64::from(visibility_timeout_seconds))
+        .fetch_all(pool)
+        .await;
+    let rows = match direct {
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42703") => {
+            sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read($1, $2, $3)")
+                .bind(queue_name)
+                .bind(visibility_timeout_seconds)
+                .bind(qty)
+                .fetch_all(pool)
+                .await
+        }
+        other => other,
+    }
+    .map_err(|err| queue_error(queue_name, err))?;
     rows.into_iter()
         .map(|row| {
             Ok(QueuedMessage {

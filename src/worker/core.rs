@@ -264,7 +264,8 @@ impl WorkerCore {
 
 async fn ensure_schema(pool: &PgPool) -> TaskerResult<()> {
     let ready: bool = sqlx::query_scalar(
-        "SELECT to_regprocedure('tasker.pgmq_send_with_notify(text, jsonb, integer)') IS NOT NULL",
+        "SELECT to_regprocedure('tasker.pgmq_send_with_notify(text, jsonb, integer)') IS NOT NULL \
+           AND to_regprocedure('tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])') IS NOT NULL",
     )
     .fetch_one(pool)
     .await?;
@@ -272,7 +273,7 @@ async fn ensure_schema(pool: &PgPool) -> TaskerResult<()> {
         Ok(())
     } else {
         Err(TaskerError::Migration(
-            "the database has no tasker schema; run TaskerWorker::Database.migrate! (or bin/setup) first"
+            "the database has no tasker schema, or one older than this worker; run TaskerWorker::Database.migrate! (or bin/setup) first"
                 .into(),
         ))
     }

@@ -15,44 +15,25 @@
 //! is no longer renewed, so the step is re-run after the lease lapses.
 
 use crate::error::{TaskerError, TaskerResult};
-use crate::messaging::{
-    self, ExecutionTiming, StepExecutionResult, StepFailure, StepMessage, STEP_RESULTS_QUEUE,
-};
+use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure, StepMessage};
 use crate::worker::actors::messages::StepCompletion;
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
 use crate::worker::in_flight::InFlight;
 use crate::worker::stats::WorkerCounters;
-use crate::worker::step_claim::LOCK_STEPS_SQL;
 use serde_json::json;
-use sqlx::{PgPool, Row};
-use std::collections::{BTreeMap, HashSet};
+use sqlx::PgPool;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-const RETIRE_CLAIMS_SQL: &str =
-    "UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now() \
-     WHERE workflow_step_transition_uuid = ANY($1) AND most_recent \
-     RETURNING workflow_step_transition_uuid, sort_key";
-
-const RECORD_RESULTS_SQL: &str = r#"
-WITH c AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[])
-        AS c(transition_uuid, step_uuid, to_state, sort_key, metadata, results)
-), inserted AS (
-    INSERT INTO tasker.workflow_step_transitions
-        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
-    SELECT transition_uuid, step_uuid, 'in_progress', to_state, metadata, sort_key + 1, true FROM c
-)
-UPDATE tasker.workflow_steps s
-   SET results = c.results, in_process = false, updated_at = now()
-  FROM c
- WHERE s.workflow_step_uuid = c.step_uuid
-"#;
-
-const SEND_RESULTS_SQL: &str = "SELECT tasker.pgmq_send_with_notify($1, m, 0) FROM unnest($2::jsonb[]) AS m";
+/// One round trip: `tasker.worker_commit_results` (migration 20261126000003) locks the
+/// steps, checks each claim token, records the results, sends the orchestration messages
+/// with their notifications and archives the worker messages, in the caller's transaction
+/// (here: the call's own, committed with the server's synchronous_commit).
+const COMMIT_SQL: &str = "SELECT * FROM tasker.worker_commit_results($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// Retry pauses for a result that failed to commit on its own, before it is dropped.
 const SINGLE_RETRY_DELAYS: [Duration; 3] = [
@@ -176,90 +157,60 @@ fn split(batch: Vec<StepCompletion>, committed: &HashSet<Uuid>) -> CommitOutcome
 /// One transaction for the whole batch. Returns the claim tokens whose results committed;
 /// the others were stale.
 pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) -> TaskerResult<HashSet<Uuid>> {
-    let mut step_uuids: Vec<Uuid> = batch.iter().map(|c| c.claim.step_uuid).collect();
-    step_uuids.sort();
-    let tokens: Vec<Uuid> = batch.iter().map(|c| c.claim.token).collect();
-
-    let mut tx = pool.begin().await?;
-    sqlx::query(LOCK_STEPS_SQL)
-        .bind(&step_uuids)
-        .execute(&mut *tx)
-        .await?;
-    let current = sqlx::query(RETIRE_CLAIMS_SQL)
-        .bind(&tokens)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut sort_keys = std::collections::HashMap::with_capacity(current.len());
-    for row in current {
-        sort_keys.insert(row.try_get::<Uuid, _>(0)?, row.try_get::<i32, _>(1)?);
-    }
-    if sort_keys.is_empty() {
-        tx.rollback().await?;
-        return Ok(HashSet::new());
-    }
-
-    let live: Vec<&StepCompletion> = batch
-        .iter()
-        .filter(|c| sort_keys.contains_key(&c.claim.token))
-        .collect();
-    let mut columns = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
+    let n = batch.len();
+    let (mut tokens, mut step_uuids, mut transition_uuids, mut to_states) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
     );
-    let mut orchestration_messages = Vec::with_capacity(live.len());
-    let mut archive: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    for c in &live {
-        let to_state = if c.result.success {
+    let (mut metadata, mut results, mut messages, mut queue_names, mut msg_ids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for c in batch {
+        let success = c.result.success;
+        tokens.push(c.claim.token);
+        step_uuids.push(c.claim.step_uuid);
+        transition_uuids.push(Uuid::now_v7());
+        to_states.push(if success {
             "enqueued_for_orchestration"
         } else {
             "enqueued_as_error_for_orchestration"
-        };
-        columns.0.push(Uuid::now_v7());
-        columns.1.push(c.claim.step_uuid);
-        columns.2.push(to_state);
-        columns.3.push(sort_keys[&c.claim.token]);
-        columns.4.push(json!({
-            "event": if c.result.success { "enqueue_for_orchestration" } else { "enqueue_as_error_for_orchestration" },
+        });
+        metadata.push(json!({
+            "event": if success { "enqueue_for_orchestration" } else { "enqueue_as_error_for_orchestration" },
             "worker_id": worker_id,
             "claim": c.claim.token,
-            "success": c.result.success,
+            "success": success,
             "execution_time_ms": c.result.metadata.execution_time_ms,
             "timestamp": chrono::Utc::now(),
         }));
-        columns.5.push(serde_json::to_value(&c.result)?);
-        orchestration_messages.push(serde_json::to_value(StepMessage {
+        results.push(serde_json::to_value(&c.result)?);
+        messages.push(serde_json::to_value(StepMessage {
             task_uuid: c.claim.task_uuid,
             step_uuid: c.claim.step_uuid,
             correlation_id: c.context.correlation_id,
         })?);
-        archive
-            .entry(&c.claim.queue_name)
-            .or_default()
-            .push(c.claim.msg_id);
+        queue_names.push(c.claim.queue_name.as_ref());
+        msg_ids.push(c.claim.msg_id);
     }
-    sqlx::query(RECORD_RESULTS_SQL)
-        .bind(&columns.0)
-        .bind(&columns.1)
-        .bind(&columns.2)
-        .bind(&columns.3)
-        .bind(&columns.4)
-        .bind(&columns.5)
-        .execute(&mut *tx)
+    let committed: Vec<Uuid> = sqlx::query_scalar(COMMIT_SQL)
+        .bind(&tokens)
+        .bind(&step_uuids)
+        .bind(&transition_uuids)
+        .bind(&to_states)
+        .bind(&metadata)
+        .bind(&results)
+        .bind(&messages)
+        .bind(&queue_names)
+        .bind(&msg_ids)
+        .fetch_all(pool)
         .await?;
-    sqlx::query(SEND_RESULTS_SQL)
-        .bind(STEP_RESULTS_QUEUE)
-        .bind(&orchestration_messages)
-        .execute(&mut *tx)
-        .await?;
-    for (queue_name, msg_ids) in &archive {
-        messaging::client::archive(&mut *tx, queue_name, msg_ids).await?;
-    }
-    tx.commit().await?;
-    Ok(sort_keys.into_keys().collect())
+    Ok(committed.into_iter().collect())
 }
 
 /// Class 22 (data exception), e.g. a string PostgreSQL cannot store in jsonb.

@@ -41,7 +41,7 @@ pub struct Shared {
     pub counters: Arc<WorkerCounters>,
     pub quiet: Arc<AtomicBool>,
     pub events_enabled: Arc<AtomicBool>,
-    pub executor_busy: Arc<tokio::sync::Mutex<()>>,
+    pub executor_busy: Arc<tokio::sync::RwLock<()>>,
     pub running: AtomicBool,
     pub domain_events: Arc<DomainEventSystem>,
 }
@@ -130,7 +130,7 @@ impl WorkerCore {
             counters: Arc::new(WorkerCounters::default()),
             quiet: Arc::new(AtomicBool::new(false)),
             events_enabled: Arc::new(AtomicBool::new(true)),
-            executor_busy: Arc::new(tokio::sync::Mutex::new(())),
+            executor_busy: Arc::new(tokio::sync::RwLock::new(())),
             running: AtomicBool::new(true),
             domain_events,
         });
@@ -204,7 +204,7 @@ impl WorkerCore {
         self.quiet();
         self.registry.stop("worker_event_system").await;
         // Wait for a half-done claim batch, then stop the executor.
-        drop(self.shared.executor_busy.lock().await);
+        drop(self.shared.executor_busy.write().await);
         self.registry.stop("step_executor").await;
 
         let before = self.shared.in_flight.len();

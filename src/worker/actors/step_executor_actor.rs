@@ -7,6 +7,11 @@
 //!    cannot be hydrated are retried and dead-lettered after `max_delivery_attempts` reads;
 //! 4. hydration and claiming, a batch per query/transaction;
 //! 5. handing claimed steps to the dispatch channel, recorded as in flight.
+//!
+//! Reading stays in one loop, but up to `CONCURRENT_BATCHES` read batches are hydrated and
+//! claimed at once (tasks in a `JoinSet`, aborted with the actor): while one batch's claim
+//! runs in PostgreSQL, the next is read. Batches never share a message (reads skip locked
+//! and leased rows), and claims lock their steps in uuid order, so they cannot deadlock.
 
 use crate::error::TaskerResult;
 use crate::messaging::{client, QueuedMessage, StepMessage};
@@ -21,9 +26,14 @@ use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, RwLock, Semaphore};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
+/// Read batches being hydrated and claimed at once.
+const CONCURRENT_BATCHES: usize = 2;
+
+#[derive(Clone)]
 pub struct StepExecutorActor {
     pub pool: PgPool,
     pub worker_id: Arc<str>,
@@ -37,49 +47,70 @@ pub struct StepExecutorActor {
     pub counters: Arc<WorkerCounters>,
     pub wake: Arc<Notify>,
     pub quiet: Arc<AtomicBool>,
-    /// Held while a batch is read, claimed and dispatched; shutdown takes it to know no
-    /// claim is half done.
-    pub busy: Arc<tokio::sync::Mutex<()>>,
+    /// Held (shared) by each batch while it is read, claimed and dispatched; shutdown takes it
+    /// exclusively to know no claim is half done.
+    pub busy: Arc<RwLock<()>>,
 }
 
 /// Messages already read elsewhere, handed to the actor (`ExecuteStepFromMessage`).
 pub type ReadMessage = (Arc<str>, QueuedMessage);
 
 impl StepExecutorActor {
-    /// Runs until aborted by the registry.
+    /// Runs until aborted by the registry (which also aborts the batches in flight).
     pub async fn run(self, mut from_messages: mpsc::Receiver<ReadMessage>) {
+        let this = Arc::new(self);
         let mut next_queue = 0usize;
+        let mut batches = JoinSet::new();
+        let batch_slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
         loop {
             tokio::select! {
-                _ = self.wake.notified() => self.drain(&mut next_queue).await,
+                _ = this.wake.notified() => this.drain(&mut next_queue, &mut batches, &batch_slots).await,
                 Some((queue, message)) = from_messages.recv() => {
-                    let Some(permit) = self.acquire(1).await.and_then(|mut p| p.pop()) else { continue };
-                    let _busy = self.busy.lock().await;
-                    if self.quiet.load(Ordering::Acquire) {
+                    let Some(permit) = this.acquire(1).await.and_then(|mut p| p.pop()) else { continue };
+                    let _busy = this.busy.read().await;
+                    if this.quiet.load(Ordering::Acquire) {
                         continue;
                     }
-                    if let Err(err) = self.process(&queue, vec![message], vec![permit]).await {
+                    if let Err(err) = this.process(&queue, vec![message], vec![permit]).await {
                         tracing::warn!(error = %err, "processing a handed-over message failed");
                     }
                 }
+                Some(_) = batches.join_next(), if !batches.is_empty() => {}
             }
         }
     }
 
-    /// Reads and dispatches until a round finds nothing to do.
-    async fn drain(&self, next_queue: &mut usize) {
+    /// Reads until a round finds nothing to do; each batch read is hydrated, claimed and
+    /// dispatched in its own task while the loop reads the next.
+    async fn drain(
+        self: &Arc<Self>,
+        next_queue: &mut usize,
+        batches: &mut JoinSet<()>,
+        batch_slots: &Arc<Semaphore>,
+    ) {
         loop {
+            // The batch slot first, then the handler slots: slots that free up while an earlier
+            // batch is being claimed all go into the next read.
+            let Ok(mut slot) = batch_slots.clone().acquire_owned().await else {
+                return;
+            };
             let Some(mut permits) = self.acquire(self.claim_batch_size).await else {
                 return;
             };
-            let _busy = self.busy.lock().await;
-            if self.quiet.load(Ordering::Acquire) {
-                return;
-            }
             let mut read_any = false;
             for _ in 0..self.queues.len() {
                 if permits.is_empty() {
                     break;
+                }
+                if slot.num_permits() == 0 {
+                    let Ok(next) = batch_slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    slot = next;
+                }
+                let busy = self.busy.clone().read_owned().await;
+                if self.quiet.load(Ordering::Acquire) {
+                    return;
                 }
                 let queue = self.queues[*next_queue % self.queues.len()].clone();
                 *next_queue = next_queue.wrapping_add(1);
@@ -97,9 +128,14 @@ impl StepExecutorActor {
                         WorkerCounters::add(&self.counters.messages_read, messages.len());
                         WorkerCounters::add(&self.counters.read_batches, 1);
                         let take = permits.split_off(permits.len() - messages.len());
-                        if let Err(err) = self.process(&queue, messages, take).await {
-                            tracing::warn!(error = %err, queue = %queue, "claiming a batch failed; its messages return after their lease");
-                        }
+                        let this = self.clone();
+                        let batch_slot = slot.split(1).expect("a batch slot is held here");
+                        batches.spawn(async move {
+                            let (_slot, _busy) = (batch_slot, busy);
+                            if let Err(err) = this.process(&queue, messages, take).await {
+                                tracing::warn!(error = %err, queue = %queue, "claiming a batch failed; its messages return after their lease");
+                            }
+                        });
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, queue = %queue, "reading the queue failed");

@@ -234,3 +234,21 @@ async fn next_step_times_out_empty_and_returns_at_once_when_stopped() {
     assert!(channel.is_stopped());
     db.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_next_step_takes_only_a_step_that_is_already_queued() {
+    let db = TestDatabase::migrated().await;
+    let (core, channel) = start(worker_config(&db, &["try"])).await;
+    assert!(channel.try_next_step().is_none(), "nothing queued yet");
+    let wf = one_step(&db, "try").await;
+    let event = wait_for("the step to be queued", WAIT, || async {
+        channel.try_next_step()
+    })
+    .await;
+    assert_eq!(event.context.step_uuid, wf.step("only"));
+    assert!(channel.try_next_step().is_none(), "the one step was taken");
+    channel.complete(event.event_id, ok(json!({}))).expect("accepted");
+    wait_state(&wf, "enqueued_for_orchestration").await;
+    core.shutdown().await.unwrap();
+    db.drop_database().await;
+}

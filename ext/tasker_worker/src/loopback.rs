@@ -48,6 +48,10 @@ impl NativeLoopback {
 
     /// The same slicing and conversion as `Native::Worker#next_step`.
     fn next_step(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
+        // A step already queued is taken with the GVL held; only waiting releases it.
+        if let Some(event) = rb_self.loopback.channel.try_next_step() {
+            return conversions::event(ruby, &event).map(Some);
+        }
         let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
         loop {
             let slice = deadline

@@ -157,6 +157,10 @@ impl NativeWorker {
     /// nil. Interrupts are checked every `SLICE`.
     fn next_step(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
         let inner = rb_self.check_pid(ruby)?;
+        // A step already queued is taken with the GVL held; only waiting releases it.
+        if let Some(event) = inner.channel.try_next_step() {
+            return conversions::event(ruby, &event).map(Some);
+        }
         let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
         loop {
             let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);

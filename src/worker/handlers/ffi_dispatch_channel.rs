@@ -256,6 +256,18 @@ impl FfiDispatchChannel {
         event
     }
 
+    /// A step if one is queued right now, without waiting. `None` also when the lock is held
+    /// by someone else at this instant: the caller then waits in `next_step`. Lets a Ruby
+    /// thread take a ready step without giving up and re-taking the GVL.
+    pub fn try_next_step(&self) -> Option<FfiStepEvent> {
+        let mut state = self.state.try_lock()?;
+        if state.stopped {
+            return None;
+        }
+        let queued = state.queued.pop_front()?;
+        Some(self.start_running(&mut state, queued.message))
+    }
+
     fn start_running(&self, state: &mut State, message: DispatchHandlerMessage) -> FfiStepEvent {
         let event = FfiStepEvent {
             event_id: message.event_id,

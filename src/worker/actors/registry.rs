@@ -5,7 +5,7 @@
 use crate::config::TaskerConfig;
 use crate::worker::actor_command_processor::ActorCommandProcessor;
 use crate::worker::actors::messages::{StepCompletion, WorkerCommand};
-use crate::worker::actors::step_executor_actor::StepExecutorActor;
+use crate::worker::actors::step_executor_actor::{concurrent_batches, StepExecutorActor};
 use crate::worker::core::Shared;
 use crate::worker::event_systems::worker_event_system::WorkerEventSystem;
 use crate::worker::handlers::completion_processor::CompletionProcessorService;
@@ -123,6 +123,7 @@ impl WorkerActorRegistry {
             queues: shared.queues.clone(),
             visibility_timeout_seconds: worker.visibility_timeout_seconds,
             claim_batch_size: worker.claim_batch_size as usize,
+            concurrent_batches: concurrent_batches(shared.max_in_flight, worker.claim_batch_size as usize),
             max_delivery_attempts: worker.max_delivery_attempts,
             capacity: shared.capacity.clone(),
             dispatch_tx,

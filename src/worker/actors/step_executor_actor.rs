@@ -8,7 +8,7 @@
 //! 4. hydration and claiming, a batch per query/transaction;
 //! 5. handing claimed steps to the dispatch channel, recorded as in flight.
 //!
-//! Reading stays in one loop, but up to `CONCURRENT_BATCHES` read batches are hydrated and
+//! Reading stays in one loop, but up to `concurrent_batches` read batches are hydrated and
 //! claimed at once (tasks in a `JoinSet`, aborted with the actor): while one batch's claim
 //! runs in PostgreSQL, the next is read. Batches never share a message (reads skip locked
 //! and leased rows), and claims lock their steps in uuid order, so they cannot deadlock.
@@ -30,8 +30,17 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, RwLock, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-/// Read batches being hydrated and claimed at once.
-const CONCURRENT_BATCHES: usize = 2;
+/// Read batches hydrated and claimed at once: two when the capacity holds two full batches
+/// with room to spare for running handlers (at least three batches' worth), else one. With
+/// less, a second batch only splits the free slots into smaller reads and claims, which cost
+/// more per step (measured in BENCHMARKS.md: concurrency 10 lost, concurrency 25 gained).
+pub fn concurrent_batches(capacity: usize, claim_batch_size: usize) -> usize {
+    if capacity >= 3 * claim_batch_size {
+        2
+    } else {
+        1
+    }
+}
 
 #[derive(Clone)]
 pub struct StepExecutorActor {
@@ -40,6 +49,8 @@ pub struct StepExecutorActor {
     pub queues: Vec<Arc<str>>,
     pub visibility_timeout_seconds: u32,
     pub claim_batch_size: usize,
+    /// See `concurrent_batches`.
+    pub concurrent_batches: usize,
     pub max_delivery_attempts: u32,
     pub capacity: Arc<Semaphore>,
     pub dispatch_tx: mpsc::Sender<DispatchHandlerMessage>,
@@ -61,7 +72,7 @@ impl StepExecutorActor {
         let this = Arc::new(self);
         let mut next_queue = 0usize;
         let mut batches = JoinSet::new();
-        let batch_slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
+        let batch_slots = Arc::new(Semaphore::new(this.concurrent_batches.max(1)));
         loop {
             tokio::select! {
                 _ = this.wake.notified() => this.drain(&mut next_queue, &mut batches, &batch_slots).await,
@@ -112,6 +123,9 @@ impl StepExecutorActor {
                 if self.quiet.load(Ordering::Acquire) {
                     return;
                 }
+                // Finished batches are reaped here too: this loop can run for as long as the
+                // queues stay full, and a JoinSet keeps every finished task until it is joined.
+                while batches.try_join_next().is_some() {}
                 let queue = self.queues[*next_queue % self.queues.len()].clone();
                 *next_queue = next_queue.wrapping_add(1);
                 match client::read(
@@ -301,5 +315,22 @@ impl StepExecutorActor {
             tracing::error!(msg_id = message.msg_id, queue = %queue, %reason, "message dead-lettered");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::concurrent_batches;
+
+    #[test]
+    fn a_second_batch_runs_only_with_room_for_two_full_batches_and_the_handlers() {
+        // concurrency 10 + prefetch 10, batches of 10: one at a time.
+        assert_eq!(concurrent_batches(20, 10), 1);
+        assert_eq!(concurrent_batches(29, 10), 1);
+        // concurrency 25 + prefetch 25: two.
+        assert_eq!(concurrent_batches(30, 10), 2);
+        assert_eq!(concurrent_batches(50, 10), 2);
+        assert_eq!(concurrent_batches(2, 1), 1);
+        assert_eq!(concurrent_batches(3, 1), 2);
     }
 }

@@ -1,10 +1,9 @@
 //! `TaskerWorker::Native::Loopback`: the pull channel without a database, for
 //! `bench/ffi_handoff.rb` (see `tasker_worker::worker::loopback`).
 
-use crate::{conversions, errors, nogvl, worker};
+use crate::{conversions, errors, worker};
 use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
 use std::mem::ManuallyDrop;
-use std::time::{Duration, Instant};
 use tasker_worker::worker::loopback::Loopback;
 
 #[magnus::wrap(class = "TaskerWorker::Native::Loopback", free_immediately, size)]
@@ -46,28 +45,9 @@ impl NativeLoopback {
         })
     }
 
-    /// The same slicing and conversion as `Native::Worker#next_step`.
+    /// The same fast path, slicing and conversion as `Native::Worker#next_step`.
     fn next_step(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
-        // A step already queued is taken with the GVL held; only waiting releases it.
-        if let Some(event) = rb_self.loopback.channel.try_next_step() {
-            return conversions::event(ruby, &event).map(Some);
-        }
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-        loop {
-            let slice = deadline
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100));
-            let channel = rb_self.loopback.channel.clone();
-            let event = nogvl::without_gvl_interruptible(move || channel.next_step(slice))
-                .map_err(|panic| errors::internal(ruby, format!("next_step panicked: {panic}")))?;
-            if let Some(Some(event)) = event {
-                return conversions::event(ruby, &event).map(Some);
-            }
-            ruby.thread_check_ints()?;
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-        }
+        worker::pull_step(ruby, &rb_self.loopback.channel, timeout)
     }
 
     fn complete(ruby: &Ruby, rb_self: &Self, event_id: String, completion: Value) -> Result<bool, Error> {

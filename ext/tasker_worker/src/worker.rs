@@ -75,6 +75,33 @@ pub(crate) fn build_runtime(ruby: &Ruby, threads: usize) -> Result<tokio::runtim
         .map_err(|err| errors::internal(ruby, format!("starting the tokio runtime: {err}")))
 }
 
+/// `next_step` for `Native::Worker` and `Native::Loopback`: a step already queued is taken
+/// with the GVL held; otherwise waits without the GVL in `SLICE`s, checking interrupts
+/// between them, until a step, `timeout` seconds, or the channel stops.
+pub(crate) fn pull_step(
+    ruby: &Ruby,
+    channel: &Arc<FfiDispatchChannel>,
+    timeout: f64,
+) -> Result<Option<RHash>, Error> {
+    if let Some(event) = channel.try_next_step() {
+        return conversions::event(ruby, &event).map(Some);
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    loop {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
+        let waiting = channel.clone();
+        let event = nogvl::without_gvl_interruptible(move || waiting.next_step(slice))
+            .map_err(|panic| errors::internal(ruby, format!("next_step panicked: {panic}")))?;
+        if let Some(Some(event)) = event {
+            return conversions::event(ruby, &event).map(Some);
+        }
+        ruby.thread_check_ints()?;
+        if Instant::now() >= deadline || channel.is_stopped() {
+            return Ok(None);
+        }
+    }
+}
+
 /// Signals sent to the process must reach a Ruby thread: Ruby's handler run on one of our
 /// runtime threads only queues the signal, and nothing may wake the main thread to act on it
 /// (seen as a worker that ignores SIGTERM now and then). So runtime threads block them all.
@@ -157,24 +184,7 @@ impl NativeWorker {
     /// nil. Interrupts are checked every `SLICE`.
     fn next_step(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
         let inner = rb_self.check_pid(ruby)?;
-        // A step already queued is taken with the GVL held; only waiting releases it.
-        if let Some(event) = inner.channel.try_next_step() {
-            return conversions::event(ruby, &event).map(Some);
-        }
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-        loop {
-            let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
-            let channel = inner.channel.clone();
-            let event = nogvl::without_gvl_interruptible(move || channel.next_step(slice))
-                .map_err(|panic| errors::internal(ruby, format!("next_step panicked: {panic}")))?;
-            if let Some(Some(event)) = event {
-                return conversions::event(ruby, &event).map(Some);
-            }
-            ruby.thread_check_ints()?;
-            if Instant::now() >= deadline || inner.channel.is_stopped() {
-                return Ok(None);
-            }
-        }
+        pull_step(ruby, &inner.channel, timeout)
     }
 
     /// Blocks (without the GVL, in slices) up to `timeout` seconds for the next fast domain

@@ -187,9 +187,12 @@ async fn steps_waiting_unpolled_past_the_threshold_raise_a_starvation_warning() 
     let _second = one_step(&db, "starve").await;
     // One thread takes one step and sits on it; the other step waits with nobody to poll it.
     let event = poll(&channel).await.unwrap();
+    // The step the thread sits on passes the threshold too (a slow handler, also warned
+    // about), and the two steps may be claimed a few ms apart: wait until the unpolled one
+    // is past the threshold as well.
     let m = wait_for("a starvation warning", WAIT, || async {
         let m = channel.metrics();
-        (m.starvation_warnings >= 1 && m.queued == 1).then_some(m)
+        (m.starvation_warnings >= 1 && m.queued == 1 && m.oldest_queued_ms >= Some(100)).then_some(m)
     })
     .await;
     assert_eq!(m.running, 1);

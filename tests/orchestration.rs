@@ -137,7 +137,7 @@ async fn setup(
 #[tokio::test]
 async fn a_diamond_runs_to_complete_and_its_join_is_enqueued_once() {
     let db = TestDatabase::migrated().await;
-    let (_config, worker, orchestrator) = setup(&db, "diamond", DIAMOND, math_registry()).await;
+    let (_config, worker, mut orchestrator) = setup(&db, "diamond", DIAMOND, math_registry()).await;
     let task = create_task(&db.pool, &request("diamond", "diamond", json!({"n": 2})))
         .await
         .unwrap();
@@ -175,11 +175,11 @@ async fn a_diamond_runs_to_complete_and_its_join_is_enqueued_once() {
 #[tokio::test]
 async fn two_orchestrators_and_two_workers_finish_every_task_enqueuing_each_join_once() {
     let db = TestDatabase::migrated().await;
-    let (config, worker_a, orch_a) = setup(&db, "pair", DIAMOND, math_registry()).await;
+    let (config, worker_a, mut orch_a) = setup(&db, "pair", DIAMOND, math_registry()).await;
     let worker_b = WorkerCore::start(config.clone(), DispatchMode::Rust(math_registry()))
         .await
         .unwrap();
-    let orch_b = Orchestrator::start(&config).await.unwrap();
+    let mut orch_b = Orchestrator::start(&config).await.unwrap();
     let mut tasks = Vec::new();
     for n in 1..=15i64 {
         tasks.push((
@@ -248,7 +248,7 @@ async fn a_retryable_failure_waits_its_backoff_then_succeeds() {
         "Ok",
         handler_fn(|_ctx| async { Ok(StepSuccess::new(json!("done"))) }),
     );
-    let (_c, worker, orchestrator) = setup(&db, "flaky", FLAKY, registry).await;
+    let (_c, worker, mut orchestrator) = setup(&db, "flaky", FLAKY, registry).await;
     let task = create_task(&db.pool, &request("flaky", "flaky", json!({})))
         .await
         .unwrap();
@@ -308,7 +308,7 @@ async fn run_failing(permanent: bool) -> (String, (String, Option<serde_json::Va
         handler_fn(move |_ctx| async move { Err(StepFailure::new("broken", "always broken", !permanent)) }),
     );
     let ns = if permanent { "permanent" } else { "exhausted" };
-    let (_c, worker, orchestrator) = setup(&db, ns, FAILING, registry).await;
+    let (_c, worker, mut orchestrator) = setup(&db, ns, FAILING, registry).await;
     let task = create_task(&db.pool, &request(ns, "failing", json!({})))
         .await
         .unwrap();

@@ -22,6 +22,21 @@ RSpec.describe "example workflows", :worker do
     task[:steps].to_h { |s| [s[:name], s[:results]["result"]] }
   end
 
+  it "stops its embedded orchestrator when it stops, keeping the orchestrator's counters" do
+    expect(run("linear_workflow", "mathematical_sequence", { even_number: 2 })[:state]).to eq("complete")
+    worker = @workers.last
+    worker.stop(timeout: 5)
+    expect(worker.status[:orchestrator]).to include(tasks_completed: 1, tasks_failed: 0)
+
+    # A running orchestrator would read this within its 0.1 s poll.
+    message = { task_uuid: SecureRandom.uuid, step_uuid: SecureRandom.uuid, correlation_id: SecureRandom.uuid }
+    msg_id = db.exec_params("SELECT pgmq.send('orchestration_step_results', $1::jsonb)", [message.to_json]).getvalue(0, 0)
+    sleep 0.5
+    unread = db.exec_params("SELECT count(*) FROM pgmq.q_orchestration_step_results WHERE msg_id = $1 AND read_ct = 0",
+                            [msg_id]).getvalue(0, 0).to_i
+    expect(unread).to eq(1), "the stopped worker's orchestrator still reads its queue"
+  end
+
   it "runs the linear workflow: each step squares the previous" do
     task = run("linear_workflow", "mathematical_sequence", { even_number: 2 })
     expect(task[:state]).to eq("complete")

@@ -73,7 +73,8 @@ impl Orchestrator {
 
     /// Stops between messages or mid-message (a half-processed message is rolled back and
     /// read again by any orchestrator after its visibility timeout).
-    pub async fn shutdown(mut self) {
+    /// Its counters stay readable (`status`) afterwards.
+    pub async fn shutdown(&mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
             let _ = task.await;

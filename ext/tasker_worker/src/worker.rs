@@ -263,18 +263,32 @@ impl NativeWorker {
         let Some(core) = inner.core.lock().take() else {
             return Ok(None);
         };
+        // The embedded orchestrator stops after the worker, so results the worker committed
+        // while stopping are still processed if it gets to them; whatever it leaves stays on
+        // its queue for the next orchestrator.
+        let orchestrator = inner.orchestrator.lock().take();
         let shutdown = async move {
-            match timeout {
+            let report = match timeout {
                 Some(seconds) => {
                     core.shutdown_within(Duration::from_secs_f64(seconds.max(0.0)))
                         .await
                 }
                 None => core.shutdown().await,
-            }
+            };
+            let orchestrator = match orchestrator {
+                Some(mut orchestrator) => {
+                    orchestrator.shutdown().await;
+                    Some(orchestrator)
+                }
+                None => None,
+            };
+            (report, orchestrator)
         };
-        let report = nogvl::without_gvl(|| inner.runtime.block_on(shutdown))
-            .map_err(|panic| errors::internal(ruby, format!("stop panicked: {panic}")))?
-            .map_err(|err: TaskerError| errors::to_ruby(ruby, err))?;
+        let (report, orchestrator) = nogvl::without_gvl(|| inner.runtime.block_on(shutdown))
+            .map_err(|panic| errors::internal(ruby, format!("stop panicked: {panic}")))?;
+        // Stopped; kept for its counters in `status`.
+        *inner.orchestrator.lock() = orchestrator;
+        let report = report.map_err(|err: TaskerError| errors::to_ruby(ruby, err))?;
         let hash = ruby.hash_new();
         hash.aset(ruby.to_symbol("finished"), report.finished)?;
         hash.aset(ruby.to_symbol("released"), report.released)?;

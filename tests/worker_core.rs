@@ -535,6 +535,35 @@ async fn malformed_and_unhydratable_messages_are_dead_lettered_and_the_worker_ke
 }
 
 #[tokio::test]
+async fn a_step_message_with_uuids_in_other_forms_is_still_claimed_and_run() {
+    // The claim call reads canonical uuid strings itself; other forms that the message's
+    // parser accepts (32 hex digits, braces) take the slow way and run all the same.
+    let db = TestDatabase::migrated().await;
+    let core = start(worker_config(&db, &["forms"]), echo_registry()).await;
+    let wf = one_step(&db, "forms", "double", "double", "Double", json!({"n": 4})).await;
+    wf.set_state("double", "enqueued").await;
+    let message = wf.message("double");
+    let body = json!({
+        "task_uuid": message.task_uuid.simple().to_string(),
+        "step_uuid": message.step_uuid.simple().to_string(),
+        "correlation_id": message.correlation_id.braced().to_string(),
+    });
+    let client = MessageClient::new(db.pool.clone());
+    client.create_queue("worker_forms_queue").await.unwrap();
+    client.send_with_notify("worker_forms_queue", &body, 0).await.unwrap();
+
+    wait_state(&wf, "double", "enqueued_for_orchestration").await;
+    let results = wf.results("double").await.expect("results written");
+    assert_eq!(results["result"], json!({"doubled": 8, "attempt": 1}));
+    let status = core.status().await.unwrap();
+    assert_eq!(status.counters.dead_lettered, 0);
+    assert_eq!(status.counters.hydration_failures, 0);
+    assert_eq!(queue_len(&db.pool, "q_worker_forms_queue").await, 0);
+    core.shutdown().await.unwrap();
+    db.drop_database().await;
+}
+
+#[tokio::test]
 async fn the_result_and_the_orchestration_message_commit_together_or_not_at_all() {
     let db = TestDatabase::migrated().await;
     let gate = Arc::new(Notify::new());

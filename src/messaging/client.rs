@@ -224,7 +224,7 @@ pub async fn set_vt<'e, E: PgExecutor<'e>>(
     Ok(ids)
 }
 
-fn queue_error(queue_name: &str, err: sqlx::Error) -> TaskerError {
+pub(crate) fn queue_error(queue_name: &str, err: sqlx::Error) -> TaskerError {
     match &err {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
             TaskerError::Queue(format!("queue {queue_name:?} does not exist"))

@@ -13,7 +13,12 @@
 //!   nothing.
 
 use crate::error::TaskerResult;
-use crate::messaging::StepMessage;
+use crate::messaging::client::{queue_error, validate_queue_name};
+use crate::messaging::{QueuedMessage, StepMessage};
+use crate::worker::hydration;
+use crate::worker::step_context::StepContext;
+use serde::Deserialize;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -119,4 +124,120 @@ pub async fn claim_batch(
         .iter()
         .map(|r| outcomes.remove(&r.msg_id).unwrap_or(ClaimOutcome::Missing))
         .collect())
+}
+
+/// What `claim_next` did with one message it read.
+#[derive(Debug)]
+pub enum NextOutcome {
+    /// Claimed, with the step's context (always `Ok` when the SQL and Rust checks agree; an
+    /// `Err` is treated as a hydration failure).
+    Claimed {
+        claim: Claim,
+        context: Result<StepContext, String>,
+    },
+    Duplicate {
+        state: String,
+    },
+    Missing,
+    /// Not claimed: the step cannot be hydrated, for this reason.
+    Unhydratable(String),
+    /// Not claimed: the message is not three canonical uuids (or the SQL side found the step
+    /// unhydratable and this side did not). The caller parses and claims it the slow way.
+    Unchecked,
+}
+
+/// A message `claim_next` read, and what became of it.
+#[derive(Debug)]
+pub struct NextMessage {
+    pub message: QueuedMessage,
+    pub outcome: NextOutcome,
+}
+
+/// One round trip: `tasker.worker_claim_next` (migration 20261126000004) reads, checks,
+/// claims and returns the hydration columns, in one transaction committed asynchronously.
+const CLAIM_NEXT_SQL: &str = "SELECT * FROM tasker.worker_claim_next($1, $2, $3, $4, $5)";
+
+/// Reads up to `qty` messages of `queue_name` under a lease of `visibility_timeout_seconds`
+/// and claims those whose steps can run. One row per message read, in msg_id order.
+pub async fn claim_next(
+    pool: &PgPool,
+    queue_name: &Arc<str>,
+    worker_id: &str,
+    qty: usize,
+    visibility_timeout_seconds: u32,
+) -> TaskerResult<Vec<NextMessage>> {
+    validate_queue_name(queue_name)?;
+    let tokens: Vec<Uuid> = (0..qty).map(|_| Uuid::now_v7()).collect();
+    let rows = sqlx::query(CLAIM_NEXT_SQL)
+        .bind(queue_name.as_ref())
+        .bind(worker_id)
+        .bind(qty as i32)
+        .bind(f64::from(visibility_timeout_seconds))
+        .bind(&tokens)
+        .fetch_all(pool)
+        .await
+        .map_err(|err| queue_error(queue_name, err))?;
+    rows.iter().map(|row| next_message(row, queue_name)).collect()
+}
+
+fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage> {
+    let message = QueuedMessage {
+        msg_id: row.try_get("msg_id")?,
+        read_ct: row.try_get("read_ct")?,
+        enqueued_at: row.try_get("enqueued_at")?,
+        vt: row.try_get("vt")?,
+        message: row
+            .try_get::<Option<serde_json::Value>, _>("message")?
+            .unwrap_or(serde_json::Value::Null),
+    };
+    let action: String = row.try_get("action")?;
+    // Every action but `unparsed` is for a message the SQL side read as a StepMessage.
+    let step_message = match action.as_str() {
+        "unparsed" => None,
+        _ => StepMessage::deserialize(&message.message).ok(),
+    };
+    let Some(step_message) = step_message else {
+        return Ok(NextMessage {
+            message,
+            outcome: NextOutcome::Unchecked,
+        });
+    };
+    let outcome = match action.as_str() {
+        "claim" | "reclaim" => {
+            let claim = Claim {
+                token: row.try_get("token")?,
+                step_uuid: step_message.step_uuid,
+                task_uuid: step_message.task_uuid,
+                correlation_id: step_message.correlation_id,
+                queue_name: queue_name.clone(),
+                msg_id: message.msg_id,
+                attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
+                reclaimed_from: if action == "reclaim" {
+                    row.try_get("previous")?
+                } else {
+                    None
+                },
+            };
+            let context = hydration::context_from_row(row, &step_message).map(|mut context| {
+                context.attempts = claim.attempts;
+                context
+            });
+            NextOutcome::Claimed { claim, context }
+        }
+        "duplicate" => NextOutcome::Duplicate {
+            state: row.try_get::<Option<String>, _>("state")?.unwrap_or_default(),
+        },
+        "unhydratable" => {
+            if row.try_get::<Option<Uuid>, _>("workflow_step_uuid")?.is_none() {
+                NextOutcome::Unhydratable(format!("step {} does not exist", step_message.step_uuid))
+            } else {
+                match hydration::context_from_row(row, &step_message) {
+                    Err(reason) => NextOutcome::Unhydratable(reason),
+                    Ok(_) => NextOutcome::Unchecked,
+                }
+            }
+        }
+        _ => NextOutcome::Missing,
+    };
+    Ok(NextMessage { message, outcome })
 }

@@ -2,16 +2,18 @@
 //! 1. capacity: it takes a permit per step BEFORE reading, so it never reads more messages
 //!    than there are free slots (handlers + prefetch; a permit returns when the step's
 //!    handler has finished and its result is handed to the completion processor);
-//! 2. reading (`pgmq.read` under the lease, round-robin over the namespaces' queues);
+//! 2. claiming, a batch per call of `tasker.worker_claim_next`: read under the lease (round-
+//!    robin over the namespaces' queues), check that each step can be hydrated, claim it,
+//!    and return its context, in one round trip and one transaction;
 //! 3. poison handling: unparseable messages are dead-lettered at once; messages whose step
 //!    cannot be hydrated are retried and dead-lettered after `max_delivery_attempts` reads;
-//! 4. hydration and claiming, a batch per query/transaction;
-//! 5. handing claimed steps to the dispatch channel, recorded as in flight.
+//! 4. handing claimed steps to the dispatch channel, recorded as in flight.
 //!
-//! Reading stays in one loop, but up to `concurrent_batches` read batches are hydrated and
-//! claimed at once (tasks in a `JoinSet`, aborted with the actor): while one batch's claim
-//! runs in PostgreSQL, the next is read. Batches never share a message (reads skip locked
-//! and leased rows), and claims lock their steps in uuid order, so they cannot deadlock.
+//! Up to `concurrent_batches` batches are claimed at once (tasks in a `JoinSet`, aborted with
+//! the actor). Batches never share a message (reads skip locked and leased rows), and claims
+//! lock their steps in uuid order, so they cannot deadlock. Messages the SQL side cannot read
+//! as a StepMessage, and messages handed over already read, take the slow way: parse here,
+//! one hydration query, one claim call (`process`).
 
 use crate::error::TaskerResult;
 use crate::messaging::{client, QueuedMessage, StepMessage};
@@ -19,11 +21,12 @@ use crate::worker::actors::messages::DispatchHandlerMessage;
 use crate::worker::hydration;
 use crate::worker::in_flight::{InFlight, InFlightEntry};
 use crate::worker::stats::WorkerCounters;
-use crate::worker::step_claim::{self, ClaimOutcome, ClaimRequest};
+use crate::worker::step_claim::{self, Claim, ClaimOutcome, ClaimRequest, NextMessage, NextOutcome};
+use crate::worker::step_context::StepContext;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, RwLock, Semaphore};
@@ -73,9 +76,10 @@ impl StepExecutorActor {
         let mut next_queue = 0usize;
         let mut batches = JoinSet::new();
         let batch_slots = Arc::new(Semaphore::new(this.concurrent_batches.max(1)));
+        let empty_reads = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
-                _ = this.wake.notified() => this.drain(&mut next_queue, &mut batches, &batch_slots).await,
+                _ = this.wake.notified() => this.drain(&mut next_queue, &mut batches, &batch_slots, &empty_reads).await,
                 Some((queue, message)) = from_messages.recv() => {
                     let Some(permit) = this.acquire(1).await.and_then(|mut p| p.pop()) else { continue };
                     let _busy = this.busy.read().await;
@@ -91,76 +95,170 @@ impl StepExecutorActor {
         }
     }
 
-    /// Reads until a round finds nothing to do; each batch read is hydrated, claimed and
-    /// dispatched in its own task while the loop reads the next.
+    /// Claims batches until every queue has come back empty; each batch (one call of
+    /// `tasker.worker_claim_next`: read, check, claim) and its dispatch run in their own task
+    /// while the loop takes the next batch slot.
     async fn drain(
         self: &Arc<Self>,
         next_queue: &mut usize,
         batches: &mut JoinSet<()>,
         batch_slots: &Arc<Semaphore>,
+        empty_reads: &Arc<AtomicUsize>,
     ) {
+        empty_reads.store(0, Ordering::Relaxed);
         loop {
             // The batch slot first, then the handler slots: slots that free up while an earlier
             // batch is being claimed all go into the next read.
-            let Ok(mut slot) = batch_slots.clone().acquire_owned().await else {
+            let Ok(slot) = batch_slots.clone().acquire_owned().await else {
                 return;
             };
-            let Some(mut permits) = self.acquire(self.claim_batch_size).await else {
-                return;
-            };
-            let mut read_any = false;
-            for _ in 0..self.queues.len() {
-                if permits.is_empty() {
-                    break;
-                }
-                if slot.num_permits() == 0 {
-                    let Ok(next) = batch_slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    slot = next;
-                }
-                let busy = self.busy.clone().read_owned().await;
-                if self.quiet.load(Ordering::Acquire) {
+            // Finished batches are reaped here too: this loop can run for as long as the
+            // queues stay full, and a JoinSet keeps every finished task until it is joined.
+            while batches.try_join_next().is_some() {}
+            if empty_reads.load(Ordering::Relaxed) >= self.queues.len() {
+                // The last reads of every queue found nothing. Batches still running may yet
+                // find more; done only when they have not.
+                drop(slot);
+                while batches.join_next().await.is_some() {}
+                if empty_reads.load(Ordering::Relaxed) >= self.queues.len() {
                     return;
                 }
-                // Finished batches are reaped here too: this loop can run for as long as the
-                // queues stay full, and a JoinSet keeps every finished task until it is joined.
-                while batches.try_join_next().is_some() {}
-                let queue = self.queues[*next_queue % self.queues.len()].clone();
-                *next_queue = next_queue.wrapping_add(1);
-                match client::read(
-                    &self.pool,
-                    &queue,
-                    self.visibility_timeout_seconds as i32,
-                    permits.len() as i32,
-                )
-                .await
-                {
-                    Ok(messages) if messages.is_empty() => {}
-                    Ok(messages) => {
-                        read_any = true;
-                        WorkerCounters::add(&self.counters.messages_read, messages.len());
-                        WorkerCounters::add(&self.counters.read_batches, 1);
-                        let take = permits.split_off(permits.len() - messages.len());
-                        let this = self.clone();
-                        let batch_slot = slot.split(1).expect("a batch slot is held here");
-                        batches.spawn(async move {
-                            let (_slot, _busy) = (batch_slot, busy);
-                            if let Err(err) = this.process(&queue, messages, take).await {
-                                tracing::warn!(error = %err, queue = %queue, "claiming a batch failed; its messages return after their lease");
-                            }
-                        });
+                continue;
+            }
+            let Some(permits) = self.acquire(self.claim_batch_size).await else {
+                return;
+            };
+            let busy = self.busy.clone().read_owned().await;
+            if self.quiet.load(Ordering::Acquire) {
+                return;
+            }
+            let queue = self.queues[*next_queue % self.queues.len()].clone();
+            *next_queue = next_queue.wrapping_add(1);
+            let this = self.clone();
+            let empty_reads = empty_reads.clone();
+            batches.spawn(async move {
+                let _held = (slot, busy);
+                match this.claim_and_dispatch(&queue, permits).await {
+                    Ok(0) => {
+                        empty_reads.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(_) => empty_reads.store(0, Ordering::Relaxed),
                     Err(err) => {
-                        tracing::warn!(error = %err, queue = %queue, "reading the queue failed");
+                        empty_reads.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %err, queue = %queue, "claiming from the queue failed");
+                        // Holding the batch slot a while keeps a failing database from being
+                        // asked again at once.
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-            }
-            if !read_any {
-                return;
+            });
+        }
+    }
+
+    /// One batch: reads, checks and claims up to one message per permit in one call, then
+    /// dispatches the claimed steps. Messages the SQL side left unchecked take the slow way
+    /// (`process`). Returns how many messages were read.
+    async fn claim_and_dispatch(&self, queue: &Arc<str>, mut permits: Vec<OwnedSemaphorePermit>) -> TaskerResult<usize> {
+        let read = step_claim::claim_next(
+            &self.pool,
+            queue,
+            &self.worker_id,
+            permits.len(),
+            self.visibility_timeout_seconds,
+        )
+        .await?;
+        if read.is_empty() {
+            return Ok(0);
+        }
+        let count = read.len();
+        WorkerCounters::add(&self.counters.messages_read, count);
+        WorkerCounters::add(&self.counters.read_batches, 1);
+        let mut poison = Vec::new();
+        let mut unchecked = Vec::new();
+        for NextMessage { message, outcome } in read {
+            match outcome {
+                NextOutcome::Claimed { claim, context: Ok(context) } => {
+                    let Some(permit) = permits.pop() else { break };
+                    if !self.dispatch(claim, context, permit).await {
+                        return Ok(count);
+                    }
+                }
+                NextOutcome::Claimed { claim, context: Err(reason) } => {
+                    // Not expected: the SQL side claims only steps that hydrate. The claim
+                    // lapses with the lease and the message is read again.
+                    tracing::error!(step_uuid = %claim.step_uuid, %reason, "a claimed step could not be hydrated");
+                    self.unhydratable(queue, &message, reason, &mut poison);
+                }
+                NextOutcome::Duplicate { state } => {
+                    WorkerCounters::add(&self.counters.duplicates, 1);
+                    tracing::debug!(msg_id = message.msg_id, %state, "duplicate message archived");
+                }
+                NextOutcome::Missing => {}
+                NextOutcome::Unhydratable(reason) => self.unhydratable(queue, &message, reason, &mut poison),
+                NextOutcome::Unchecked => unchecked.push(message),
             }
         }
+        if !poison.is_empty() {
+            self.dead_letter(queue, &poison).await?;
+        }
+        if !unchecked.is_empty() {
+            let take = permits.split_off(permits.len().saturating_sub(unchecked.len()));
+            self.process(queue, unchecked, take).await?;
+        }
+        Ok(count)
+    }
+
+    /// A step that cannot be hydrated: retried after its lease, dead-lettered once it has been
+    /// read more than `max_delivery_attempts` times.
+    fn unhydratable(
+        &self,
+        queue: &Arc<str>,
+        queued: &QueuedMessage,
+        reason: String,
+        poison: &mut Vec<(QueuedMessage, String)>,
+    ) {
+        WorkerCounters::add(&self.counters.hydration_failures, 1);
+        if queued.read_ct as u32 > self.max_delivery_attempts {
+            poison.push((
+                queued.clone(),
+                format!("could not be hydrated in {} deliveries: {reason}", queued.read_ct),
+            ));
+        } else {
+            tracing::warn!(msg_id = queued.msg_id, queue = %queue, read_ct = queued.read_ct, %reason, "step could not be hydrated; retrying after the lease");
+        }
+    }
+
+    /// Records a claimed step as in flight and hands it to the dispatch channel. False when
+    /// the channel is closed (shutting down; the lease lapses and the step is reclaimed).
+    async fn dispatch(&self, claim: Claim, mut context: StepContext, permit: OwnedSemaphorePermit) -> bool {
+        context.attempts = claim.attempts;
+        WorkerCounters::add(&self.counters.claimed, 1);
+        if claim.reclaimed_from.is_some() {
+            WorkerCounters::add(&self.counters.reclaimed, 1);
+        }
+        let now = Instant::now();
+        self.in_flight.insert(
+            claim.token,
+            InFlightEntry {
+                step_uuid: claim.step_uuid,
+                queue_name: claim.queue_name.clone(),
+                msg_id: claim.msg_id,
+                claimed_at: now,
+            },
+        );
+        let token = claim.token;
+        let message = DispatchHandlerMessage {
+            event_id: Uuid::now_v7(),
+            claim,
+            context: Arc::new(context),
+            permit,
+            claimed_at: now,
+        };
+        if self.dispatch_tx.send(message).await.is_err() {
+            self.in_flight.remove(&token);
+            return false;
+        }
+        true
     }
 
     /// Waits for at least one free slot, then takes up to `max` without waiting more.
@@ -188,7 +286,9 @@ impl StepExecutorActor {
         Some(permits)
     }
 
-    /// Parses, hydrates, claims and dispatches messages read from `queue`; one permit each.
+    /// Parses, hydrates, claims and dispatches messages already read from `queue`, one permit
+    /// each, in a hydration query and a claim call (messages handed over by
+    /// `ExecuteStepFromMessage`, and those `claim_and_dispatch` leaves unchecked).
     async fn process(
         &self,
         queue: &Arc<str>,
@@ -217,18 +317,7 @@ impl StepExecutorActor {
                     msg_id: queued.msg_id,
                     message: *step_message,
                 }),
-                Some(Err(reason)) => {
-                    let reason = reason.clone();
-                    WorkerCounters::add(&self.counters.hydration_failures, 1);
-                    if queued.read_ct as u32 > self.max_delivery_attempts {
-                        poison.push((
-                            queued.clone(),
-                            format!("could not be hydrated in {} deliveries: {reason}", queued.read_ct),
-                        ));
-                    } else {
-                        tracing::warn!(msg_id = queued.msg_id, queue = %queue, read_ct = queued.read_ct, %reason, "step could not be hydrated; retrying after the lease");
-                    }
-                }
+                Some(Err(reason)) => self.unhydratable(queue, queued, reason.clone(), &mut poison),
                 None => {}
             }
         }
@@ -243,36 +332,11 @@ impl StepExecutorActor {
         for (request, outcome) in requests.iter().zip(outcomes) {
             match outcome {
                 ClaimOutcome::Claimed(claim) => {
-                    let Some(Ok(mut context)) = contexts.remove(&request.message.step_uuid) else {
+                    let Some(Ok(context)) = contexts.remove(&request.message.step_uuid) else {
                         continue;
                     };
                     let Some(permit) = permits.pop() else { break };
-                    context.attempts = claim.attempts;
-                    WorkerCounters::add(&self.counters.claimed, 1);
-                    if claim.reclaimed_from.is_some() {
-                        WorkerCounters::add(&self.counters.reclaimed, 1);
-                    }
-                    let now = Instant::now();
-                    self.in_flight.insert(
-                        claim.token,
-                        InFlightEntry {
-                            step_uuid: claim.step_uuid,
-                            queue_name: claim.queue_name.clone(),
-                            msg_id: claim.msg_id,
-                            claimed_at: now,
-                        },
-                    );
-                    let token = claim.token;
-                    let message = DispatchHandlerMessage {
-                        event_id: Uuid::now_v7(),
-                        claim,
-                        context: Arc::new(context),
-                        permit,
-                        claimed_at: now,
-                    };
-                    if self.dispatch_tx.send(message).await.is_err() {
-                        // Shutting down; the lease lapses and the step is reclaimed.
-                        self.in_flight.remove(&token);
+                    if !self.dispatch(claim, context, permit).await {
                         return Ok(());
                     }
                 }

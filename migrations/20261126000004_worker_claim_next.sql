@@ -1,0 +1,207 @@
+-- Read, check and claim a batch of steps in one call: one round trip and one transaction
+-- (committed with synchronous_commit off, as tasker.worker_claim_steps explains) instead of
+-- a read, a hydration query and a claim call, each a round trip and the read a durable
+-- commit of its own.
+--
+-- 1. Reads up to p_qty visible messages of pgmq.q_{p_queue_name} exactly as pgmq.read does
+--    (lowest ids first, FOR UPDATE SKIP LOCKED, read_ct + 1, vt and, where the queue table
+--    has it, last_read_at).
+-- 2. A message whose three ids are canonical uuid strings and whose step can be hydrated
+--    (the step exists, belongs to the message's task, and its template has a step of that
+--    name with a handler whose callable is a string and whose initialization, if given, is
+--    an object) is claimed through tasker.worker_claim_steps, with the token p_tokens[n] for
+--    the n-th message read. The checks are those src/worker/hydration.rs makes, so a step
+--    claimed here always hydrates.
+-- 3. Returns one row per message read, in msg_id order, with the message, the action and,
+--    for claimed rows and unhydratable ones, the hydration columns of
+--    src/worker/hydration.rs (the worker builds the StepContext, or the reason a step cannot
+--    be hydrated, from them). Actions:
+--      claim, reclaim, duplicate, missing - as tasker.worker_claim_steps decides;
+--      unhydratable - not claimed; the worker retries it and dead-letters it after
+--                     max_delivery_attempts reads;
+--      unparsed     - the message is not three canonical uuids; not claimed; the worker
+--                     parses it itself (and dead-letters it, or claims it the slow way).
+CREATE OR REPLACE FUNCTION tasker.worker_claim_next(
+    p_queue_name text,
+    p_worker_id  text,
+    p_qty        integer,
+    p_vt_seconds double precision,
+    p_tokens     uuid[]
+)
+RETURNS TABLE (
+    msg_id bigint, read_ct integer, enqueued_at timestamptz, vt timestamptz, message jsonb,
+    action text, state text, token uuid, previous uuid,
+    workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
+    retryable boolean, step_name text, context jsonb, correlation_id uuid, task_name text,
+    task_version text, namespace text, step_definition jsonb, dependency_results jsonb
+)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    queue_table text := 'q_' || p_queue_name;
+    -- The messages read, as parallel arrays in msg_id order.
+    m_id      bigint[];
+    m_read_ct integer[];
+    m_enq     timestamptz[];
+    m_vt      timestamptz[];
+    m_body    jsonb[];
+    -- Claimable messages, and what tasker.worker_claim_steps made of them.
+    c_step  uuid[];
+    c_msg   bigint[];
+    c_corr  uuid[];
+    c_token uuid[];
+    r_msg     bigint[];
+    r_action  text[];
+    r_state   text[];
+    r_token   uuid[];
+    r_prev    uuid[];
+    r_attempts integer[];
+BEGIN
+    IF p_queue_name !~ '^[a-z0-9_]{1,47}$' THEN
+        RAISE EXCEPTION 'invalid queue name %', p_queue_name USING ERRCODE = '22023';
+    END IF;
+    PERFORM set_config('synchronous_commit', 'off', true);
+
+    EXECUTE format(
+        'WITH cte AS (SELECT msg_id FROM pgmq.%1$I WHERE vt <= clock_timestamp() '
+        '               ORDER BY msg_id ASC LIMIT $1 FOR UPDATE SKIP LOCKED), '
+        '     got AS (UPDATE pgmq.%1$I m SET %2$s vt = clock_timestamp() + make_interval(secs => $2), '
+        '                    read_ct = m.read_ct + 1 '
+        '               FROM cte WHERE m.msg_id = cte.msg_id '
+        '             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message) '
+        'SELECT array_agg(msg_id ORDER BY msg_id), array_agg(read_ct ORDER BY msg_id), '
+        '       array_agg(enqueued_at ORDER BY msg_id), array_agg(vt ORDER BY msg_id), '
+        '       array_agg(message ORDER BY msg_id) FROM got',
+        queue_table,
+        CASE WHEN EXISTS (SELECT 1 FROM pg_attribute a
+                           WHERE a.attrelid = to_regclass(format('pgmq.%I', queue_table))
+                             AND a.attname = 'last_read_at' AND NOT a.attisdropped)
+             THEN 'last_read_at = clock_timestamp(),' ELSE '' END)
+      INTO m_id, m_read_ct, m_enq, m_vt, m_body
+      USING p_qty, p_vt_seconds;
+
+    IF m_id IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- Which messages parse and hydrate. (The definition is a column before it is checked, so
+    -- that the check is inlined rather than called per row.)
+    SELECT array_agg(p.step_uuid ORDER BY p.n), array_agg(p.msg_id ORDER BY p.n),
+           array_agg(p.correlation_id ORDER BY p.n), array_agg(p_tokens[p.n::integer] ORDER BY p.n)
+      INTO c_step, c_msg, c_corr, c_token
+      FROM (SELECT m.msg_id, m.n,
+                   (m.body ->> 'step_uuid')::uuid AS step_uuid,
+                   (m.body ->> 'task_uuid')::uuid AS task_uuid,
+                   (m.body ->> 'correlation_id')::uuid AS correlation_id
+              FROM unnest(m_id, m_body) WITH ORDINALITY AS m(msg_id, body, n)
+             WHERE tasker.worker_is_step_message(m.body)) p
+      JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = p.step_uuid AND ws.task_uuid = p.task_uuid
+      JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+      JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
+      JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+      CROSS JOIN LATERAL (
+        SELECT s AS definition FROM jsonb_array_elements(nt.configuration -> 'steps') s
+         WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
+         LIMIT 1) d
+     WHERE tasker.worker_is_runnable_definition(d.definition);
+
+    IF c_step IS NOT NULL THEN
+        SELECT array_agg(c.msg_id), array_agg(c.action), array_agg(c.state), array_agg(c.token),
+               array_agg(c.previous), array_agg(c.attempts)
+          INTO r_msg, r_action, r_state, r_token, r_prev, r_attempts
+          FROM tasker.worker_claim_steps(p_queue_name, p_worker_id, c_step, c_msg, c_corr, c_token) c;
+    END IF;
+
+    RETURN QUERY
+    WITH m AS (
+        SELECT m.*,
+               CASE WHEN tasker.worker_is_step_message(m.message)
+                    THEN (m.message ->> 'step_uuid')::uuid END AS step_uuid
+          FROM unnest(m_id, m_read_ct, m_enq, m_vt, m_body) AS m(msg_id, read_ct, enqueued_at, vt, message)
+    ), r AS (
+        SELECT * FROM unnest(r_msg, r_action, r_state, r_token, r_prev, r_attempts)
+                   AS r(msg_id, action, state, token, previous, attempts)
+    )
+    SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message,
+           CASE WHEN m.step_uuid IS NULL THEN 'unparsed'
+                ELSE coalesce(r.action, 'unhydratable') END,
+           r.state, r.token, r.previous,
+           h.workflow_step_uuid, h.task_uuid, h.inputs, coalesce(r.attempts, h.attempts), h.max_attempts,
+           h.retryable, h.step_name::text, h.context, h.correlation_id, h.task_name::text,
+           h.task_version::text, h.namespace::text, h.step_definition, h.dependency_results
+      FROM m
+      LEFT JOIN r ON r.msg_id = m.msg_id
+      LEFT JOIN LATERAL (
+        SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, ws.attempts, ws.max_attempts, ws.retryable,
+               ns.name AS step_name, t.context, t.correlation_id,
+               nt.name AS task_name, nt.version AS task_version, tn.name AS namespace,
+               (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
+                 WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
+                 LIMIT 1) AS step_definition,
+               (WITH RECURSIVE ancestors(step_uuid) AS (
+                    SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
+                     WHERE e.to_step_uuid = ws.workflow_step_uuid
+                    UNION
+                    SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
+                      JOIN ancestors a ON e.to_step_uuid = a.step_uuid)
+                SELECT jsonb_object_agg(ans.name, aws.results)
+                  FROM ancestors a
+                  JOIN tasker.workflow_steps aws ON aws.workflow_step_uuid = a.step_uuid
+                  JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
+                 WHERE aws.results IS NOT NULL) AS dependency_results
+          FROM tasker.workflow_steps ws
+          JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+          JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
+          JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+          JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
+         WHERE ws.workflow_step_uuid = m.step_uuid
+           AND (r.action IS NULL OR r.action IN ('claim', 'reclaim'))
+      ) h ON true
+     ORDER BY m.msg_id;
+END;
+$$;
+
+-- A StepMessage the SQL side can read: an object whose task_uuid, step_uuid and
+-- correlation_id are canonical (8-4-4-4-12 hex) uuid strings. Anything else is left to the
+-- worker's own parser.
+CREATE OR REPLACE FUNCTION tasker.worker_is_step_message(body jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT jsonb_typeof(body) = 'object'
+       AND coalesce(body ->> 'task_uuid' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+                     AND jsonb_typeof(body -> 'task_uuid') = 'string', false)
+       AND coalesce(body ->> 'step_uuid' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+                     AND jsonb_typeof(body -> 'step_uuid') = 'string', false)
+       AND coalesce(body ->> 'correlation_id' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+                     AND jsonb_typeof(body -> 'correlation_id') = 'string', false)
+$$;
+
+-- A template step definition the worker can run: its handler is an object whose callable
+-- is a string and whose initialization, when present, is an object (HandlerSpec in
+-- src/worker/step_context.rs).
+CREATE OR REPLACE FUNCTION tasker.worker_is_runnable_definition(definition jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT coalesce(jsonb_typeof(definition -> 'handler') = 'object'
+               AND jsonb_typeof(definition -> 'handler' -> 'callable') = 'string'
+               AND (NOT (definition -> 'handler' ? 'initialization')
+                    OR jsonb_typeof(definition -> 'handler' -> 'initialization') = 'object'),
+           false)
+$$;
+
+
+-- The worker's functions run with generic plans. A plpgsql statement is planned for its
+-- parameters (a custom plan) on its first five runs in a session and afterwards whenever the
+-- generic plan does not look cheaper; these statements reach rows by primary key through
+-- arrays, where a custom plan is never better and planning them costs about as much as
+-- running them (measured in BENCHMARKS.md: pickup 2.0 -> 1.4 ms after the enqueue commits).
+-- The setting applies to the functions they call as well.
+ALTER FUNCTION tasker.worker_claim_next(text, text, integer, double precision, uuid[])
+    SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.worker_claim_steps(text, text, uuid[], bigint[], uuid[], uuid[])
+    SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])
+    SET plan_cache_mode = force_generic_plan;

@@ -46,6 +46,18 @@ module Bench
       conn&.close
     end
 
+    # The same rows for `count` tasks, but their worker-queue messages are not sent: returns
+    # them, as [queue, message JSON] pairs, for the caller to send one at a time.
+    def unsent_single_step_tasks(url, namespace:, name:, count:, version: "1.0.0", context: {}, first_seq: 0)
+      conn = PG.connect(url)
+      template = template_row(conn, namespace, name, version)
+      queue = "worker_#{namespace}_queue"
+      messages = conn.transaction { insert_batch(conn, template, queue, count, context, first_seq, send: false) }
+      messages.map { |message| [queue, JSON.generate(message)] }
+    ensure
+      conn&.close
+    end
+
     def template_row(conn, namespace, name, version)
       rows = conn.exec_params(<<~SQL, [namespace, name, version]).to_a
         SELECT nt.named_task_uuid, ns.named_step_uuid,
@@ -63,7 +75,8 @@ module Bench
       rows.first
     end
 
-    def insert_batch(conn, template, queue, count, context, first_seq)
+    # Returns the step messages (Hashes) when `send` is false.
+    def insert_batch(conn, template, queue, count, context, first_seq, send: true)
       ids = Array.new(6) { Array.new(count) { uuid_v7 } }
       tasks, correlations, steps, task_tr1, task_tr2, step_tr = ids
       step_tr2 = Array.new(count) { uuid_v7 }
@@ -92,6 +105,10 @@ module Bench
         UNION ALL
         SELECT tr2, s, 'pending', 'enqueued', '{"event": "enqueue"}'::jsonb, 2, true FROM unnest($1::uuid[], $3::uuid[]) AS i(s, tr2)
       SQL
+      unless send
+        return tasks.zip(steps, correlations).map { |t, s, c| { task_uuid: t, step_uuid: s, correlation_id: c } }
+      end
+
       conn.exec_params(<<~SQL, [queue, arr[tasks], arr[steps], arr[correlations]])
         SELECT count(tasker.pgmq_send_with_notify($1, jsonb_build_object('task_uuid', t, 'step_uuid', s, 'correlation_id', c), 0))
           FROM unnest($2::uuid[], $3::uuid[], $4::uuid[]) WITH ORDINALITY AS i(t, s, c, n)

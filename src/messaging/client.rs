@@ -133,9 +133,11 @@ where
 
 /// Reads up to `qty` visible messages and hides them for `visibility_timeout_seconds`.
 ///
-/// The statement is `pgmq.read`'s (lowest ids first, `FOR UPDATE SKIP LOCKED`, `read_ct + 1`,
-/// `last_read_at`), sent directly so PostgreSQL keeps its plan per connection; `pgmq.read`
-/// formats and plans it on every call. A PGMQ install whose queue tables lack `last_read_at`
+/// The statement does what `pgmq.read`'s does (lowest ids first, `FOR UPDATE SKIP LOCKED`,
+/// `read_ct + 1`, `last_read_at`), sent directly so PostgreSQL can keep its plan per
+/// connection; `pgmq.read` formats and plans it on every call. The rows are updated by key
+/// (`= ANY`) rather than joined to the CTE, whose generic plan (LIMIT unknown) is a hash join
+/// over a scan of the whole queue table. A PGMQ install whose queue tables lack `last_read_at`
 /// (before PGMQ 1.5) is read through `pgmq.read` instead.
 pub async fn read(
     pool: &PgPool,
@@ -150,7 +152,7 @@ pub async fn read(
          UPDATE pgmq.q_{queue_name} m \
             SET last_read_at = clock_timestamp(), vt = clock_timestamp() + make_interval(secs => $2), \
                 read_ct = read_ct + 1 \
-           FROM cte WHERE m.msg_id = cte.msg_id \
+          WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM cte)) \
          RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message"
     );
     let direct = sqlx::query(&sql)

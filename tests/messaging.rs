@@ -1,7 +1,7 @@
 //! PGMQ through our own client on real PostgreSQL: send with notify, read under a
 //! visibility timeout, archive; and the NOTIFY that `tasker.pgmq_send_with_notify` sends.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
 use std::time::Duration;
 use tasker_worker::messaging::{self, MessageClient, NotifyEvent, StepMessage};
@@ -62,12 +62,16 @@ async fn send_read_with_visibility_timeout_then_archive() {
         client.archive(&queue, &[msg_id]).await.unwrap().is_empty(),
         "archived twice"
     );
-    let archived: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.a_{queue} WHERE msg_id = $1"))
-        .bind(msg_id)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(archived, 1);
+    // The archived row keeps what the queue row held, as pgmq.archive leaves it.
+    let archived: (i64, i32, Value, bool) = sqlx::query_as(&format!(
+        "SELECT count(*) OVER (), read_ct, message, archived_at IS NOT NULL AND enqueued_at IS NOT NULL \
+           FROM pgmq.a_{queue} WHERE msg_id = $1"
+    ))
+    .bind(msg_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(archived, (1, 2, again[0].message.clone(), true));
     client.set_vt(&queue, &[msg_id], 0).await.unwrap();
     assert!(
         client.read(&queue, 30, 10).await.unwrap().is_empty(),
@@ -225,11 +229,10 @@ async fn sql_and_rust_agree_on_queue_namespaces() {
     db.drop_database().await;
 }
 
-/// The direct read does what pgmq.read does, and a PGMQ install without `last_read_at`
-/// (simulated: the column dropped and pgmq.read replaced by one that does not set it) is
-/// read through pgmq.read.
+/// `tasker.worker_read` does what pgmq.read does, and reads a queue table of a PGMQ before
+/// 1.5, which had no `last_read_at` (simulated: the column dropped before the first read).
 #[tokio::test]
-async fn reads_set_what_pgmq_read_sets_and_fall_back_to_it_without_last_read_at() {
+async fn reads_set_what_pgmq_read_sets_and_work_on_queues_without_last_read_at() {
     let db = TestDatabase::migrated().await;
     let client = MessageClient::new(db.pool.clone());
     for queue in ["worker_new_queue", "worker_old_queue"] {
@@ -261,21 +264,6 @@ async fn reads_set_what_pgmq_read_sets_and_fall_back_to_it_without_last_read_at(
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query(
-        r#"CREATE OR REPLACE FUNCTION pgmq.read(queue_name text, vt integer, qty integer, conditional jsonb DEFAULT '{}')
-           RETURNS SETOF pgmq.message_record LANGUAGE plpgsql AS $$
-           BEGIN
-               RETURN QUERY EXECUTE format(
-                   'WITH cte AS (SELECT msg_id FROM pgmq.%I WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT $1 FOR UPDATE SKIP LOCKED)
-                    UPDATE pgmq.%I m SET vt = clock_timestamp() + make_interval(secs => $2), read_ct = read_ct + 1
-                      FROM cte WHERE m.msg_id = cte.msg_id
-                    RETURNING m.msg_id, m.read_ct, m.enqueued_at, NULL::timestamptz, m.vt, m.message, m.headers',
-                   'q_' || queue_name, 'q_' || queue_name) USING qty, vt;
-           END $$"#,
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
     let old = client.read("worker_old_queue", 30, 10).await.unwrap();
     assert_eq!(old.len(), 3);
     assert!(old.iter().all(|m| m.read_ct == 1));

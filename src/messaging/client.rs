@@ -131,14 +131,11 @@ where
     Ok(msg_id)
 }
 
-/// Reads up to `qty` visible messages and hides them for `visibility_timeout_seconds`.
-///
-/// The statement does what `pgmq.read`'s does (lowest ids first, `FOR UPDATE SKIP LOCKED`,
-/// `read_ct + 1`, `last_read_at`), sent directly so PostgreSQL can keep its plan per
-/// connection; `pgmq.read` formats and plans it on every call. The rows are updated by key
-/// (`= ANY`) rather than joined to the CTE, whose generic plan (LIMIT unknown) is a hash join
-/// over a scan of the whole queue table. A PGMQ install whose queue tables lack `last_read_at`
-/// (before PGMQ 1.5) is read through `pgmq.read` instead.
+/// Reads up to `qty` visible messages and hides them for `visibility_timeout_seconds`, with
+/// `tasker.worker_read` (migration 20261126000004): what `pgmq.read` does (lowest ids first,
+/// `FOR UPDATE SKIP LOCKED`, `read_ct + 1`, `last_read_at` where the queue table has it),
+/// through a statement prepared once per connection and queue, committed asynchronously (a
+/// lease lost in a server crash only means the message is read again).
 pub async fn read(
     pool: &PgPool,
     queue_name: &str,
@@ -146,32 +143,13 @@ pub async fn read(
     qty: i32,
 ) -> TaskerResult<Vec<QueuedMessage>> {
     validate_queue_name(queue_name)?;
-    let sql = format!(
-        "WITH cte AS (SELECT msg_id FROM pgmq.q_{queue_name} WHERE vt <= clock_timestamp() \
-           ORDER BY msg_id ASC LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         UPDATE pgmq.q_{queue_name} m \
-            SET last_read_at = clock_timestamp(), vt = clock_timestamp() + make_interval(secs => $2), \
-                read_ct = read_ct + 1 \
-          WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM cte)) \
-         RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message"
-    );
-    let direct = sqlx::query(&sql)
+    let rows = sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM tasker.worker_read($1, $2, $3)")
+        .bind(queue_name)
         .bind(qty)
         .bind(f64::from(visibility_timeout_seconds))
         .fetch_all(pool)
-        .await;
-    let rows = match direct {
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42703") => {
-            sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read($1, $2, $3)")
-                .bind(queue_name)
-                .bind(visibility_timeout_seconds)
-                .bind(qty)
-                .fetch_all(pool)
-                .await
-        }
-        other => other,
-    }
-    .map_err(|err| queue_error(queue_name, err))?;
+        .await
+        .map_err(|err| queue_error(queue_name, err))?;
     rows.into_iter()
         .map(|row| {
             Ok(QueuedMessage {
@@ -187,13 +165,15 @@ pub async fn read(
         .collect()
 }
 
-/// Moves messages to the queue's archive table; returns the ids that were still there.
+/// Moves messages to the queue's archive table, as `pgmq.archive` does, with
+/// `tasker.worker_archive` (a statement prepared once per connection and queue); returns the
+/// ids that were still there.
 pub async fn archive<'e, E: PgExecutor<'e>>(
     executor: E,
     queue_name: &str,
     msg_ids: &[i64],
 ) -> TaskerResult<Vec<i64>> {
-    let archived = sqlx::query_scalar("SELECT * FROM pgmq.archive($1, $2::bigint[])")
+    let archived = sqlx::query_scalar("SELECT * FROM tasker.worker_archive($1, $2)")
         .bind(queue_name)
         .bind(msg_ids)
         .fetch_all(executor)

@@ -137,7 +137,9 @@ async fn insert_steps(
     Ok(steps)
 }
 
-/// Appends a step transition; the previous one (if any) stops being most recent.
+/// Appends a step transition; the previous one (if any) stops being most recent. One
+/// statement: the new row is built from the count of retired rows, so the retiring UPDATE
+/// has run before it is inserted (the partial unique index on `most_recent` sees one row).
 pub(crate) async fn insert_step_transition(
     tx: &mut PgConnection,
     step_uuid: Uuid,
@@ -146,16 +148,13 @@ pub(crate) async fn insert_step_transition(
     sort_key: i32,
     metadata: Value,
 ) -> TaskerResult<()> {
-    if from.is_some() {
-        sqlx::query("UPDATE tasker.workflow_step_transitions SET most_recent = false WHERE workflow_step_uuid = $1 AND most_recent")
-            .bind(step_uuid)
-            .execute(&mut *tx)
-            .await?;
-    }
     sqlx::query(
-        "INSERT INTO tasker.workflow_step_transitions \
+        "WITH retired AS ( \
+             UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now() \
+              WHERE workflow_step_uuid = $2 AND most_recent AND $7 RETURNING 1) \
+         INSERT INTO tasker.workflow_step_transitions \
          (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
-         VALUES ($1, $2, $3, $4, $5, $6, true)",
+         SELECT $1, $2, $3, $4, $5, $6, true FROM (SELECT count(*) FROM retired) AS r",
     )
     .bind(Uuid::now_v7())
     .bind(step_uuid)
@@ -163,33 +162,30 @@ pub(crate) async fn insert_step_transition(
     .bind(to)
     .bind(metadata)
     .bind(sort_key)
+    .bind(from.is_some())
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// Appends a task transition (sort key follows the last one).
+/// Appends a task transition (sort key follows the last one), in one statement as above.
 pub(crate) async fn insert_task_transition(
     tx: &mut PgConnection,
     task_uuid: Uuid,
     from: Option<&str>,
     to: &str,
 ) -> TaskerResult<()> {
-    let last: Option<i32> = sqlx::query_scalar(
-        "UPDATE tasker.task_transitions SET most_recent = false WHERE task_uuid = $1 AND most_recent RETURNING sort_key",
-    )
-    .bind(task_uuid)
-    .fetch_optional(&mut *tx)
-    .await?;
     sqlx::query(
-        "INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent) \
-         VALUES ($1, $2, $3, $4, $5, true)",
+        "WITH retired AS ( \
+             UPDATE tasker.task_transitions SET most_recent = false \
+              WHERE task_uuid = $2 AND most_recent RETURNING sort_key) \
+         INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent) \
+         SELECT $1, $2, $3, $4, coalesce((SELECT max(sort_key) FROM retired), 0) + 1, true",
     )
     .bind(Uuid::now_v7())
     .bind(task_uuid)
     .bind(from)
     .bind(to)
-    .bind(last.unwrap_or(0) + 1)
     .execute(&mut *tx)
     .await?;
     Ok(())

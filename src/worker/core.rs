@@ -265,7 +265,8 @@ impl WorkerCore {
 async fn ensure_schema(pool: &PgPool) -> TaskerResult<()> {
     let ready: bool = sqlx::query_scalar(
         "SELECT to_regprocedure('tasker.pgmq_send_with_notify(text, jsonb, integer)') IS NOT NULL \
-           AND to_regprocedure('tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])') IS NOT NULL",
+           AND to_regprocedure('tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])') IS NOT NULL \
+           AND to_regprocedure('tasker.worker_claim_next(text, text, integer, double precision, uuid[])') IS NOT NULL",
     )
     .fetch_one(pool)
     .await?;

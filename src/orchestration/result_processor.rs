@@ -172,19 +172,26 @@ impl ResultProcessor {
         let sort_key: i32 = step.try_get(6)?;
         match state.as_str() {
             "enqueued_for_orchestration" => {
-                insert_step_transition(
-                    tx,
-                    step_uuid,
-                    Some(&state),
-                    "complete",
-                    sort_key + 1,
-                    json!({"event": "complete"}),
+                // The transition and the step row in one statement; the INSERT reads both
+                // counts, so the UPDATEs have run before it.
+                sqlx::query(
+                    "WITH retired AS ( \
+                         UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now() \
+                          WHERE workflow_step_uuid = $2 AND most_recent RETURNING 1), \
+                     processed AS ( \
+                         UPDATE tasker.workflow_steps \
+                            SET processed = true, processed_at = now(), in_process = false, updated_at = now() \
+                          WHERE workflow_step_uuid = $2 RETURNING 1) \
+                     INSERT INTO tasker.workflow_step_transitions \
+                     (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
+                     SELECT $1, $2, 'enqueued_for_orchestration', 'complete', '{\"event\": \"complete\"}'::jsonb, $3, true \
+                       FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p",
                 )
+                .bind(Uuid::now_v7())
+                .bind(step_uuid)
+                .bind(sort_key + 1)
+                .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE tasker.workflow_steps SET processed = true, processed_at = now(), in_process = false, updated_at = now() WHERE workflow_step_uuid = $1")
-                    .bind(step_uuid)
-                    .execute(&mut *tx)
-                    .await?;
                 bump(&self.counters.steps_completed);
                 if ctx.task_state != "error" {
                     self.enqueue_ready_children(tx, ctx, step_uuid).await?;
@@ -258,37 +265,53 @@ impl ResultProcessor {
         self.settle_task(tx, ctx).await
     }
 
+    /// Enqueues every child of `parent` whose parents are now all complete: its `enqueued`
+    /// transition and its message, in one statement (the task's row lock, held by the
+    /// caller, makes this exactly once per child).
     async fn enqueue_ready_children(
         &self,
         tx: &mut PgConnection,
         ctx: &TaskCtx<'_>,
         parent: Uuid,
     ) -> TaskerResult<()> {
-        let ready = sqlx::query(
-            "SELECT c.to_step_uuid, ct.sort_key FROM tasker.workflow_step_edges c \
-             JOIN tasker.workflow_step_transitions ct ON ct.workflow_step_uuid = c.to_step_uuid AND ct.most_recent AND ct.to_state = 'pending' \
-             WHERE c.from_step_uuid = $1 AND NOT EXISTS ( \
-                 SELECT 1 FROM tasker.workflow_step_edges pe \
-                 JOIN tasker.workflow_step_transitions pt ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent \
-                 WHERE pe.to_step_uuid = c.to_step_uuid AND pt.to_state NOT IN ('complete', 'resolved_manually'))",
+        let queue = messaging::worker_queue_name(&ctx.template.namespace_name)?;
+        // Time-ordered uuids for the new transitions; past these (a fan-out wider than
+        // TRANSITION_UUIDS children) PostgreSQL makes random ones.
+        let transition_uuids: Vec<Uuid> = (0..TRANSITION_UUIDS).map(|_| Uuid::now_v7()).collect();
+        sqlx::query(
+            "WITH ready AS ( \
+                 SELECT c.to_step_uuid AS step_uuid, ct.sort_key, \
+                        row_number() OVER (ORDER BY c.to_step_uuid) AS n \
+                   FROM tasker.workflow_step_edges c \
+                   JOIN tasker.workflow_step_transitions ct \
+                     ON ct.workflow_step_uuid = c.to_step_uuid AND ct.most_recent AND ct.to_state = 'pending' \
+                  WHERE c.from_step_uuid = $1 AND NOT EXISTS ( \
+                        SELECT 1 FROM tasker.workflow_step_edges pe \
+                          JOIN tasker.workflow_step_transitions pt \
+                            ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent \
+                         WHERE pe.to_step_uuid = c.to_step_uuid AND pt.to_state NOT IN ('complete', 'resolved_manually'))), \
+             retired AS ( \
+                 UPDATE tasker.workflow_step_transitions t SET most_recent = false, updated_at = now() \
+                   FROM ready r WHERE t.workflow_step_uuid = r.step_uuid AND t.most_recent \
+                 RETURNING 1), \
+             enqueued AS ( \
+                 INSERT INTO tasker.workflow_step_transitions \
+                 (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
+                 SELECT coalesce(($2::uuid[])[r.n], gen_random_uuid()), r.step_uuid, 'pending', 'enqueued', \
+                        '{\"event\": \"enqueue\"}'::jsonb, r.sort_key + 1, true \
+                   FROM ready r, (SELECT count(*) FROM retired) AS done \
+                 RETURNING workflow_step_uuid) \
+             SELECT tasker.pgmq_send_with_notify($3, \
+                        jsonb_build_object('task_uuid', $4::uuid, 'step_uuid', e.workflow_step_uuid, 'correlation_id', $5::uuid), 0) \
+               FROM enqueued e ORDER BY e.workflow_step_uuid",
         )
         .bind(parent)
+        .bind(&transition_uuids)
+        .bind(&queue)
+        .bind(ctx.task_uuid)
+        .bind(ctx.correlation_id)
         .fetch_all(&mut *tx)
         .await?;
-        for child in ready {
-            let child_uuid: Uuid = child.try_get(0)?;
-            let sort_key: i32 = child.try_get(1)?;
-            insert_step_transition(
-                tx,
-                child_uuid,
-                Some("pending"),
-                "enqueued",
-                sort_key + 1,
-                json!({"event": "enqueue"}),
-            )
-            .await?;
-            self.send_step(tx, ctx, child_uuid, 0).await?;
-        }
         Ok(())
     }
 
@@ -345,6 +368,9 @@ impl ResultProcessor {
         Ok(())
     }
 }
+
+/// Transition uuids made per `enqueue_ready_children` call (see there).
+const TRANSITION_UUIDS: usize = 16;
 
 struct TaskCtx<'a> {
     task_uuid: Uuid,

@@ -382,19 +382,38 @@ BEGIN
 END;
 $$;
 
--- The worker's functions run with generic plans. A plpgsql statement is planned for its
--- parameters (a custom plan) on its first five runs in a session and afterwards whenever the
--- generic plan does not look cheaper; these statements reach rows by primary key through
--- arrays, where a custom plan is never better and planning them costs about as much as
--- running them (measured in BENCHMARKS.md: pickup 2.0 -> 1.4 ms after the enqueue commits).
--- The setting applies to the functions they call as well.
+-- The worker's functions run with generic plans, and without sequential scans.
+--
+-- A plpgsql statement is planned for its parameters (a custom plan) on its first five runs in
+-- a session and afterwards whenever the generic plan does not look cheaper; these statements
+-- reach rows by key through arrays, where a custom plan is never better and planning them
+-- costs about as much as running them (BENCHMARKS.md: pickup 2.0 -> 1.4 ms).
+--
+-- A generic plan is made once per session and kept until the tables' statistics change. Made
+-- while the tables are small (a worker started on a new database), it scans them whole and
+-- joins by hashing, and keeps doing so as they grow, for as long as nothing ANALYZEs them
+-- (autovacuum off, or not yet run): a 100k-step drain fell from thousands of steps/s to a
+-- few hundred. Every row these functions touch is reached through an index (primary keys,
+-- the most_recent partial index, the edge indexes), so sequential scans are switched off
+-- for them: their plans are index plans whatever the tables' size when they were made.
+-- The settings apply to the functions they call as well.
 ALTER FUNCTION tasker.worker_read(text, integer, double precision)
     SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.worker_read(text, integer, double precision)
+    SET enable_seqscan = off;
 ALTER FUNCTION tasker.worker_archive(text, bigint[])
     SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.worker_archive(text, bigint[])
+    SET enable_seqscan = off;
 ALTER FUNCTION tasker.worker_claim_next(text, text, integer, double precision, uuid[])
     SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.worker_claim_next(text, text, integer, double precision, uuid[])
+    SET enable_seqscan = off;
 ALTER FUNCTION tasker.worker_claim_steps(text, text, uuid[], bigint[], uuid[], uuid[])
     SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.worker_claim_steps(text, text, uuid[], bigint[], uuid[], uuid[])
+    SET enable_seqscan = off;
 ALTER FUNCTION tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])
     SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])
+    SET enable_seqscan = off;

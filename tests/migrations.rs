@@ -161,3 +161,28 @@ async fn two_concurrent_runs_both_succeed() {
     other.close().await;
     db.drop_database().await;
 }
+
+/// The worker's functions keep their planner settings (a later `CREATE OR REPLACE` without
+/// them would silently drop them, and a worker started on a small database would then keep
+/// whole-table scans as its tables grow: see migration 20261126000004).
+#[tokio::test]
+async fn the_worker_functions_run_with_generic_index_plans() {
+    let db = TestDatabase::migrated().await;
+    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT p.proname::text, coalesce(p.proconfig, '{}') FROM pg_proc p \
+           JOIN pg_namespace n ON n.oid = p.pronamespace \
+          WHERE n.nspname = 'tasker' AND p.proname IN \
+                ('worker_read', 'worker_archive', 'worker_claim_next', 'worker_claim_steps', 'worker_commit_results') \
+          ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    for (name, config) in &rows {
+        for setting in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
+            assert!(config.iter().any(|c| c == setting), "{name} lacks {setting}: {config:?}");
+        }
+    }
+    db.drop_database().await;
+}

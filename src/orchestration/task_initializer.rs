@@ -100,39 +100,77 @@ pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<U
     Ok(task_uuid)
 }
 
+/// Inserts every step of the template with its `pending` transition, and the dependency
+/// edges: three statements whatever the number of steps. A step whose name has no
+/// `named_steps` row is not inserted (templates are registered with all of theirs).
 async fn insert_steps(
     tx: &mut PgConnection,
     task_uuid: Uuid,
     template: &TaskTemplate,
 ) -> TaskerResult<HashMap<String, Uuid>> {
-    let mut steps = HashMap::with_capacity(template.steps.len());
+    let n = template.steps.len();
+    let steps: HashMap<String, Uuid> = template
+        .steps
+        .iter()
+        .map(|step| (step.name.clone(), Uuid::now_v7()))
+        .collect();
+    let (mut step_uuids, mut names, mut retryable, mut max_attempts, mut transitions) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for step in &template.steps {
-        let step_uuid = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid, retryable, max_attempts, inputs) \
-             SELECT $1, $2, named_step_uuid, $4, $5, '{}'::jsonb FROM tasker.named_steps WHERE name = $3",
-        )
-        .bind(step_uuid)
-        .bind(task_uuid)
-        .bind(&step.name)
-        .bind(step.retry.retryable)
-        .bind(step.retry.max_attempts as i32)
-        .execute(&mut *tx)
-        .await?;
-        insert_step_transition(tx, step_uuid, None, "pending", 1, json!({"event": "initialize"})).await?;
-        steps.insert(step.name.clone(), step_uuid);
+        step_uuids.push(steps[&step.name]);
+        names.push(step.name.as_str());
+        retryable.push(step.retry.retryable);
+        max_attempts.push(step.retry.max_attempts as i32);
+        transitions.push(Uuid::now_v7());
     }
+    sqlx::query(
+        "INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid, retryable, max_attempts, inputs) \
+         SELECT s.step_uuid, $2, ns.named_step_uuid, s.retryable, s.max_attempts, '{}'::jsonb \
+           FROM unnest($1::uuid[], $3::text[], $4::boolean[], $5::integer[]) WITH ORDINALITY \
+                AS s(step_uuid, name, retryable, max_attempts, n) \
+           JOIN tasker.named_steps ns ON ns.name = s.name \
+          ORDER BY s.n",
+    )
+    .bind(&step_uuids)
+    .bind(task_uuid)
+    .bind(&names)
+    .bind(&retryable)
+    .bind(&max_attempts)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO tasker.workflow_step_transitions \
+         (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
+         SELECT t.transition_uuid, t.step_uuid, NULL, 'pending', '{\"event\": \"initialize\"}'::jsonb, 1, true \
+           FROM unnest($1::uuid[], $2::uuid[]) AS t(transition_uuid, step_uuid)",
+    )
+    .bind(&transitions)
+    .bind(&step_uuids)
+    .execute(&mut *tx)
+    .await?;
+    let (mut edge_uuids, mut from, mut to) = (Vec::new(), Vec::new(), Vec::new());
     for step in &template.steps {
         for parent in &step.dependencies {
-            sqlx::query(
-                "INSERT INTO tasker.workflow_step_edges (workflow_step_edge_uuid, from_step_uuid, to_step_uuid) VALUES ($1, $2, $3)",
-            )
-            .bind(Uuid::now_v7())
-            .bind(steps[parent])
-            .bind(steps[&step.name])
-            .execute(&mut *tx)
-            .await?;
+            edge_uuids.push(Uuid::now_v7());
+            from.push(steps[parent]);
+            to.push(steps[&step.name]);
         }
+    }
+    if !edge_uuids.is_empty() {
+        sqlx::query(
+            "INSERT INTO tasker.workflow_step_edges (workflow_step_edge_uuid, from_step_uuid, to_step_uuid) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[])",
+        )
+        .bind(&edge_uuids)
+        .bind(&from)
+        .bind(&to)
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(steps)
 }

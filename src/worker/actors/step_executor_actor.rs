@@ -162,9 +162,6 @@ impl StepExecutorActor {
             let Some(permits) = acquired else {
                 return;
             };
-            if self.quiet.load(Ordering::Acquire) {
-                return;
-            }
             let busy = self.busy.clone().read_owned().await;
             if self.quiet.load(Ordering::Acquire) {
                 return;

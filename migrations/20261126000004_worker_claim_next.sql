@@ -100,6 +100,42 @@ BEGIN
 END;
 $$;
 
+-- What a handler gets for each step (src/worker/hydration.rs builds the StepContext from
+-- these columns): the step, its task and template, the template's definition of the step
+-- (by name, or by `__template_step_name` in its inputs) and the stored results of every
+-- ancestor step, by name.
+CREATE OR REPLACE FUNCTION tasker.worker_step_contexts(p_step_uuids uuid[])
+RETURNS TABLE (
+    workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
+    retryable boolean, step_name text, context jsonb, correlation_id uuid, task_name text,
+    task_version text, namespace text, step_definition jsonb, dependency_results jsonb
+)
+LANGUAGE sql STABLE
+AS $$
+    SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, ws.attempts, ws.max_attempts, ws.retryable,
+           ns.name::text, t.context, t.correlation_id, nt.name::text, nt.version::text, tn.name::text,
+           (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
+             WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
+             LIMIT 1),
+           (WITH RECURSIVE ancestors(step_uuid) AS (
+                SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
+                 WHERE e.to_step_uuid = ws.workflow_step_uuid
+                UNION
+                SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
+                  JOIN ancestors a ON e.to_step_uuid = a.step_uuid)
+            SELECT jsonb_object_agg(ans.name, aws.results)
+              FROM ancestors a
+              JOIN tasker.workflow_steps aws ON aws.workflow_step_uuid = a.step_uuid
+              JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
+             WHERE aws.results IS NOT NULL)
+      FROM tasker.workflow_steps ws
+      JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+      JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
+      JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+      JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
+     WHERE ws.workflow_step_uuid = ANY (p_step_uuids)
+$$;
+
 -- Read, check and claim a batch of steps in one call: one round trip and one transaction
 -- (committed with synchronous_commit off, as tasker.worker_claim_steps explains) instead of
 -- a read, a hydration query and a claim call, each a round trip and the read a durable
@@ -169,8 +205,7 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Which messages parse and hydrate. (The definition is a column before it is checked, so
-    -- that the check is inlined rather than called per row.)
+    -- Which messages parse and hydrate (the checks src/worker/hydration.rs makes).
     SELECT array_agg(p.step_uuid ORDER BY p.n), array_agg(p.msg_id ORDER BY p.n),
            array_agg(p.correlation_id ORDER BY p.n), array_agg(p_tokens[p.n::integer] ORDER BY p.n)
       INTO c_step, c_msg, c_corr, c_token
@@ -180,15 +215,8 @@ BEGIN
                    (m.body ->> 'correlation_id')::uuid AS correlation_id
               FROM unnest(m_id, m_body) WITH ORDINALITY AS m(msg_id, body, n)
              WHERE tasker.worker_is_step_message(m.body)) p
-      JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = p.step_uuid AND ws.task_uuid = p.task_uuid
-      JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
-      JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
-      JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
-      CROSS JOIN LATERAL (
-        SELECT s AS definition FROM jsonb_array_elements(nt.configuration -> 'steps') s
-         WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
-         LIMIT 1) d
-     WHERE tasker.worker_is_runnable_definition(d.definition);
+      JOIN LATERAL tasker.worker_step_contexts(ARRAY[p.step_uuid]) h ON h.task_uuid = p.task_uuid
+     WHERE tasker.worker_is_runnable_definition(h.step_definition);
 
     IF c_step IS NOT NULL THEN
         SELECT array_agg(c.msg_id), array_agg(c.action), array_agg(c.state), array_agg(c.token),
@@ -212,36 +240,14 @@ BEGIN
                 ELSE coalesce(r.action, 'unhydratable') END,
            r.state, r.token, r.previous,
            h.workflow_step_uuid, h.task_uuid, h.inputs, coalesce(r.attempts, h.attempts), h.max_attempts,
-           h.retryable, h.step_name::text, h.context, h.correlation_id, h.task_name::text,
-           h.task_version::text, h.namespace::text, h.step_definition, h.dependency_results
+           h.retryable, h.step_name, h.context, h.correlation_id, h.task_name,
+           h.task_version, h.namespace, h.step_definition, h.dependency_results
       FROM m
       LEFT JOIN r ON r.msg_id = m.msg_id
-      LEFT JOIN LATERAL (
-        SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, ws.attempts, ws.max_attempts, ws.retryable,
-               ns.name AS step_name, t.context, t.correlation_id,
-               nt.name AS task_name, nt.version AS task_version, tn.name AS namespace,
-               (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
-                 WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
-                 LIMIT 1) AS step_definition,
-               (WITH RECURSIVE ancestors(step_uuid) AS (
-                    SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
-                     WHERE e.to_step_uuid = ws.workflow_step_uuid
-                    UNION
-                    SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
-                      JOIN ancestors a ON e.to_step_uuid = a.step_uuid)
-                SELECT jsonb_object_agg(ans.name, aws.results)
-                  FROM ancestors a
-                  JOIN tasker.workflow_steps aws ON aws.workflow_step_uuid = a.step_uuid
-                  JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
-                 WHERE aws.results IS NOT NULL) AS dependency_results
-          FROM tasker.workflow_steps ws
-          JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
-          JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
-          JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
-          JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
-         WHERE ws.workflow_step_uuid = m.step_uuid
-           AND (r.action IS NULL OR r.action IN ('claim', 'reclaim'))
-      ) h ON true
+      -- Contexts go back for claimed steps, and for unclaimed ones (the reason is built from
+      -- them). One step per call: the function is inlined, and each lookup is by key.
+      LEFT JOIN LATERAL tasker.worker_step_contexts(ARRAY[m.step_uuid]) h
+        ON r.action IS NULL OR r.action IN ('claim', 'reclaim')
      ORDER BY m.msg_id;
 END;
 $$;

@@ -6,6 +6,7 @@
 use crate::error::{TaskerError, TaskerResult};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
 /// A message read from a queue; it stays invisible to other readers until `vt`.
@@ -17,6 +18,22 @@ pub struct QueuedMessage {
     pub enqueued_at: DateTime<Utc>,
     pub vt: DateTime<Utc>,
     pub message: serde_json::Value,
+}
+
+impl QueuedMessage {
+    /// From a row with PGMQ's message columns (`msg_id`, `read_ct`, `enqueued_at`, `vt`,
+    /// `message`; a NULL message becomes JSON null).
+    pub(crate) fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            msg_id: row.try_get("msg_id")?,
+            read_ct: row.try_get("read_ct")?,
+            enqueued_at: row.try_get("enqueued_at")?,
+            vt: row.try_get("vt")?,
+            message: row
+                .try_get::<Option<serde_json::Value>, _>("message")?
+                .unwrap_or(serde_json::Value::Null),
+        })
+    }
 }
 
 /// Thin handle over the pool for the queue operations; `Clone` is cheap.
@@ -150,18 +167,8 @@ pub async fn read(
         .fetch_all(pool)
         .await
         .map_err(|err| queue_error(queue_name, err))?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(QueuedMessage {
-                msg_id: row.try_get("msg_id")?,
-                read_ct: row.try_get("read_ct")?,
-                enqueued_at: row.try_get("enqueued_at")?,
-                vt: row.try_get("vt")?,
-                message: row
-                    .try_get::<Option<serde_json::Value>, _>("message")?
-                    .unwrap_or(serde_json::Value::Null),
-            })
-        })
+    rows.iter()
+        .map(|row| QueuedMessage::from_row(row).map_err(TaskerError::from))
         .collect()
 }
 

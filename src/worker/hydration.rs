@@ -1,5 +1,7 @@
-//! Reads the `StepContext` of a batch of steps in one query: the task, its template's step
-//! definition (from `named_tasks.configuration`) and the results of all ancestor steps.
+//! Builds the `StepContext` of a step from its hydration columns (`tasker.worker_step_contexts`:
+//! the task, its template's step definition from `named_tasks.configuration`, and the results
+//! of all ancestor steps). `tasker.worker_claim_next` returns them with each claim; `hydrate`
+//! reads them for a batch of messages read elsewhere.
 //! A step that cannot be hydrated gets a reason; its message is retried and, past
 //! `max_delivery_attempts`, dead-lettered.
 
@@ -11,29 +13,9 @@ use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-const HYDRATE_SQL: &str = r#"
-SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, ws.attempts, ws.max_attempts, ws.retryable,
-       ns.name AS step_name, t.context, t.correlation_id,
-       nt.name AS task_name, nt.version AS task_version, tn.name AS namespace,
-       (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
-         WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
-         LIMIT 1) AS step_definition,
-       (WITH RECURSIVE ancestors(step_uuid) AS (
-            SELECT e.from_step_uuid FROM tasker.workflow_step_edges e WHERE e.to_step_uuid = ws.workflow_step_uuid
-            UNION
-            SELECT e.from_step_uuid FROM tasker.workflow_step_edges e JOIN ancestors a ON e.to_step_uuid = a.step_uuid)
-        SELECT jsonb_object_agg(ans.name, aws.results)
-          FROM ancestors a
-          JOIN tasker.workflow_steps aws ON aws.workflow_step_uuid = a.step_uuid
-          JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
-         WHERE aws.results IS NOT NULL) AS dependency_results
-  FROM tasker.workflow_steps ws
-  JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
-  JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
-  JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
-  JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
- WHERE ws.workflow_step_uuid = ANY($1)
-"#;
+/// `tasker.worker_step_contexts` (migration 20261126000004): the columns `context_from_row`
+/// reads, for every step of the batch.
+const HYDRATE_SQL: &str = "SELECT * FROM tasker.worker_step_contexts($1)";
 
 /// Hydrates every message's step. The map holds, per step uuid, the context or the reason
 /// it could not be built.

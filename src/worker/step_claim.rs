@@ -181,15 +181,7 @@ pub async fn claim_next(
 }
 
 fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage> {
-    let message = QueuedMessage {
-        msg_id: row.try_get("msg_id")?,
-        read_ct: row.try_get("read_ct")?,
-        enqueued_at: row.try_get("enqueued_at")?,
-        vt: row.try_get("vt")?,
-        message: row
-            .try_get::<Option<serde_json::Value>, _>("message")?
-            .unwrap_or(serde_json::Value::Null),
-    };
+    let message = QueuedMessage::from_row(row)?;
     let action: String = row.try_get("action")?;
     // Every action but `unparsed` is for a message the SQL side read as a StepMessage.
     let step_message = match action.as_str() {

@@ -181,7 +181,10 @@ async fn the_worker_functions_run_with_generic_index_plans() {
     assert_eq!(rows.len(), 5, "{rows:?}");
     for (name, config) in &rows {
         for setting in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
-            assert!(config.iter().any(|c| c == setting), "{name} lacks {setting}: {config:?}");
+            assert!(
+                config.iter().any(|c| c == setting),
+                "{name} lacks {setting}: {config:?}"
+            );
         }
     }
     db.drop_database().await;

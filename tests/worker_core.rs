@@ -550,7 +550,10 @@ async fn a_step_message_with_uuids_in_other_forms_is_still_claimed_and_run() {
     });
     let client = MessageClient::new(db.pool.clone());
     client.create_queue("worker_forms_queue").await.unwrap();
-    client.send_with_notify("worker_forms_queue", &body, 0).await.unwrap();
+    client
+        .send_with_notify("worker_forms_queue", &body, 0)
+        .await
+        .unwrap();
 
     wait_state(&wf, "double", "enqueued_for_orchestration").await;
     let results = wf.results("double").await.expect("results written");

@@ -160,13 +160,14 @@ pub async fn read(
     qty: i32,
 ) -> TaskerResult<Vec<QueuedMessage>> {
     validate_queue_name(queue_name)?;
-    let rows = sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM tasker.worker_read($1, $2, $3)")
-        .bind(queue_name)
-        .bind(qty)
-        .bind(f64::from(visibility_timeout_seconds))
-        .fetch_all(pool)
-        .await
-        .map_err(|err| queue_error(queue_name, err))?;
+    let rows =
+        sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM tasker.worker_read($1, $2, $3)")
+            .bind(queue_name)
+            .bind(qty)
+            .bind(f64::from(visibility_timeout_seconds))
+            .fetch_all(pool)
+            .await
+            .map_err(|err| queue_error(queue_name, err))?;
     rows.iter()
         .map(|row| QueuedMessage::from_row(row).map_err(TaskerError::from))
         .collect()

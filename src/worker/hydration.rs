@@ -41,7 +41,10 @@ pub async fn hydrate(
     Ok(out)
 }
 
-pub(crate) fn context_from_row(row: &sqlx::postgres::PgRow, message: &StepMessage) -> Result<StepContext, String> {
+pub(crate) fn context_from_row(
+    row: &sqlx::postgres::PgRow,
+    message: &StepMessage,
+) -> Result<StepContext, String> {
     let get = |e: sqlx::Error| format!("reading step {}: {e}", message.step_uuid);
     let task_uuid: Uuid = row.try_get("task_uuid").map_err(get)?;
     if task_uuid != message.task_uuid {

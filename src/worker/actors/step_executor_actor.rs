@@ -147,7 +147,10 @@ impl StepExecutorActor {
             // about as much to claim whatever its size.
             let others = self.concurrent_batches.max(1) - 1 - batch_slots.available_permits();
             let full = if others > 0 {
-                let batch = self.capacity.clone().acquire_many_owned(self.claim_batch_size as u32);
+                let batch = self
+                    .capacity
+                    .clone()
+                    .acquire_many_owned(self.claim_batch_size as u32);
                 match tokio::time::timeout(FULL_BATCH_LINGER, batch).await {
                     Ok(Ok(many)) => Some(split_permits(many)),
                     _ => None,
@@ -192,7 +195,11 @@ impl StepExecutorActor {
     /// One batch: reads, checks and claims up to one message per permit in one call, then
     /// dispatches the claimed steps. Messages the SQL side left unchecked take the slow way
     /// (`process`). Returns how many messages were read.
-    async fn claim_and_dispatch(&self, queue: &Arc<str>, mut permits: Vec<OwnedSemaphorePermit>) -> TaskerResult<usize> {
+    async fn claim_and_dispatch(
+        &self,
+        queue: &Arc<str>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+    ) -> TaskerResult<usize> {
         let read = step_claim::claim_next(
             &self.pool,
             queue,
@@ -211,13 +218,19 @@ impl StepExecutorActor {
         let mut unchecked = Vec::new();
         for NextMessage { message, outcome } in read {
             match outcome {
-                NextOutcome::Claimed { claim, context: Ok(context) } => {
+                NextOutcome::Claimed {
+                    claim,
+                    context: Ok(context),
+                } => {
                     let Some(permit) = permits.pop() else { break };
                     if !self.dispatch(claim, context, permit).await {
                         return Ok(count);
                     }
                 }
-                NextOutcome::Claimed { claim, context: Err(reason) } => {
+                NextOutcome::Claimed {
+                    claim,
+                    context: Err(reason),
+                } => {
                     // Not expected: the SQL side claims only steps that hydrate. The claim
                     // lapses with the lease and the message is read again.
                     tracing::error!(step_uuid = %claim.step_uuid, %reason, "a claimed step could not be hydrated");

@@ -210,10 +210,8 @@ fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage>
                     None
                 },
             };
-            let context = hydration::context_from_row(row, &step_message).map(|mut context| {
-                context.attempts = claim.attempts;
-                context
-            });
+            // Its `attempts` is set from the claim when it is dispatched.
+            let context = hydration::context_from_row(row, &step_message);
             NextOutcome::Claimed { claim, context }
         }
         "duplicate" => NextOutcome::Duplicate {

@@ -10,7 +10,6 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -128,37 +127,30 @@ pub fn init(_ruby: &Ruby, native: RModule) -> Result<(), Error> {
 /// Waits (without the GVL, in slices) up to `timeout` seconds for records; returns
 /// `[[level, target, message], ...]` (possibly empty).
 fn drain_logs(ruby: &Ruby, timeout: f64) -> Result<RArray, Error> {
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-    loop {
-        let slice = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
-        let batch = nogvl::without_gvl_interruptible(move || {
+    let batch = nogvl::wait_in_slices(
+        ruby,
+        "drain_logs",
+        timeout,
+        |slice| {
             let q = queue();
             let mut records = q.records.lock();
             if records.is_empty() {
                 q.ready.wait_for(&mut records, slice);
             }
-            records.drain(..).collect::<Vec<_>>()
-        })
-        .map_err(|panic| crate::errors::internal(ruby, format!("drain_logs panicked: {panic}")))?
-        .unwrap_or_default();
-        if !batch.is_empty() {
-            let out = ruby.ary_new_capa(batch.len());
-            for r in batch {
-                out.push(ruby.ary_new_from_values(&[
-                    ruby.str_new(r.level).as_value(),
-                    ruby.str_new(&r.target).as_value(),
-                    ruby.str_new(&r.message).as_value(),
-                ]))?;
-            }
-            return Ok(out);
-        }
-        ruby.thread_check_ints()?;
-        if Instant::now() >= deadline {
-            return Ok(ruby.ary_new());
-        }
+            let batch: Vec<_> = records.drain(..).collect();
+            (!batch.is_empty()).then_some(batch)
+        },
+        || false,
+    )?;
+    let out = ruby.ary_new();
+    for r in batch.unwrap_or_default() {
+        out.push(ruby.ary_new_from_values(&[
+            ruby.str_new(r.level).as_value(),
+            ruby.str_new(&r.target).as_value(),
+            ruby.str_new(&r.message).as_value(),
+        ]))?;
     }
+    Ok(out)
 }
 
 fn set_log_level(ruby: &Ruby, level: String) -> Result<(), Error> {

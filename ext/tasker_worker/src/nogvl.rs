@@ -2,9 +2,15 @@
 //! wait on PostgreSQL. A panic is caught inside the callback: unwinding across Ruby's C
 //! frames would abort the process.
 
+use magnus::{Error, Ruby};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
+use std::time::{Duration, Instant};
+
+/// Longest stretch spent without the GVL before checking for Ruby interrupts (signals,
+/// Thread#kill, Thread#raise); on Ruby 3.1 signals do not call an unblock function.
+pub const SLICE: Duration = Duration::from_millis(100);
 
 struct Call<F, R> {
     func: Option<F>,
@@ -60,5 +66,31 @@ fn call<F: FnOnce() -> R, R>(func: F, without_gvl: CallWithoutGvl) -> Result<Opt
         Some(Ok(value)) => Ok(Some(value)),
         Some(Err(payload)) => Err(tasker_worker::panic_message(payload.as_ref())),
         None => Ok(None),
+    }
+}
+
+/// Waits without the GVL until `wait` returns something, `timeout` seconds pass, or
+/// `stopped()` holds. `wait(slice)` blocks at most `slice` (never more than `SLICE`), and
+/// interrupts are checked between calls, so signals, Thread#kill and Thread#raise act within
+/// a slice. `what` names the call in the error raised when `wait` panics.
+pub fn wait_in_slices<T>(
+    ruby: &Ruby,
+    what: &str,
+    timeout: f64,
+    wait: impl Fn(Duration) -> Option<T>,
+    stopped: impl Fn() -> bool,
+) -> Result<Option<T>, Error> {
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    loop {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
+        let got = without_gvl_interruptible(|| wait(slice))
+            .map_err(|panic| crate::errors::internal(ruby, format!("{what} panicked: {panic}")))?;
+        if let Some(Some(value)) = got {
+            return Ok(Some(value));
+        }
+        ruby.thread_check_ints()?;
+        if Instant::now() >= deadline || stopped() {
+            return Ok(None);
+        }
     }
 }

@@ -10,15 +10,11 @@ use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
 use parking_lot::Mutex;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tasker_worker::config::TaskerConfig;
 use tasker_worker::orchestration::Orchestrator;
 use tasker_worker::worker::{DispatchMode, FfiDispatchChannel, WorkerCore};
 use tasker_worker::TaskerError;
-
-/// Longest stretch spent without the GVL before checking for Ruby interrupts (signals,
-/// Thread#kill, Thread#raise); on Ruby 3.1 signals do not call an unblock function.
-const SLICE: Duration = Duration::from_millis(100);
 
 struct Inner {
     pid: u32,
@@ -76,8 +72,8 @@ pub(crate) fn build_runtime(ruby: &Ruby, threads: usize) -> Result<tokio::runtim
 }
 
 /// `next_step` for `Native::Worker` and `Native::Loopback`: a step already queued is taken
-/// with the GVL held; otherwise waits without the GVL in `SLICE`s, checking interrupts
-/// between them, until a step, `timeout` seconds, or the channel stops.
+/// with the GVL held; otherwise waits without the GVL (`nogvl::wait_in_slices`) until a
+/// step, `timeout` seconds, or the channel stops.
 pub(crate) fn pull_step(
     ruby: &Ruby,
     channel: &Arc<FfiDispatchChannel>,
@@ -86,20 +82,14 @@ pub(crate) fn pull_step(
     if let Some(event) = channel.try_next_step() {
         return conversions::event(ruby, &event).map(Some);
     }
-    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-    loop {
-        let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
-        let waiting = channel.clone();
-        let event = nogvl::without_gvl_interruptible(move || waiting.next_step(slice))
-            .map_err(|panic| errors::internal(ruby, format!("next_step panicked: {panic}")))?;
-        if let Some(Some(event)) = event {
-            return conversions::event(ruby, &event).map(Some);
-        }
-        ruby.thread_check_ints()?;
-        if Instant::now() >= deadline || channel.is_stopped() {
-            return Ok(None);
-        }
-    }
+    let event = nogvl::wait_in_slices(
+        ruby,
+        "next_step",
+        timeout,
+        |slice| channel.next_step(slice),
+        || channel.is_stopped(),
+    )?;
+    event.map(|event| conversions::event(ruby, &event)).transpose()
 }
 
 /// Signals sent to the process must reach a Ruby thread: Ruby's handler run on one of our
@@ -181,7 +171,7 @@ impl NativeWorker {
     }
 
     /// Blocks (without the GVL) up to `timeout` seconds for a step; returns its event Hash or
-    /// nil. Interrupts are checked every `SLICE`.
+    /// nil. Interrupts are checked every `nogvl::SLICE`.
     fn next_step(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
         let inner = rb_self.check_pid(ruby)?;
         pull_step(ruby, &inner.channel, timeout)
@@ -199,20 +189,16 @@ impl NativeWorker {
         else {
             return Ok(None);
         };
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
-        loop {
-            let slice = deadline.saturating_duration_since(Instant::now()).min(SLICE);
-            let source = events.clone();
-            let event = nogvl::without_gvl_interruptible(move || source.next_fast_event(slice))
-                .map_err(|panic| errors::internal(ruby, format!("next_event panicked: {panic}")))?;
-            if let Some(Some(event)) = event {
-                return serde_magnus::serialize(ruby, &event).map(Some);
-            }
-            ruby.thread_check_ints()?;
-            if Instant::now() >= deadline || rb_self.is_stopped() {
-                return Ok(None);
-            }
-        }
+        let event = nogvl::wait_in_slices(
+            ruby,
+            "next_event",
+            timeout,
+            |slice| events.next_fast_event(slice),
+            || rb_self.is_stopped(),
+        )?;
+        event
+            .map(|event| serde_magnus::serialize(ruby, &event))
+            .transpose()
     }
 
     fn complete(ruby: &Ruby, rb_self: &Self, event_id: String, completion: Value) -> Result<bool, Error> {

@@ -10,7 +10,7 @@
 //! 4. handing claimed steps to the dispatch channel, recorded as in flight.
 //!
 //! Up to `concurrent_batches` batches are claimed at once (tasks in a `JoinSet`, aborted with
-//! the actor). Batches never share a message (reads skip locked and leased rows), and claims
+//! the actor). Batches never share a message (a read passes over locked and leased rows), and claims
 //! lock their steps in uuid order, so they cannot deadlock. Messages the SQL side cannot read
 //! as a StepMessage, and messages handed over already read, take the slow way: parse here,
 //! one hydration query, one claim call (`process`).

@@ -162,7 +162,7 @@ async fn two_concurrent_runs_both_succeed() {
     db.drop_database().await;
 }
 
-/// The worker's functions keep their planner settings (a later `CREATE OR REPLACE` without
+/// The worker's and the orchestrator's functions keep their planner settings (a later `CREATE OR REPLACE` without
 /// them would silently drop them, and a worker started on a small database would then keep
 /// whole-table scans as its tables grow: see migration 20261126000004).
 #[tokio::test]
@@ -172,13 +172,14 @@ async fn the_worker_functions_run_with_generic_index_plans() {
         "SELECT p.proname::text, coalesce(p.proconfig, '{}') FROM pg_proc p \
            JOIN pg_namespace n ON n.oid = p.pronamespace \
           WHERE n.nspname = 'tasker' AND p.proname IN \
-                ('worker_read', 'worker_archive', 'worker_claim_next', 'worker_claim_steps', 'worker_commit_results') \
+                ('worker_read', 'worker_archive', 'worker_claim_next', 'worker_claim_steps', 'worker_commit_results', \
+                 'orchestrator_settle_task', 'orchestrator_complete_step') \
           ORDER BY 1",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows.len(), 7, "{rows:?}");
     for (name, config) in &rows {
         for setting in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
             assert!(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::config::TaskerConfig;
-use tasker_worker::messaging::StepFailure;
+use tasker_worker::messaging::{MessageClient, StepFailure, StepMessage, STEP_RESULTS_QUEUE};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
 use tasker_worker::testing::{wait_for, worker_config, TestDatabase};
 use tasker_worker::worker::{
@@ -167,6 +167,76 @@ async fn a_diamond_runs_to_complete_and_its_join_is_enqueued_once() {
         .unwrap();
     assert!(done);
     assert_eq!(orchestrator.status().tasks_completed, 1);
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    db.drop_database().await;
+}
+
+/// Result messages that name nothing waiting for orchestration (a second copy of a step's
+/// result, a task that does not exist, a message that is not a StepMessage) are archived and
+/// change nothing.
+#[tokio::test]
+async fn stray_and_repeated_result_messages_are_archived_and_change_nothing() {
+    let db = TestDatabase::migrated().await;
+    let (_config, worker, mut orchestrator) = setup(&db, "stray", DIAMOND, math_registry()).await;
+    let task = create_task(&db.pool, &request("stray", "diamond", json!({"n": 2})))
+        .await
+        .unwrap();
+    assert_eq!(wait_settled(&db.pool, task).await, "complete");
+    let (join_step, correlation_id): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT ws.workflow_step_uuid, t.correlation_id FROM tasker.workflow_steps ws \
+         JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+         JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid \
+         WHERE ws.task_uuid = $1 AND ns.name = 'join'",
+    )
+    .bind(task)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let before = transitions(&db.pool, task, "join").await;
+    let counted = orchestrator.status();
+    let client = MessageClient::new(db.pool.clone());
+    let repeated = StepMessage {
+        task_uuid: task,
+        step_uuid: join_step,
+        correlation_id,
+    };
+    let unknown = StepMessage {
+        task_uuid: Uuid::now_v7(),
+        step_uuid: join_step,
+        correlation_id,
+    };
+    for message in [json!(repeated), json!(unknown), json!({"not": "a step message"})] {
+        client
+            .send_with_notify(STEP_RESULTS_QUEUE, &message, 0)
+            .await
+            .unwrap();
+    }
+
+    wait_for("the three messages to be archived", WAIT, || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.q_orchestration_step_results")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    let status = orchestrator.status();
+    assert_eq!(status.duplicates, counted.duplicates + 2, "{status:?}");
+    assert_eq!(status.steps_completed, counted.steps_completed, "{status:?}");
+    assert_eq!(status.tasks_completed, counted.tasks_completed, "{status:?}");
+    assert_eq!(status.processing_errors, 0, "{status:?}");
+    assert_eq!(transitions(&db.pool, task, "join").await, before);
+    assert_eq!(task_state(&db.pool, task).await, "complete");
+    let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.a_orchestration_step_results")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        archived,
+        4 + 3,
+        "four results of the diamond, then the three strays"
+    );
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
     db.drop_database().await;

@@ -1,7 +1,7 @@
 //! Installs PGMQ and the `tasker` schema. Idempotent and safe when several processes run it
 //! at once: one session-level advisory lock serialises the PGMQ install and the migrations.
 
-use crate::error::TaskerResult;
+use crate::error::{TaskerError, TaskerResult};
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
@@ -89,4 +89,26 @@ async fn applied_versions(pool: &PgPool) -> TaskerResult<Vec<i64>> {
             .fetch_all(pool)
             .await?;
     Ok(versions)
+}
+
+/// Fails with a clear error unless the database has the schema this build needs (its newest
+/// functions exist): a worker or orchestrator started on an older schema would otherwise
+/// fail on every claim or result.
+pub async fn ensure_schema(pool: &PgPool) -> TaskerResult<()> {
+    let ready: bool = sqlx::query_scalar(
+        "SELECT to_regprocedure('tasker.pgmq_send_with_notify(text, jsonb, integer)') IS NOT NULL \
+           AND to_regprocedure('tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])') IS NOT NULL \
+           AND to_regprocedure('tasker.worker_claim_next(text, text, integer, double precision, uuid[])') IS NOT NULL \
+           AND to_regprocedure('tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[])') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    if ready {
+        Ok(())
+    } else {
+        Err(TaskerError::Migration(
+            "the database has no tasker schema, or one older than this worker; run TaskerWorker::Database.migrate! (or bin/setup) first"
+                .into(),
+        ))
+    }
 }

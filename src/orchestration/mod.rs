@@ -35,6 +35,7 @@ pub struct Orchestrator {
 impl Orchestrator {
     pub async fn start(config: &TaskerConfig) -> TaskerResult<Self> {
         let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
+        database::ensure_schema(&pool).await?;
         MessageClient::new(pool.clone())
             .create_queue(STEP_RESULTS_QUEUE)
             .await?;

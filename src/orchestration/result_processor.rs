@@ -11,11 +11,16 @@
 //! 4. the message is archived in the same transaction. A message for a step not waiting for
 //!    orchestration (a duplicate) is archived and changes nothing.
 //!
+//! A success is the hot path of every workflow: it is one call of
+//! `tasker.orchestrator_complete_step` (migration 20261126000005), one round trip and one
+//! transaction. A failure result (rare; the retry policy is the template's) is handled here,
+//! in a transaction of its own.
+//!
 //! Safe to run in every worker process at once.
 
 use crate::error::TaskerResult;
 use crate::messaging::{self, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
-use crate::orchestration::task_initializer::{insert_step_transition, insert_task_transition};
+use crate::orchestration::task_initializer::insert_step_transition;
 use crate::orchestration::template::TaskTemplate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -115,18 +120,58 @@ impl ResultProcessor {
     }
 
     async fn process(&self, queued: &QueuedMessage) -> TaskerResult<()> {
-        let mut tx = self.pool.begin().await?;
         let Ok(message) = StepMessage::deserialize(&queued.message) else {
             tracing::error!(msg_id = queued.msg_id, message = %queued.message, "unparseable step result message archived");
-            messaging::client::archive(&mut *tx, STEP_RESULTS_QUEUE, &[queued.msg_id]).await?;
-            tx.commit().await?;
+            messaging::client::archive(&self.pool, STEP_RESULTS_QUEUE, &[queued.msg_id]).await?;
             return Ok(());
         };
+        // The common case, a success, in one call (its own transaction). Time-ordered uuids
+        // for the transitions it may insert: the step's, the task's, then the children's
+        // (past those, PostgreSQL makes random ones).
+        let uuids: Vec<Uuid> = (0..2 + CHILD_TRANSITION_UUIDS).map(|_| Uuid::now_v7()).collect();
+        let row =
+            sqlx::query("SELECT outcome, task_state FROM tasker.orchestrator_complete_step($1, $2, $3, $4)")
+                .bind(queued.msg_id)
+                .bind(message.task_uuid)
+                .bind(message.step_uuid)
+                .bind(&uuids)
+                .fetch_one(&self.pool)
+                .await?;
+        let outcome: String = row.try_get(0)?;
+        let task_state: Option<String> = row.try_get(1)?;
+        match outcome.as_str() {
+            "completed" => {
+                bump(&self.counters.steps_completed);
+                self.count_settled(task_state.as_deref());
+            }
+            "failed_result" => return self.process_failure(queued, &message).await,
+            _ => bump(&self.counters.duplicates),
+        }
+        bump(&self.counters.results_processed);
+        Ok(())
+    }
+
+    fn count_settled(&self, settled: Option<&str>) {
+        match settled {
+            Some("complete") => bump(&self.counters.tasks_completed),
+            Some("error") => bump(&self.counters.tasks_failed),
+            _ => {}
+        }
+    }
+
+    /// A failure result: retried after its backoff or failed (with the task), in one
+    /// transaction holding the task's row lock.
+    async fn process_failure(&self, queued: &QueuedMessage, message: &StepMessage) -> TaskerResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM tasker.tasks WHERE task_uuid = $1 FOR UPDATE")
+            .bind(message.task_uuid)
+            .fetch_optional(&mut *tx)
+            .await?;
         let task = sqlx::query(
             "SELECT t.correlation_id, nt.configuration, tt.to_state FROM tasker.tasks t \
              JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid \
              JOIN tasker.task_transitions tt ON tt.task_uuid = t.task_uuid AND tt.most_recent \
-             WHERE t.task_uuid = $1 FOR UPDATE OF t",
+             WHERE t.task_uuid = $1",
         )
         .bind(message.task_uuid)
         .fetch_optional(&mut *tx)
@@ -171,32 +216,6 @@ impl ResultProcessor {
         let state: String = step.try_get(5)?;
         let sort_key: i32 = step.try_get(6)?;
         match state.as_str() {
-            "enqueued_for_orchestration" => {
-                // The transition and the step row in one statement; the INSERT reads both
-                // counts, so the UPDATEs have run before it.
-                sqlx::query(
-                    "WITH retired AS ( \
-                         UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now() \
-                          WHERE workflow_step_uuid = $2 AND most_recent RETURNING 1), \
-                     processed AS ( \
-                         UPDATE tasker.workflow_steps \
-                            SET processed = true, processed_at = now(), in_process = false, updated_at = now() \
-                          WHERE workflow_step_uuid = $2 RETURNING 1) \
-                     INSERT INTO tasker.workflow_step_transitions \
-                     (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
-                     SELECT $1, $2, 'enqueued_for_orchestration', 'complete', '{\"event\": \"complete\"}'::jsonb, $3, true \
-                       FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p",
-                )
-                .bind(Uuid::now_v7())
-                .bind(step_uuid)
-                .bind(sort_key + 1)
-                .execute(&mut *tx)
-                .await?;
-                bump(&self.counters.steps_completed);
-                if ctx.task_state != "error" {
-                    self.enqueue_ready_children(tx, ctx, step_uuid).await?;
-                }
-            }
             "enqueued_as_error_for_orchestration" => {
                 let attempts: i32 = step.try_get(1)?;
                 let max_attempts: i32 = step.try_get(2)?;
@@ -265,56 +284,6 @@ impl ResultProcessor {
         self.settle_task(tx, ctx).await
     }
 
-    /// Enqueues every child of `parent` whose parents are now all complete: its `enqueued`
-    /// transition and its message, in one statement (the task's row lock, held by the
-    /// caller, makes this exactly once per child).
-    async fn enqueue_ready_children(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &TaskCtx<'_>,
-        parent: Uuid,
-    ) -> TaskerResult<()> {
-        let queue = messaging::worker_queue_name(&ctx.template.namespace_name)?;
-        // Time-ordered uuids for the new transitions; past these (a fan-out wider than
-        // TRANSITION_UUIDS children) PostgreSQL makes random ones.
-        let transition_uuids: Vec<Uuid> = (0..TRANSITION_UUIDS).map(|_| Uuid::now_v7()).collect();
-        sqlx::query(
-            "WITH ready AS ( \
-                 SELECT c.to_step_uuid AS step_uuid, ct.sort_key, \
-                        row_number() OVER (ORDER BY c.to_step_uuid) AS n \
-                   FROM tasker.workflow_step_edges c \
-                   JOIN tasker.workflow_step_transitions ct \
-                     ON ct.workflow_step_uuid = c.to_step_uuid AND ct.most_recent AND ct.to_state = 'pending' \
-                  WHERE c.from_step_uuid = $1 AND NOT EXISTS ( \
-                        SELECT 1 FROM tasker.workflow_step_edges pe \
-                          JOIN tasker.workflow_step_transitions pt \
-                            ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent \
-                         WHERE pe.to_step_uuid = c.to_step_uuid AND pt.to_state NOT IN ('complete', 'resolved_manually'))), \
-             retired AS ( \
-                 UPDATE tasker.workflow_step_transitions t SET most_recent = false, updated_at = now() \
-                   FROM ready r WHERE t.workflow_step_uuid = r.step_uuid AND t.most_recent \
-                 RETURNING 1), \
-             enqueued AS ( \
-                 INSERT INTO tasker.workflow_step_transitions \
-                 (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
-                 SELECT coalesce(($2::uuid[])[r.n], gen_random_uuid()), r.step_uuid, 'pending', 'enqueued', \
-                        '{\"event\": \"enqueue\"}'::jsonb, r.sort_key + 1, true \
-                   FROM ready r, (SELECT count(*) FROM retired) AS done \
-                 RETURNING workflow_step_uuid) \
-             SELECT tasker.pgmq_send_with_notify($3, \
-                        jsonb_build_object('task_uuid', $4::uuid, 'step_uuid', e.workflow_step_uuid, 'correlation_id', $5::uuid), 0) \
-               FROM enqueued e ORDER BY e.workflow_step_uuid",
-        )
-        .bind(parent)
-        .bind(&transition_uuids)
-        .bind(&queue)
-        .bind(ctx.task_uuid)
-        .bind(ctx.correlation_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        Ok(())
-    }
-
     async fn send_step(
         &self,
         tx: &mut PgConnection,
@@ -332,45 +301,23 @@ impl ResultProcessor {
         Ok(())
     }
 
-    /// Moves the task to `error` at the first failed step, to `complete` when all are done.
+    /// Moves the task to `error` at the first failed step, to `complete` when all are done
+    /// (`tasker.orchestrator_settle_task`, migration 20261126000005).
     async fn settle_task(&self, tx: &mut PgConnection, ctx: &TaskCtx<'_>) -> TaskerResult<()> {
-        let counts = sqlx::query(
-            "SELECT count(*), count(*) FILTER (WHERE tr.to_state IN ('complete', 'resolved_manually')), \
-                    count(*) FILTER (WHERE tr.to_state = 'error') \
-             FROM tasker.workflow_steps ws \
-             JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent \
-             WHERE ws.task_uuid = $1",
-        )
-        .bind(ctx.task_uuid)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (total, done, errors): (i64, i64, i64) =
-            (counts.try_get(0)?, counts.try_get(1)?, counts.try_get(2)?);
-        let settled = match ctx.task_state.as_str() {
-            "complete" | "error" => None,
-            _ if errors > 0 => Some("error"),
-            _ if done == total => Some("complete"),
-            _ => None,
-        };
-        if let Some(state) = settled {
-            insert_task_transition(tx, ctx.task_uuid, Some(&ctx.task_state), state).await?;
-            sqlx::query("UPDATE tasker.tasks SET complete = $2, completed_at = now(), updated_at = now() WHERE task_uuid = $1")
+        let settled: Option<String> =
+            sqlx::query_scalar("SELECT tasker.orchestrator_settle_task($1, $2, $3)")
                 .bind(ctx.task_uuid)
-                .bind(state == "complete")
-                .execute(&mut *tx)
+                .bind(&ctx.task_state)
+                .bind(Uuid::now_v7())
+                .fetch_one(&mut *tx)
                 .await?;
-            bump(if state == "complete" {
-                &self.counters.tasks_completed
-            } else {
-                &self.counters.tasks_failed
-            });
-        }
+        self.count_settled(settled.as_deref());
         Ok(())
     }
 }
 
-/// Transition uuids made per `enqueue_ready_children` call (see there).
-const TRANSITION_UUIDS: usize = 16;
+/// Time-ordered uuids passed per result for the children it may enqueue (see `process`).
+const CHILD_TRANSITION_UUIDS: usize = 16;
 
 struct TaskCtx<'a> {
     task_uuid: Uuid,

@@ -100,7 +100,7 @@ impl WorkerCore {
     /// Starts a worker. With `DispatchMode::Ffi`, `ffi_channel()` is where threads pull steps.
     pub async fn start(config: TaskerConfig, dispatch: DispatchMode) -> TaskerResult<Self> {
         let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
-        ensure_schema(&pool).await?;
+        database::ensure_schema(&pool).await?;
         let client = MessageClient::new(pool.clone());
         let mut queues = Vec::with_capacity(config.worker.namespaces.len());
         for namespace in &config.worker.namespaces {
@@ -259,23 +259,5 @@ impl WorkerCore {
         WorkerCounters::add(&self.shared.counters.leases_released, released);
         self.shared.in_flight.clear();
         released
-    }
-}
-
-async fn ensure_schema(pool: &PgPool) -> TaskerResult<()> {
-    let ready: bool = sqlx::query_scalar(
-        "SELECT to_regprocedure('tasker.pgmq_send_with_notify(text, jsonb, integer)') IS NOT NULL \
-           AND to_regprocedure('tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[])') IS NOT NULL \
-           AND to_regprocedure('tasker.worker_claim_next(text, text, integer, double precision, uuid[])') IS NOT NULL",
-    )
-    .fetch_one(pool)
-    .await?;
-    if ready {
-        Ok(())
-    } else {
-        Err(TaskerError::Migration(
-            "the database has no tasker schema, or one older than this worker; run TaskerWorker::Database.migrate! (or bin/setup) first"
-                .into(),
-        ))
     }
 }

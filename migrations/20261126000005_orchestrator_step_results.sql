@@ -1,0 +1,180 @@
+-- The embedded orchestrator's common case in one call: a step result that reports success
+-- (src/orchestration/result_processor.rs). One round trip and one transaction, instead of a
+-- transaction of nine round trips; failed results keep the Rust path (retry policy).
+
+-- Moves the task to `error` at its first failed step, or to `complete` when every step is
+-- complete (or resolved manually), given its current state; the new transition is
+-- p_transition_uuid. Returns the new state, or NULL when the task stays as it is. The caller
+-- holds the task's row lock.
+CREATE OR REPLACE FUNCTION tasker.orchestrator_settle_task(
+    p_task_uuid       uuid,
+    p_task_state      text,
+    p_transition_uuid uuid
+)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    total   bigint;
+    done    bigint;
+    errors  bigint;
+    settled text;
+BEGIN
+    IF p_task_state IN ('complete', 'error') THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*),
+           count(*) FILTER (WHERE tr.to_state IN ('complete', 'resolved_manually')),
+           count(*) FILTER (WHERE tr.to_state = 'error')
+      INTO total, done, errors
+      FROM tasker.workflow_steps ws
+      JOIN tasker.workflow_step_transitions tr
+        ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent
+     WHERE ws.task_uuid = p_task_uuid;
+    settled := CASE WHEN errors > 0 THEN 'error' WHEN done = total THEN 'complete' END;
+    IF settled IS NULL THEN
+        RETURN NULL;
+    END IF;
+    WITH retired AS (
+        UPDATE tasker.task_transitions SET most_recent = false
+         WHERE task_uuid = p_task_uuid AND most_recent
+        RETURNING sort_key
+    )
+    INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent)
+    SELECT p_transition_uuid, p_task_uuid, p_task_state, settled,
+           coalesce((SELECT max(sort_key) FROM retired), 0) + 1, true;
+    UPDATE tasker.tasks
+       SET complete = (settled = 'complete'), completed_at = now(), updated_at = now()
+     WHERE task_uuid = p_task_uuid;
+    RETURN settled;
+END;
+$$;
+
+-- Processes one message of orchestration_step_results (p_msg_id, naming p_step_uuid of
+-- p_task_uuid) when the step's result is a success, in the caller's transaction:
+-- 1. the task's row is locked (then its state read, so it is current);
+-- 2. the step becomes `complete` (transition p_uuids[1]);
+-- 3. unless the task is in `error`, each child whose parents are now all complete is
+--    enqueued: its `enqueued` transition (p_uuids[3..], then random uuids) and its message on
+--    worker_{namespace}_queue, sent with tasker.pgmq_send_with_notify;
+-- 4. the task settles (tasker.orchestrator_settle_task; transition p_uuids[2]);
+-- 5. the message is archived.
+-- Returns (outcome, task_state):
+--   completed     - all of the above; task_state is the task's new state, or NULL;
+--   failed_result - the step waits with a failure result: nothing changed, nothing archived
+--                   (the caller applies the retry policy);
+--   duplicate     - no such task, or the step is not waiting for orchestration: archived,
+--                   nothing else changed.
+CREATE OR REPLACE FUNCTION tasker.orchestrator_complete_step(
+    p_msg_id    bigint,
+    p_task_uuid uuid,
+    p_step_uuid uuid,
+    p_uuids     uuid[]
+)
+RETURNS TABLE (outcome text, task_state text)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    t_state       text;
+    t_correlation uuid;
+    t_queue       text;
+    s_state       text;
+    s_sort        integer;
+    sent          bigint[];
+BEGIN
+    PERFORM 1 FROM tasker.tasks t WHERE t.task_uuid = p_task_uuid FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+        RETURN QUERY SELECT 'duplicate'::text, NULL::text;
+        RETURN;
+    END IF;
+    SELECT tt.to_state, t.correlation_id, 'worker_' || tn.name || '_queue'
+      INTO t_state, t_correlation, t_queue
+      FROM tasker.tasks t
+      JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+      JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
+      JOIN tasker.task_transitions tt ON tt.task_uuid = t.task_uuid AND tt.most_recent
+     WHERE t.task_uuid = p_task_uuid;
+
+    SELECT tr.to_state, tr.sort_key INTO s_state, s_sort
+      FROM tasker.workflow_steps ws
+      JOIN tasker.workflow_step_transitions tr
+        ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent
+     WHERE ws.workflow_step_uuid = p_step_uuid AND ws.task_uuid = p_task_uuid;
+    IF s_state = 'enqueued_as_error_for_orchestration' THEN
+        RETURN QUERY SELECT 'failed_result'::text, t_state;
+        RETURN;
+    END IF;
+    IF s_state IS DISTINCT FROM 'enqueued_for_orchestration' THEN
+        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+        RETURN QUERY SELECT 'duplicate'::text, NULL::text;
+        RETURN;
+    END IF;
+
+    -- The INSERT reads both counts, so the UPDATEs have run before it.
+    WITH retired AS (
+        UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now()
+         WHERE workflow_step_uuid = p_step_uuid AND most_recent
+        RETURNING 1
+    ), processed AS (
+        UPDATE tasker.workflow_steps
+           SET processed = true, processed_at = now(), in_process = false, updated_at = now()
+         WHERE workflow_step_uuid = p_step_uuid
+        RETURNING 1
+    )
+    INSERT INTO tasker.workflow_step_transitions
+        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
+    SELECT p_uuids[1], p_step_uuid, 'enqueued_for_orchestration', 'complete', '{"event": "complete"}'::jsonb,
+           s_sort + 1, true
+      FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p;
+
+    IF t_state IS DISTINCT FROM 'error' THEN
+        WITH ready AS (
+            SELECT c.to_step_uuid AS step_uuid, ct.sort_key,
+                   row_number() OVER (ORDER BY c.to_step_uuid) AS n
+              FROM tasker.workflow_step_edges c
+              JOIN tasker.workflow_step_transitions ct
+                ON ct.workflow_step_uuid = c.to_step_uuid AND ct.most_recent AND ct.to_state = 'pending'
+             WHERE c.from_step_uuid = p_step_uuid
+               AND NOT EXISTS (
+                   SELECT 1 FROM tasker.workflow_step_edges pe
+                     JOIN tasker.workflow_step_transitions pt
+                       ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent
+                    WHERE pe.to_step_uuid = c.to_step_uuid
+                      AND pt.to_state NOT IN ('complete', 'resolved_manually'))
+        ), retired AS (
+            UPDATE tasker.workflow_step_transitions t SET most_recent = false, updated_at = now()
+              FROM ready r WHERE t.workflow_step_uuid = r.step_uuid AND t.most_recent
+            RETURNING 1
+        ), enqueued AS (
+            INSERT INTO tasker.workflow_step_transitions
+                (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
+            SELECT coalesce(p_uuids[r.n::integer + 2], gen_random_uuid()), r.step_uuid, 'pending', 'enqueued',
+                   '{"event": "enqueue"}'::jsonb, r.sort_key + 1, true
+              FROM ready r, (SELECT count(*) FROM retired) AS done
+            RETURNING workflow_step_uuid
+        )
+        SELECT array_agg(s.msg_id) INTO sent
+          FROM (SELECT tasker.pgmq_send_with_notify(t_queue,
+                           jsonb_build_object('task_uuid', p_task_uuid, 'step_uuid', e.workflow_step_uuid,
+                                              'correlation_id', t_correlation), 0) AS msg_id
+                  FROM enqueued e
+                 ORDER BY e.workflow_step_uuid) s;
+    END IF;
+
+    PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+    RETURN QUERY SELECT 'completed'::text, tasker.orchestrator_settle_task(p_task_uuid, t_state, p_uuids[2]);
+END;
+$$;
+
+-- Generic plans without sequential scans, as for the worker's functions (migration
+-- 20261126000004 explains why).
+ALTER FUNCTION tasker.orchestrator_settle_task(uuid, text, uuid)
+    SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.orchestrator_settle_task(uuid, text, uuid)
+    SET enable_seqscan = off;
+ALTER FUNCTION tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[])
+    SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[])
+    SET enable_seqscan = off;

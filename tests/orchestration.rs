@@ -410,6 +410,112 @@ async fn a_retryable_failure_exhausts_max_attempts_then_errors() {
     );
 }
 
+/// What create_task writes, row by row, before any worker runs: the task's two transitions,
+/// every step `pending` and the root `enqueued` after it, the edges, and one message (for the
+/// root); a repeated idempotency key writes nothing more.
+#[tokio::test]
+async fn create_task_writes_the_task_steps_edges_and_the_root_message_once() {
+    let db = TestDatabase::migrated().await;
+    let template = TaskTemplate::from_yaml(&DIAMOND.replace("NS", "rows"), "test").unwrap();
+    register_template(&db.pool, &template).await.unwrap();
+    let keyed = TaskRequest {
+        idempotency_key: Some("rows-1".into()),
+        ..request("rows", "diamond", json!({"n": 3}))
+    };
+    let task = create_task(&db.pool, &keyed).await.unwrap();
+    assert_eq!(create_task(&db.pool, &keyed).await.unwrap(), task);
+
+    let task_states: Vec<(Option<String>, String, i32, bool)> = sqlx::query_as(
+        "SELECT from_state::text, to_state::text, sort_key, most_recent FROM tasker.task_transitions \
+         WHERE task_uuid = $1 ORDER BY sort_key",
+    )
+    .bind(task)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        task_states,
+        [
+            (None, "pending".into(), 1, false),
+            (Some("pending".into()), "steps_in_process".into(), 2, true)
+        ]
+    );
+    let step_states: Vec<(String, Option<String>, String, i32, bool, i32, bool)> = sqlx::query_as(
+        "SELECT ns.name::text, tr.from_state::text, tr.to_state::text, tr.sort_key, tr.most_recent, \
+                ws.max_attempts, ws.retryable \
+           FROM tasker.workflow_step_transitions tr \
+           JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = tr.workflow_step_uuid \
+           JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+          WHERE ws.task_uuid = $1 ORDER BY ns.name, tr.sort_key",
+    )
+    .bind(task)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let pending =
+        |name: &str, current: bool| (name.to_string(), None, "pending".to_string(), 1, current, 3, true);
+    assert_eq!(
+        step_states,
+        [
+            pending("join", true),
+            pending("left", true),
+            pending("right", true),
+            pending("start", false),
+            (
+                "start".into(),
+                Some("pending".into()),
+                "enqueued".into(),
+                2,
+                true,
+                3,
+                true
+            ),
+        ]
+    );
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "SELECT fs.name::text, ts.name::text FROM tasker.workflow_step_edges e \
+           JOIN tasker.workflow_steps f ON f.workflow_step_uuid = e.from_step_uuid \
+           JOIN tasker.named_steps fs ON fs.named_step_uuid = f.named_step_uuid \
+           JOIN tasker.workflow_steps t ON t.workflow_step_uuid = e.to_step_uuid \
+           JOIN tasker.named_steps ts ON ts.named_step_uuid = t.named_step_uuid \
+          WHERE f.task_uuid = $1 ORDER BY 1, 2",
+    )
+    .bind(task)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let edge = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        edges,
+        [
+            edge("left", "join"),
+            edge("right", "join"),
+            edge("start", "left"),
+            edge("start", "right")
+        ]
+    );
+    let messages: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT message FROM pgmq.q_worker_rows_queue ORDER BY msg_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let (start, correlation_id): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT ws.workflow_step_uuid, t.correlation_id FROM tasker.workflow_steps ws \
+           JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+           JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid \
+          WHERE ws.task_uuid = $1 AND ns.name = 'start'",
+    )
+    .bind(task)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        messages,
+        [json!({"task_uuid": task, "step_uuid": start, "correlation_id": correlation_id})]
+    );
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn create_task_is_idempotent_by_key_and_rejects_unknown_templates() {
     let db = TestDatabase::migrated().await;

@@ -1,11 +1,12 @@
 //! Creates a task from a registered template: the task, one step per template step, the
-//! dependency edges, and the root steps enqueued (state first, then the message, in one
-//! transaction, so a message never names a step that is not `enqueued`).
+//! dependency edges, and the root steps enqueued (state and message in one transaction, so a
+//! message never names a step that is not `enqueued`). Two round trips: the template is read,
+//! then everything is written by one statement.
 
 use crate::error::{TaskerError, TaskerResult};
-use crate::messaging::{self, StepMessage};
+use crate::messaging;
 use crate::orchestration::template::TaskTemplate;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -20,9 +21,55 @@ pub struct TaskRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// Everything a task is made of, in one statement (its own transaction): the task and its
+/// `pending` -> `steps_in_process` transitions, the steps with their `pending` transitions
+/// (root steps: then `enqueued`), the dependency edges, and the root steps' messages, sent
+/// with tasker.pgmq_send_with_notify. Nothing is written when the idempotency key (identity
+/// hash) is taken; the statement then returns no task. The data-modifying CTEs all run,
+/// each joined to the inserted task; the sends are counted in the final SELECT so they run.
+const CREATE_TASK_SQL: &str = "\
+WITH task AS ( \
+    INSERT INTO tasker.tasks (task_uuid, named_task_uuid, context, identity_hash, correlation_id) \
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (identity_hash) DO NOTHING \
+    RETURNING task_uuid, correlation_id \
+), task_states AS ( \
+    INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent) \
+    SELECT ($6::uuid[])[1], t.task_uuid, NULL, 'pending', 1, false FROM task t \
+    UNION ALL \
+    SELECT ($6::uuid[])[2], t.task_uuid, 'pending', 'steps_in_process', 2, true FROM task t \
+), steps AS ( \
+    INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid, retryable, max_attempts, inputs) \
+    SELECT s.step_uuid, t.task_uuid, ns.named_step_uuid, s.retryable, s.max_attempts, '{}'::jsonb \
+      FROM task t \
+     CROSS JOIN unnest($7::uuid[], $8::text[], $9::boolean[], $10::integer[]) WITH ORDINALITY \
+           AS s(step_uuid, name, retryable, max_attempts, n) \
+      JOIN tasker.named_steps ns ON ns.name = s.name \
+     ORDER BY s.n \
+), step_states AS ( \
+    INSERT INTO tasker.workflow_step_transitions \
+    (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
+    SELECT s.pending_uuid, s.step_uuid, NULL, 'pending', '{\"event\": \"initialize\"}'::jsonb, 1, s.enqueued_uuid IS NULL \
+      FROM task t CROSS JOIN unnest($7::uuid[], $11::uuid[], $12::uuid[]) AS s(step_uuid, pending_uuid, enqueued_uuid) \
+    UNION ALL \
+    SELECT s.enqueued_uuid, s.step_uuid, 'pending', 'enqueued', '{\"event\": \"enqueue\"}'::jsonb, 2, true \
+      FROM task t CROSS JOIN unnest($7::uuid[], $12::uuid[]) AS s(step_uuid, enqueued_uuid) \
+     WHERE s.enqueued_uuid IS NOT NULL \
+), edges AS ( \
+    INSERT INTO tasker.workflow_step_edges (workflow_step_edge_uuid, from_step_uuid, to_step_uuid) \
+    SELECT e.edge_uuid, e.from_step, e.to_step \
+      FROM task t CROSS JOIN unnest($13::uuid[], $14::uuid[], $15::uuid[]) AS e(edge_uuid, from_step, to_step) \
+), sent AS ( \
+    SELECT tasker.pgmq_send_with_notify($16, \
+               jsonb_build_object('task_uuid', t.task_uuid, 'step_uuid', r.step_uuid, 'correlation_id', t.correlation_id), 0) \
+      FROM task t CROSS JOIN unnest($7::uuid[], $12::uuid[]) WITH ORDINALITY AS r(step_uuid, enqueued_uuid, n) \
+     WHERE r.enqueued_uuid IS NOT NULL \
+     ORDER BY r.n \
+) \
+SELECT t.task_uuid, (SELECT count(*) FROM sent) FROM task t";
+
 /// Returns the new task's uuid (or, for a repeated idempotency key, the existing one's).
+/// Two round trips: the template, then `CREATE_TASK_SQL`.
 pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Uuid> {
-    let mut tx = pool.begin().await?;
     let row = sqlx::query(
         "SELECT nt.named_task_uuid, nt.configuration FROM tasker.named_tasks nt \
          JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \
@@ -31,7 +78,7 @@ pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<U
     .bind(&request.namespace)
     .bind(&request.name)
     .bind(&request.version)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(pool)
     .await?
     .ok_or_else(|| {
         TaskerError::Configuration(format!(
@@ -41,6 +88,7 @@ pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<U
     })?;
     let named_task_uuid: Uuid = row.try_get(0)?;
     let template: TaskTemplate = serde_json::from_value(row.try_get(1)?)?;
+    let queue = messaging::worker_queue_name(&template.namespace_name)?;
 
     let task_uuid = Uuid::now_v7();
     let correlation_id = Uuid::now_v7();
@@ -48,131 +96,90 @@ pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<U
         .idempotency_key
         .clone()
         .unwrap_or_else(|| task_uuid.to_string());
-    let inserted = sqlx::query(
-        "INSERT INTO tasker.tasks (task_uuid, named_task_uuid, context, identity_hash, correlation_id) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (identity_hash) DO NOTHING",
-    )
-    .bind(task_uuid)
-    .bind(named_task_uuid)
-    .bind(&request.context)
-    .bind(&identity)
-    .bind(correlation_id)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        let existing = sqlx::query_scalar("SELECT task_uuid FROM tasker.tasks WHERE identity_hash = $1")
-            .bind(&identity)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.rollback().await?;
-        return Ok(existing);
-    }
-    insert_task_transition(&mut tx, task_uuid, None, "pending").await?;
-
-    let steps = insert_steps(&mut tx, task_uuid, &template).await?;
-    let roots: Vec<&str> = template
-        .steps
-        .iter()
-        .filter(|s| s.dependencies.is_empty())
-        .map(|s| s.name.as_str())
-        .collect();
-    let queue = messaging::worker_queue_name(&template.namespace_name)?;
-    for root in roots {
-        let step_uuid = steps[root];
-        insert_step_transition(
-            &mut tx,
-            step_uuid,
-            Some("pending"),
-            "enqueued",
-            2,
-            json!({"event": "enqueue"}),
-        )
+    let task_transitions = [Uuid::now_v7(), Uuid::now_v7()];
+    let rows = StepRows::of(&template);
+    let created: Option<Uuid> = sqlx::query_scalar(CREATE_TASK_SQL)
+        .bind(task_uuid)
+        .bind(named_task_uuid)
+        .bind(&request.context)
+        .bind(&identity)
+        .bind(correlation_id)
+        .bind(&task_transitions[..])
+        .bind(&rows.step_uuids)
+        .bind(&rows.names)
+        .bind(&rows.retryable)
+        .bind(&rows.max_attempts)
+        .bind(&rows.pending_uuids)
+        .bind(&rows.enqueued_uuids)
+        .bind(&rows.edge_uuids)
+        .bind(&rows.edge_from)
+        .bind(&rows.edge_to)
+        .bind(&queue)
+        .fetch_optional(pool)
         .await?;
-        let message = StepMessage {
-            task_uuid,
-            step_uuid,
-            correlation_id,
-        };
-        messaging::client::send_with_notify(&mut *tx, &queue, &message, 0).await?;
+    match created {
+        Some(task) => Ok(task),
+        // The key is taken (possibly by a task committed after the statement's snapshot, so
+        // it is looked up in a statement of its own).
+        None => Ok(
+            sqlx::query_scalar("SELECT task_uuid FROM tasker.tasks WHERE identity_hash = $1")
+                .bind(&identity)
+                .fetch_one(pool)
+                .await?,
+        ),
     }
-    insert_task_transition(&mut tx, task_uuid, Some("pending"), "steps_in_process").await?;
-    tx.commit().await?;
-    Ok(task_uuid)
 }
 
-/// Inserts every step of the template with its `pending` transition, and the dependency
-/// edges: three statements whatever the number of steps. A step whose name has no
-/// `named_steps` row is not inserted (templates are registered with all of theirs).
-async fn insert_steps(
-    tx: &mut PgConnection,
-    task_uuid: Uuid,
-    template: &TaskTemplate,
-) -> TaskerResult<HashMap<String, Uuid>> {
-    let n = template.steps.len();
-    let steps: HashMap<String, Uuid> = template
-        .steps
-        .iter()
-        .map(|step| (step.name.clone(), Uuid::now_v7()))
-        .collect();
-    let (mut step_uuids, mut names, mut retryable, mut max_attempts, mut transitions) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for step in &template.steps {
-        step_uuids.push(steps[&step.name]);
-        names.push(step.name.as_str());
-        retryable.push(step.retry.retryable);
-        max_attempts.push(step.retry.max_attempts as i32);
-        transitions.push(Uuid::now_v7());
-    }
-    sqlx::query(
-        "INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid, retryable, max_attempts, inputs) \
-         SELECT s.step_uuid, $2, ns.named_step_uuid, s.retryable, s.max_attempts, '{}'::jsonb \
-           FROM unnest($1::uuid[], $3::text[], $4::boolean[], $5::integer[]) WITH ORDINALITY \
-                AS s(step_uuid, name, retryable, max_attempts, n) \
-           JOIN tasker.named_steps ns ON ns.name = s.name \
-          ORDER BY s.n",
-    )
-    .bind(&step_uuids)
-    .bind(task_uuid)
-    .bind(&names)
-    .bind(&retryable)
-    .bind(&max_attempts)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO tasker.workflow_step_transitions \
-         (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
-         SELECT t.transition_uuid, t.step_uuid, NULL, 'pending', '{\"event\": \"initialize\"}'::jsonb, 1, true \
-           FROM unnest($1::uuid[], $2::uuid[]) AS t(transition_uuid, step_uuid)",
-    )
-    .bind(&transitions)
-    .bind(&step_uuids)
-    .execute(&mut *tx)
-    .await?;
-    let (mut edge_uuids, mut from, mut to) = (Vec::new(), Vec::new(), Vec::new());
-    for step in &template.steps {
-        for parent in &step.dependencies {
-            edge_uuids.push(Uuid::now_v7());
-            from.push(steps[parent]);
-            to.push(steps[&step.name]);
+/// The rows of a template's steps, as parallel arrays in template order: each step's uuid,
+/// name, retry settings and `pending` transition; the `enqueued` transition of each root step
+/// (None for the others); and the dependency edges.
+struct StepRows {
+    step_uuids: Vec<Uuid>,
+    names: Vec<String>,
+    retryable: Vec<bool>,
+    max_attempts: Vec<i32>,
+    pending_uuids: Vec<Uuid>,
+    enqueued_uuids: Vec<Option<Uuid>>,
+    edge_uuids: Vec<Uuid>,
+    edge_from: Vec<Uuid>,
+    edge_to: Vec<Uuid>,
+}
+
+impl StepRows {
+    fn of(template: &TaskTemplate) -> Self {
+        let by_name: HashMap<&str, Uuid> = template
+            .steps
+            .iter()
+            .map(|step| (step.name.as_str(), Uuid::now_v7()))
+            .collect();
+        let mut rows = StepRows {
+            step_uuids: Vec::new(),
+            names: Vec::new(),
+            retryable: Vec::new(),
+            max_attempts: Vec::new(),
+            pending_uuids: Vec::new(),
+            enqueued_uuids: Vec::new(),
+            edge_uuids: Vec::new(),
+            edge_from: Vec::new(),
+            edge_to: Vec::new(),
+        };
+        for step in &template.steps {
+            let uuid = by_name[step.name.as_str()];
+            rows.step_uuids.push(uuid);
+            rows.names.push(step.name.clone());
+            rows.retryable.push(step.retry.retryable);
+            rows.max_attempts.push(step.retry.max_attempts as i32);
+            rows.pending_uuids.push(Uuid::now_v7());
+            rows.enqueued_uuids
+                .push(step.dependencies.is_empty().then(Uuid::now_v7));
+            for parent in &step.dependencies {
+                rows.edge_uuids.push(Uuid::now_v7());
+                rows.edge_from.push(by_name[parent.as_str()]);
+                rows.edge_to.push(uuid);
+            }
         }
+        rows
     }
-    if !edge_uuids.is_empty() {
-        sqlx::query(
-            "INSERT INTO tasker.workflow_step_edges (workflow_step_edge_uuid, from_step_uuid, to_step_uuid) \
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[])",
-        )
-        .bind(&edge_uuids)
-        .bind(&from)
-        .bind(&to)
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(steps)
 }
 
 /// Appends a step transition; the previous one (if any) stops being most recent. One
@@ -201,29 +208,6 @@ pub(crate) async fn insert_step_transition(
     .bind(metadata)
     .bind(sort_key)
     .bind(from.is_some())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-/// Appends a task transition (sort key follows the last one), in one statement as above.
-pub(crate) async fn insert_task_transition(
-    tx: &mut PgConnection,
-    task_uuid: Uuid,
-    from: Option<&str>,
-    to: &str,
-) -> TaskerResult<()> {
-    sqlx::query(
-        "WITH retired AS ( \
-             UPDATE tasker.task_transitions SET most_recent = false \
-              WHERE task_uuid = $2 AND most_recent RETURNING sort_key) \
-         INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent) \
-         SELECT $1, $2, $3, $4, coalesce((SELECT max(sort_key) FROM retired), 0) + 1, true",
-    )
-    .bind(Uuid::now_v7())
-    .bind(task_uuid)
-    .bind(from)
-    .bind(to)
     .execute(&mut *tx)
     .await?;
     Ok(())

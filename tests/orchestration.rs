@@ -5,7 +5,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tasker_worker::config::TaskerConfig;
+use tasker_worker::config::{DeploymentMode, TaskerConfig};
 use tasker_worker::messaging::{MessageClient, StepFailure, StepMessage, STEP_RESULTS_QUEUE};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
 use tasker_worker::testing::{wait_for, worker_config, TestDatabase};
@@ -237,6 +237,33 @@ async fn stray_and_repeated_result_messages_are_archived_and_change_nothing() {
         4 + 3,
         "four results of the diamond, then the three strays"
     );
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    db.drop_database().await;
+}
+
+/// With LISTEN only (no poll), every result reaches the orchestrator as a notification that
+/// carries it, and is processed from there without a read of the queue.
+#[tokio::test]
+async fn results_are_processed_straight_from_their_notifications() {
+    let db = TestDatabase::migrated().await;
+    let template = TaskTemplate::from_yaml(&DIAMOND.replace("NS", "direct"), "test").unwrap();
+    register_template(&db.pool, &template).await.unwrap();
+    let mut config = worker_config(&db, &["direct"]);
+    config.worker.deployment_mode = DeploymentMode::EventDriven;
+    let worker = WorkerCore::start(config.clone(), DispatchMode::Rust(math_registry()))
+        .await
+        .unwrap();
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    let task = create_task(&db.pool, &request("direct", "diamond", json!({"n": 2})))
+        .await
+        .unwrap();
+
+    assert_eq!(wait_settled(&db.pool, task).await, "complete");
+    assert_eq!(step_row(&db.pool, task, "join").await.1.unwrap()["result"], 32);
+    let status = orchestrator.status();
+    assert_eq!(status.results_processed, 4, "{status:?}");
+    assert_eq!(status.results_from_notifications, 4, "{status:?}");
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
     db.drop_database().await;

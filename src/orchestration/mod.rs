@@ -1,7 +1,8 @@
 //! The embedded orchestrator: task templates, task creation and the step-result processor,
 //! speaking tasker-core's protocol so a deployment can move to tasker-core's orchestration
 //! service without touching handlers. `Orchestrator` runs the result processor, woken by
-//! NOTIFY on `pgmq_message_ready.orchestration` with a fallback poll.
+//! NOTIFY on `pgmq_message_ready.orchestration` with a fallback poll; a result whose
+//! notification carries it is processed straight away, without reading the queue.
 
 mod registry;
 mod result_processor;
@@ -23,8 +24,11 @@ use crate::worker::event_systems::worker_event_system::WorkerEventSystem;
 use crate::worker::stats::WorkerCounters;
 use sqlx::PgPool;
 use std::sync::Arc;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
+
+/// Notified results waiting to be processed, at most (see `Orchestrator::start`).
+const NOTIFIED_BACKLOG: usize = 256;
 
 pub struct Orchestrator {
     pool: PgPool,
@@ -41,6 +45,9 @@ impl Orchestrator {
             .await?;
         let wake = Arc::new(Notify::new());
         let counters = Arc::new(OrchestratorCounters::default());
+        // Results whose notification carried them; past this many waiting, notifications
+        // only wake the reader.
+        let (notified_tx, notified_rx) = mpsc::channel(NOTIFIED_BACKLOG);
         let events = WorkerEventSystem {
             pool: pool.clone(),
             namespaces: vec![ORCHESTRATION_NAMESPACE.to_string()],
@@ -48,6 +55,7 @@ impl Orchestrator {
             poll_interval: config.worker.poll_interval(),
             wake: wake.clone(),
             counters: Arc::new(WorkerCounters::default()),
+            direct: Some(notified_tx),
         };
         let processor = ResultProcessor {
             pool: pool.clone(),
@@ -56,7 +64,10 @@ impl Orchestrator {
             batch_size: config.worker.claim_batch_size as i32,
             visibility_timeout_seconds: config.worker.visibility_timeout_seconds as i32,
         };
-        let tasks = vec![tokio::spawn(events.run()), tokio::spawn(processor.run())];
+        let tasks = vec![
+            tokio::spawn(events.run()),
+            tokio::spawn(processor.run(notified_rx)),
+        ];
         Ok(Self {
             pool,
             counters,

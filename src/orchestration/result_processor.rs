@@ -22,18 +22,21 @@ use crate::error::TaskerResult;
 use crate::messaging::{self, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
 use crate::orchestration::task_initializer::insert_step_transition;
 use crate::orchestration::template::TaskTemplate;
+use crate::worker::event_systems::worker_event_system::NotifiedMessage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 #[derive(Debug, Default)]
 pub struct OrchestratorCounters {
     pub results_processed: AtomicU64,
+    /// Of those, processed straight from their notification, without a read.
+    pub results_from_notifications: AtomicU64,
     pub steps_completed: AtomicU64,
     pub steps_retried: AtomicU64,
     pub steps_failed: AtomicU64,
@@ -46,6 +49,7 @@ pub struct OrchestratorCounters {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OrchestratorStatus {
     pub results_processed: u64,
+    pub results_from_notifications: u64,
     pub steps_completed: u64,
     pub steps_retried: u64,
     pub steps_failed: u64,
@@ -60,6 +64,7 @@ impl OrchestratorCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         OrchestratorStatus {
             results_processed: get(&self.results_processed),
+            results_from_notifications: get(&self.results_from_notifications),
             steps_completed: get(&self.steps_completed),
             steps_retried: get(&self.steps_retried),
             steps_failed: get(&self.steps_failed),
@@ -85,10 +90,14 @@ pub struct ResultProcessor {
 }
 
 impl ResultProcessor {
-    pub async fn run(self) {
+    /// Runs until aborted: reads the queue when woken, and processes the messages its
+    /// notifications carried (`notified`) without reading them.
+    pub async fn run(self, mut notified: mpsc::Receiver<NotifiedMessage>) {
         loop {
-            self.wake.notified().await;
-            self.drain().await;
+            tokio::select! {
+                _ = self.wake.notified() => self.drain().await,
+                Some(message) = notified.recv() => self.process_notified(message).await,
+            }
         }
     }
 
@@ -125,26 +134,75 @@ impl ResultProcessor {
             messaging::client::archive(&self.pool, STEP_RESULTS_QUEUE, &[queued.msg_id]).await?;
             return Ok(());
         };
-        // The common case, a success, in one call (its own transaction). Time-ordered uuids
-        // for the transitions it may insert: the step's, the task's, then the children's
-        // (past those, PostgreSQL makes random ones).
+        let outcome = self
+            .complete_step(COMPLETE_READ_SQL, queued.msg_id, &message)
+            .await?;
+        self.settle_outcome(outcome, queued.msg_id, &message).await
+    }
+
+    /// A message known from its notification: processed at once if no one else has it (a
+    /// reader, another orchestrator); otherwise, or when it is not a StepMessage or
+    /// processing fails, left to the read path.
+    async fn process_notified(&self, notified: NotifiedMessage) {
+        let message = match StepMessage::deserialize(&notified.message) {
+            Ok(message) if notified.queue_name == STEP_RESULTS_QUEUE => message,
+            _ => return self.wake.notify_one(),
+        };
+        let done = match self
+            .complete_step(COMPLETE_NOTIFIED_SQL, notified.msg_id, &message)
+            .await
+        {
+            Ok(Some(outcome)) => {
+                bump(&self.counters.results_from_notifications);
+                self.settle_outcome(Some(outcome), notified.msg_id, &message)
+                    .await
+            }
+            Ok(None) => Ok(()), // taken elsewhere, or already archived
+            Err(err) => Err(err),
+        };
+        if let Err(err) = done {
+            tracing::debug!(error = %err, msg_id = notified.msg_id, "processing a notified step result failed; it is read from the queue instead");
+            self.wake.notify_one();
+        }
+    }
+
+    /// One call of `tasker.orchestrator_complete_step`; `None` when `sql` found the message
+    /// taken.
+    async fn complete_step(
+        &self,
+        sql: &'static str,
+        msg_id: i64,
+        message: &StepMessage,
+    ) -> TaskerResult<Option<(String, Option<String>)>> {
+        // Time-ordered uuids for the transitions it may insert: the step's, the task's, then
+        // the children's (past those, PostgreSQL makes random ones).
         let uuids: Vec<Uuid> = (0..2 + CHILD_TRANSITION_UUIDS).map(|_| Uuid::now_v7()).collect();
-        let row =
-            sqlx::query("SELECT outcome, task_state FROM tasker.orchestrator_complete_step($1, $2, $3, $4)")
-                .bind(queued.msg_id)
-                .bind(message.task_uuid)
-                .bind(message.step_uuid)
-                .bind(&uuids)
-                .fetch_one(&self.pool)
-                .await?;
-        let outcome: String = row.try_get(0)?;
-        let task_state: Option<String> = row.try_get(1)?;
+        Ok(sqlx::query_as(sql)
+            .bind(msg_id)
+            .bind(message.task_uuid)
+            .bind(message.step_uuid)
+            .bind(&uuids)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Counts what `tasker.orchestrator_complete_step` did; a failure result goes on to
+    /// `process_failure`.
+    async fn settle_outcome(
+        &self,
+        outcome: Option<(String, Option<String>)>,
+        msg_id: i64,
+        message: &StepMessage,
+    ) -> TaskerResult<()> {
+        let Some((outcome, task_state)) = outcome else {
+            return Ok(());
+        };
         match outcome.as_str() {
             "completed" => {
                 bump(&self.counters.steps_completed);
                 self.count_settled(task_state.as_deref());
             }
-            "failed_result" => return self.process_failure(queued, &message).await,
+            "failed_result" => return self.process_failure(msg_id, message).await,
             _ => bump(&self.counters.duplicates),
         }
         bump(&self.counters.results_processed);
@@ -161,7 +219,7 @@ impl ResultProcessor {
 
     /// A failure result: retried after its backoff or failed (with the task), in one
     /// transaction holding the task's row lock.
-    async fn process_failure(&self, queued: &QueuedMessage, message: &StepMessage) -> TaskerResult<()> {
+    async fn process_failure(&self, msg_id: i64, message: &StepMessage) -> TaskerResult<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT 1 FROM tasker.tasks WHERE task_uuid = $1 FOR UPDATE")
             .bind(message.task_uuid)
@@ -190,7 +248,7 @@ impl ResultProcessor {
         } else {
             bump(&self.counters.duplicates);
         }
-        messaging::client::archive(&mut *tx, STEP_RESULTS_QUEUE, &[queued.msg_id]).await?;
+        messaging::client::archive(&mut *tx, STEP_RESULTS_QUEUE, &[msg_id]).await?;
         tx.commit().await?;
         bump(&self.counters.results_processed);
         Ok(())
@@ -316,8 +374,21 @@ impl ResultProcessor {
     }
 }
 
-/// Time-ordered uuids passed per result for the children it may enqueue (see `process`).
+/// Time-ordered uuids passed per result for the children it may enqueue (see `complete_step`).
 const CHILD_TRANSITION_UUIDS: usize = 16;
+
+/// A success result in one call (migration 20261126000005), for a message read (leased).
+const COMPLETE_READ_SQL: &str =
+    "SELECT outcome, task_state FROM tasker.orchestrator_complete_step($1, $2, $3, $4)";
+
+/// The same for a message not read, known from its notification: it is taken first, by
+/// locking its row if it is visible and no one else holds it (a reader's read or another
+/// orchestrator's call), so it is processed once; no row when it is taken elsewhere or gone.
+/// The lock lasts until the call's transaction commits, and the call archives the message.
+const COMPLETE_NOTIFIED_SQL: &str = "SELECT o.outcome, o.task_state \
+     FROM (SELECT msg_id FROM pgmq.q_orchestration_step_results \
+            WHERE msg_id = $1 AND vt <= clock_timestamp() FOR UPDATE SKIP LOCKED) q \
+     CROSS JOIN LATERAL tasker.orchestrator_complete_step(q.msg_id, $2, $3, $4) o";
 
 struct TaskCtx<'a> {
     task_uuid: Uuid,

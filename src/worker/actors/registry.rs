@@ -150,6 +150,7 @@ impl WorkerActorRegistry {
             poll_interval: worker.poll_interval(),
             wake: wake.clone(),
             counters: shared.counters.clone(),
+            direct: None,
         };
         spawn("worker_event_system", Box::pin(events.run()));
 

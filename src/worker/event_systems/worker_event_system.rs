@@ -4,19 +4,23 @@
 //!    since notifications sent while disconnected are lost.
 //! 2. A fallback poller wakes the executor every `poll_interval_ms`: NOTIFY is lossy (nothing
 //!    for delayed messages, or messages sent before LISTEN).
+//! 3. Optionally (the orchestrator), a notification that carries its message and is due now
+//!    is handed over as it is (`direct`) instead of waking the reader: the receiver can
+//!    process it without reading the queue first. Any other notification, or one the
+//!    receiver has no room for, wakes the reader.
 //!
 //! The deployment mode picks: `hybrid` (both), `event_driven` (LISTEN only), `polling`.
 //! Wake-ups coalesce in a `Notify`: many notifications while the executor is busy cost one
 //! extra read.
 
 use crate::config::DeploymentMode;
-use crate::messaging;
+use crate::messaging::{self, NotifyEvent};
 use crate::worker::stats::WorkerCounters;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 pub struct WorkerEventSystem {
     pub pool: PgPool,
@@ -25,6 +29,17 @@ pub struct WorkerEventSystem {
     pub poll_interval: Duration,
     pub wake: Arc<Notify>,
     pub counters: Arc<WorkerCounters>,
+    /// Where notified messages go as they are (see the module doc); `None`: every
+    /// notification wakes the reader.
+    pub direct: Option<mpsc::Sender<NotifiedMessage>>,
+}
+
+/// A message as its notification carried it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifiedMessage {
+    pub msg_id: i64,
+    pub queue_name: String,
+    pub message: serde_json::Value,
 }
 
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -84,13 +99,38 @@ impl WorkerEventSystem {
         Ok(listener)
     }
 
+    /// True when the notification's message went to `direct`.
+    fn hand_over(&self, payload: &str) -> bool {
+        let Some(direct) = &self.direct else {
+            return false;
+        };
+        match serde_json::from_str::<NotifyEvent>(payload) {
+            Ok(NotifyEvent::MessageWithPayload {
+                msg_id,
+                queue_name,
+                message,
+                delay_seconds: 0,
+                ..
+            }) => direct
+                .try_send(NotifiedMessage {
+                    msg_id,
+                    queue_name,
+                    message,
+                })
+                .is_ok(),
+            _ => false,
+        }
+    }
+
     /// Returns when the connection fails in a way sqlx does not repair itself.
     async fn receive(&self, listener: &mut PgListener) {
         loop {
             match listener.try_recv().await {
-                Ok(Some(_notification)) => {
+                Ok(Some(notification)) => {
                     WorkerCounters::add(&self.counters.notifications, 1);
-                    self.wake.notify_one();
+                    if !self.hand_over(notification.payload()) {
+                        self.wake.notify_one();
+                    }
                 }
                 Ok(None) => {
                     // sqlx reconnected and re-listened; whatever was sent meanwhile is unseen.

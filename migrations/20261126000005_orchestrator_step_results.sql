@@ -1,6 +1,7 @@
 -- The embedded orchestrator's common case in one call: a step result that reports success
 -- (src/orchestration/result_processor.rs). One round trip and one transaction, instead of a
--- transaction of nine round trips; failed results keep the Rust path (retry policy).
+-- transaction of nine round trips and a durable commit; failed results keep the Rust path
+-- (retry policy).
 
 -- Moves the task to `error` at its first failed step, or to `complete` when every step is
 -- complete (or resolved manually), given its current state; the new transition is
@@ -65,6 +66,14 @@ $$;
 --                   (the caller applies the retry policy);
 --   duplicate     - no such task, or the step is not waiting for orchestration: archived,
 --                   nothing else changed.
+--
+-- It commits with synchronous_commit off when the call is its own transaction (as the
+-- worker's claims do): everything it writes follows from the result message, which the worker
+-- committed durably and which stays on the queue until this commit archives it. Lost in a
+-- server crash, the message is read again and processed the same way. Anything durable that
+-- depends on it (a child step's result, committed synchronously) flushes it first, WAL being
+-- written in order. A child claimed in the window and lost with it is re-run: handlers run at
+-- least once, as after any crash.
 CREATE OR REPLACE FUNCTION tasker.orchestrator_complete_step(
     p_msg_id    bigint,
     p_task_uuid uuid,
@@ -83,6 +92,7 @@ DECLARE
     s_sort        integer;
     sent          bigint[];
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM 1 FROM tasker.tasks t WHERE t.task_uuid = p_task_uuid FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);

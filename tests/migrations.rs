@@ -190,3 +190,44 @@ async fn the_worker_functions_run_with_generic_index_plans() {
     }
     db.drop_database().await;
 }
+
+/// Claims and the orchestrator's processing of a success commit asynchronously (what they
+/// write is re-derived from a durable message if lost in a crash); results commit durably.
+/// Each function sets this for its own transaction only.
+#[tokio::test]
+async fn claims_and_orchestration_commit_asynchronously_and_results_durably() {
+    let db = TestDatabase::migrated().await;
+    let client = tasker_worker::messaging::MessageClient::new(db.pool.clone());
+    client.create_queue("worker_sync_queue").await.unwrap();
+    client.create_queue("orchestration_step_results").await.unwrap();
+    let calls = [
+        (
+            "SELECT count(*) FROM tasker.worker_claim_next('worker_sync_queue', 'w', 1, 30, ARRAY[gen_random_uuid()])",
+            "off",
+        ),
+        (
+            "SELECT count(*) FROM tasker.orchestrator_complete_step(1, gen_random_uuid(), gen_random_uuid(), '{}')",
+            "off",
+        ),
+        (
+            "SELECT count(*) FROM tasker.worker_commit_results('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+            "on",
+        ),
+    ];
+    for (call, expected) in calls {
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query(call).execute(&mut *tx).await.unwrap();
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(setting, expected, "{call}");
+        tx.rollback().await.unwrap();
+        let after: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(after, "on", "{call} changed the session's setting");
+    }
+    db.drop_database().await;
+}

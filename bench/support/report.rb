@@ -130,6 +130,9 @@ module Bench
         `RESULT {json}` line that this file is built from. Ratios are computed inside each run
         (the two sides measured back to back, in the same process or the same round) and then
         their median is taken. Each benchmark creates its own `tw_bench_*` database and drops it.
+        Each round starts on a settled machine: a `CHECKPOINT`, then up to 2 minutes for the
+        1-minute load average to fall below 1 (the latency benchmarks run first in a round, and
+        the round before ends with the 100k-step memory benchmark).
         This file is rewritten by `bin/bench` except for the Observations section at the end.
       MD
     end

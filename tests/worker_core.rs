@@ -625,6 +625,36 @@ async fn notify_wakes_an_event_driven_worker_which_never_polls() {
     db.drop_database().await;
 }
 
+/// A wake-up for one message costs one read: the read that returned fewer messages than it
+/// asked for shows the queue drained, so no second, empty read follows it.
+#[tokio::test]
+async fn a_notified_message_costs_one_read_and_no_empty_one() {
+    let db = TestDatabase::migrated().await;
+    let mut config = worker_config(&db, &["oneread"]);
+    config.worker.deployment_mode = DeploymentMode::EventDriven;
+    let core = start(config, echo_registry()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = core.status().await.unwrap().counters;
+    for n in 0..3 {
+        let wf = one_step(
+            &db,
+            "oneread",
+            &format!("double{n}"),
+            "double",
+            "Double",
+            json!({"n": n}),
+        )
+        .await;
+        wf.enqueue("double").await;
+        wait_state(&wf, "double", "enqueued_for_orchestration").await;
+    }
+    let after = core.status().await.unwrap().counters;
+    assert_eq!(after.read_batches - before.read_batches, 3, "{after:?}");
+    assert_eq!(after.empty_reads - before.empty_reads, 0, "{after:?}");
+    core.shutdown().await.unwrap();
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn a_polling_worker_finds_steps_without_notify() {
     let db = TestDatabase::migrated().await;

@@ -32,6 +32,7 @@ counters! {
     completion_failures: "Results that could not be committed; their steps are re-run after the lease.",
     messages_read: "Messages read from the worker queues.",
     read_batches: "Reads that returned at least one message.",
+    empty_reads: "Reads that found no message.",
     notifications: "NOTIFY wake-ups received.",
     polls: "Fallback poller wake-ups.",
     listener_reconnects: "Times the LISTEN connection was re-established.",

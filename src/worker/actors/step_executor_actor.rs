@@ -9,7 +9,8 @@
 //!    cannot be hydrated are retried and dead-lettered after `max_delivery_attempts` reads;
 //! 4. handing claimed steps to the dispatch channel, recorded as in flight.
 //!
-//! Up to `concurrent_batches` batches are claimed at once (tasks in a `JoinSet`, aborted with
+//! Up to `concurrent_batches` batches are claimed at once, once a read has come back full
+//! (tasks in a `JoinSet`, aborted with
 //! the actor). Batches never share a message (a read passes over locked and leased rows), and claims
 //! lock their steps in uuid order, so they cannot deadlock. Messages the SQL side cannot read
 //! as a StepMessage, and messages handed over already read, take the slow way: parse here,
@@ -92,10 +93,10 @@ impl StepExecutorActor {
         let mut next_queue = 0usize;
         let mut batches = JoinSet::new();
         let batch_slots = Arc::new(Semaphore::new(this.concurrent_batches.max(1)));
-        let empty_reads = Arc::new(AtomicUsize::new(0));
+        let drained_reads = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
-                _ = this.wake.notified() => this.drain(&mut next_queue, &mut batches, &batch_slots, &empty_reads).await,
+                _ = this.wake.notified() => this.drain(&mut next_queue, &mut batches, &batch_slots, &drained_reads).await,
                 Some((queue, message)) = from_messages.recv() => {
                     let Some(permit) = this.acquire(1).await.and_then(|mut p| p.pop()) else { continue };
                     let _busy = this.busy.read().await;
@@ -111,7 +112,8 @@ impl StepExecutorActor {
         }
     }
 
-    /// Claims batches until every queue has come back empty; each batch (one call of
+    /// Claims batches until every queue has come back drained (a read returned fewer messages
+    /// than it asked for, or failed); each batch (one call of
     /// `tasker.worker_claim_next`: read, check, claim) and its dispatch run in their own task
     /// while the loop takes the next batch slot.
     async fn drain(
@@ -119,9 +121,10 @@ impl StepExecutorActor {
         next_queue: &mut usize,
         batches: &mut JoinSet<()>,
         batch_slots: &Arc<Semaphore>,
-        empty_reads: &Arc<AtomicUsize>,
+        drained_reads: &Arc<AtomicUsize>,
     ) {
-        empty_reads.store(0, Ordering::Relaxed);
+        drained_reads.store(0, Ordering::Relaxed);
+        let saw_full = Arc::new(AtomicBool::new(false));
         loop {
             // The batch slot first, then the handler slots: slots that free up while an earlier
             // batch is being claimed all go into the next read.
@@ -131,21 +134,28 @@ impl StepExecutorActor {
             // Finished batches are reaped here too: this loop can run for as long as the
             // queues stay full, and a JoinSet keeps every finished task until it is joined.
             while batches.try_join_next().is_some() {}
-            if empty_reads.load(Ordering::Relaxed) >= self.queues.len() {
+            if drained_reads.load(Ordering::Relaxed) >= self.queues.len() {
                 // The last reads of every queue found nothing. Batches still running may yet
                 // find more; done only when they have not.
                 drop(slot);
                 while batches.join_next().await.is_some() {}
-                if empty_reads.load(Ordering::Relaxed) >= self.queues.len() {
+                if drained_reads.load(Ordering::Relaxed) >= self.queues.len() {
                     return;
                 }
+                continue;
+            }
+            let others = self.concurrent_batches.max(1) - 1 - batch_slots.available_permits();
+            if others > 0 && !saw_full.load(Ordering::Relaxed) {
+                // One batch at a time until a read comes back full: a wake-up for a single
+                // message would otherwise cost a second, empty claim call beside the first.
+                drop(slot);
+                let _ = batches.join_next().await;
                 continue;
             }
             // With another batch in flight, this one waits a little for a full batch of free
             // slots: the steps of the batch before are usually about to finish. Taking only
             // what is free at once would split the slots into small batches, and a batch costs
             // about as much to claim whatever its size.
-            let others = self.concurrent_batches.max(1) - 1 - batch_slots.available_permits();
             let full = if others > 0 {
                 let batch = self
                     .capacity
@@ -172,16 +182,24 @@ impl StepExecutorActor {
             let queue = self.queues[*next_queue % self.queues.len()].clone();
             *next_queue = next_queue.wrapping_add(1);
             let this = self.clone();
-            let empty_reads = empty_reads.clone();
+            let drained_reads = drained_reads.clone();
+            let saw_full = saw_full.clone();
             batches.spawn(async move {
                 let _held = (slot, busy);
+                let asked = permits.len();
                 match this.claim_and_dispatch(&queue, permits).await {
-                    Ok(0) => {
-                        empty_reads.fetch_add(1, Ordering::Relaxed);
+                    // Fewer messages than asked for: nothing more is visible in this queue
+                    // now. A message sent later wakes the executor again (its NOTIFY, or the
+                    // fallback poll), so the queue is not read again in this drain.
+                    Ok(read) if read < asked => {
+                        drained_reads.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(_) => empty_reads.store(0, Ordering::Relaxed),
+                    Ok(_) => {
+                        drained_reads.store(0, Ordering::Relaxed);
+                        saw_full.store(true, Ordering::Relaxed);
+                    }
                     Err(err) => {
-                        empty_reads.fetch_add(1, Ordering::Relaxed);
+                        drained_reads.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %err, queue = %queue, "claiming from the queue failed");
                         // Holding the batch slot a while keeps a failing database from being
                         // asked again at once.
@@ -209,6 +227,7 @@ impl StepExecutorActor {
         )
         .await?;
         if read.is_empty() {
+            WorkerCounters::add(&self.counters.empty_reads, 1);
             return Ok(0);
         }
         let count = read.len();

@@ -21,7 +21,8 @@ pub struct TaskRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// Everything a task is made of, in one statement (its own transaction): the task and its
+/// Everything a task is made of, in one statement (its own transaction). `pending` below is
+/// tasker-core's first task and step state, not a test marker. The task and its
 /// `pending` -> `steps_in_process` transitions, the steps with their `pending` transitions
 /// (root steps: then `enqueued`), the dependency edges, and the root steps' messages, sent
 /// with tasker.pgmq_send_with_notify. Nothing is written when the idempotency key (identity

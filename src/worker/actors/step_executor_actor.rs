@@ -10,11 +10,11 @@
 //! 4. handing claimed steps to the dispatch channel, recorded as in flight.
 //!
 //! Up to `concurrent_batches` batches are claimed at once, once a read has come back full
-//! (tasks in a `JoinSet`, aborted with
-//! the actor). Batches never share a message (a read passes over locked and leased rows), and claims
-//! lock their steps in uuid order, so they cannot deadlock. Messages the SQL side cannot read
-//! as a StepMessage, and messages handed over already read, take the slow way: parse here,
-//! one hydration query, one claim call (`process`).
+//! (tasks in a `JoinSet`, aborted with the actor). Batches never share a message (a read
+//! passes over locked and leased rows), and claims lock their steps in uuid order, so they
+//! cannot deadlock. Messages the SQL side cannot read as a StepMessage, and messages handed
+//! over already read, take the slow way: parse here, one hydration query, one claim call
+//! (`process`).
 
 use crate::error::TaskerResult;
 use crate::messaging::{client, QueuedMessage, StepMessage};

@@ -22,10 +22,11 @@ use crate::error::TaskerResult;
 use crate::messaging::{MessageClient, ORCHESTRATION_NAMESPACE, STEP_RESULTS_QUEUE};
 use crate::worker::event_systems::worker_event_system::WorkerEventSystem;
 use crate::worker::stats::WorkerCounters;
+use crate::worker::task::Task;
 use sqlx::PgPool;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 
 /// Notified results waiting to be processed, at most (see `Orchestrator::start`).
 const NOTIFIED_BACKLOG: usize = 256;
@@ -33,7 +34,9 @@ const NOTIFIED_BACKLOG: usize = 256;
 pub struct Orchestrator {
     pool: PgPool,
     counters: Arc<OrchestratorCounters>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The event system first: stopping it drops the sender of notified results, which
+    /// ends the processor's second input.
+    tasks: Vec<Task>,
 }
 
 impl Orchestrator {
@@ -55,6 +58,7 @@ impl Orchestrator {
             poll_interval: config.worker.poll_interval(),
             wake: wake.clone(),
             counters: Arc::new(WorkerCounters::default()),
+            connected: Arc::new(AtomicBool::new(false)),
             direct: Some(notified_tx),
         };
         let processor = ResultProcessor {
@@ -65,8 +69,8 @@ impl Orchestrator {
             visibility_timeout_seconds: config.worker.visibility_timeout_seconds as i32,
         };
         let tasks = vec![
-            tokio::spawn(events.run()),
-            tokio::spawn(processor.run(notified_rx)),
+            Task::spawn_source(|stop| events.run(stop)),
+            Task::spawn_source(|stop| processor.run(notified_rx, stop)),
         ];
         Ok(Self {
             pool,
@@ -88,17 +92,8 @@ impl Orchestrator {
     /// Its counters stay readable (`status`) afterwards.
     pub async fn shutdown(&mut self) {
         for task in self.tasks.drain(..) {
-            task.abort();
-            let _ = task.await;
+            task.stop().await;
         }
         self.pool.close().await;
-    }
-}
-
-impl Drop for Orchestrator {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }

@@ -23,6 +23,7 @@ use crate::messaging::{self, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
 use crate::orchestration::task_initializer::insert_step_transition;
 use crate::orchestration::template::TaskTemplate;
 use crate::worker::event_systems::worker_event_system::NotifiedMessage;
+use crate::worker::task::StopSignal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool, Row};
@@ -90,13 +91,22 @@ pub struct ResultProcessor {
 }
 
 impl ResultProcessor {
-    /// Runs until aborted: reads the queue when woken, and processes the messages its
-    /// notifications carried (`notified`) without reading them.
-    pub async fn run(self, mut notified: mpsc::Receiver<NotifiedMessage>) {
+    /// Runs until stopped: reads the queue when woken, and processes the messages its
+    /// notifications carried (`notified`) without reading them. Stopping may cut a message
+    /// short: its transaction rolls back and the message is read again after its visibility
+    /// timeout, by whichever orchestrator runs then.
+    pub async fn run(self, mut notified: mpsc::Receiver<NotifiedMessage>, mut stop: StopSignal) {
         loop {
             tokio::select! {
-                _ = self.wake.notified() => self.drain().await,
-                Some(message) = notified.recv() => self.process_notified(message).await,
+                _ = stop.stopped() => return,
+                _ = self.wake.notified() => tokio::select! {
+                    _ = self.drain() => {}
+                    _ = stop.stopped() => return,
+                },
+                Some(message) = notified.recv() => tokio::select! {
+                    _ = self.process_notified(message) => {}
+                    _ = stop.stopped() => return,
+                },
             }
         }
     }

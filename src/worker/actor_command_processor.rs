@@ -1,26 +1,35 @@
 //! `ActorCommandProcessor`: routes each `WorkerCommand` to the actor that owns it. Pure
 //! routing: it never waits on the database, so status requests answer even while the
-//! executor is busy.
+//! executor is busy. It stops first in a shutdown (commands sent after that are refused).
 
 use crate::messaging::QueuedMessage;
 use crate::worker::actors::messages::{StepCompletion, WorkerCommand};
 use crate::worker::actors::step_executor_actor::ReadMessage;
-use crate::worker::core::Shared;
+use crate::worker::state::WorkerState;
+use crate::worker::task::StopSignal;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 pub struct ActorCommandProcessor {
-    pub shared: Arc<Shared>,
+    pub state: Arc<WorkerState>,
     pub wake: Arc<Notify>,
     pub completion_tx: mpsc::Sender<StepCompletion>,
     pub from_messages_tx: mpsc::Sender<ReadMessage>,
 }
 
 impl ActorCommandProcessor {
-    pub async fn run(self, mut commands: mpsc::Receiver<WorkerCommand>) {
-        while let Some(command) = commands.recv().await {
-            self.route(command).await;
+    /// Runs until stopped (callers may keep senders, so their drop cannot be what ends it).
+    pub async fn run(self, mut commands: mpsc::Receiver<WorkerCommand>, mut stop: StopSignal) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.route(command).await,
+                    None => return,
+                },
+                _ = stop.stopped() => return,
+            }
         }
     }
 
@@ -40,20 +49,21 @@ impl ActorCommandProcessor {
                 }
             }
             WorkerCommand::ProcessStepCompletion { committed, stale } => {
-                tracing::debug!(committed, stale, "completion batch reported");
+                *self.state.last_commit.lock() = Some(Instant::now());
+                tracing::trace!(committed, stale, "completion batch committed");
             }
             WorkerCommand::GetWorkerStatus { reply } => {
-                let _ = reply.send(self.shared.status());
+                let _ = reply.send(self.state.status());
             }
             WorkerCommand::SetEventIntegration { enabled } => {
-                self.shared.events_enabled.store(enabled, Ordering::Relaxed);
+                self.state.events_enabled.store(enabled, Ordering::Relaxed);
             }
         }
     }
 
     async fn hand_over(&self, queue_name: String, message: QueuedMessage) {
         let Some(queue) = self
-            .shared
+            .state
             .queues
             .iter()
             .find(|q| q.as_ref() == queue_name)

@@ -5,6 +5,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct InFlightEntry {
 #[derive(Debug, Default)]
 pub struct InFlight {
     entries: Mutex<HashMap<Uuid, InFlightEntry>>,
+    /// Woken each time the map becomes empty (what a graceful shutdown waits for).
+    emptied: Notify,
 }
 
 impl InFlight {
@@ -27,7 +30,28 @@ impl InFlight {
     }
 
     pub fn remove(&self, token: &Uuid) -> Option<InFlightEntry> {
-        self.entries.lock().remove(token)
+        let mut entries = self.entries.lock();
+        let removed = entries.remove(token);
+        if removed.is_some() && entries.is_empty() {
+            self.emptied.notify_waiters();
+        }
+        removed
+    }
+
+    /// Waits until no step is in flight, or `deadline`. True when empty.
+    pub async fn wait_empty(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before the check, so an emptying in between is not missed.
+            emptied.as_mut().enable();
+            if self.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, emptied).await.is_err() {
+                return self.is_empty();
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -55,5 +79,6 @@ impl InFlight {
 
     pub fn clear(&self) {
         self.entries.lock().clear();
+        self.emptied.notify_waiters();
     }
 }

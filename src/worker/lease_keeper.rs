@@ -5,6 +5,7 @@
 use crate::messaging::client;
 use crate::worker::in_flight::InFlight;
 use crate::worker::stats::WorkerCounters;
+use crate::worker::task::StopSignal;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +24,16 @@ impl LeaseKeeper {
             .max(Duration::from_millis(100))
     }
 
-    pub async fn run(self) {
+    /// Renews until stopped (after the completion processor, whose commits need the leases).
+    pub async fn run(self, mut stop: StopSignal) {
         let mut ticker = tokio::time::interval(self.interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
-            ticker.tick().await;
-            self.renew().await;
+            tokio::select! {
+                _ = ticker.tick() => self.renew().await,
+                _ = stop.stopped() => return,
+            }
         }
     }
 

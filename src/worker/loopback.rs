@@ -1,11 +1,12 @@
 //! A pull channel with no database behind it, for measuring the hand-off itself
 //! (`next_step` + `complete`, and the conversions at the FFI boundary). It keeps `capacity`
 //! synthetic steps ready; each completion is counted and replaced by a new step. Used by
-//! `bench/ffi_handoff.rb`; nothing in the worker uses it.
+//! `bench/ffi_handoff.rb`; nothing in the worker uses it, and it is built only with the
+//! `bench` feature.
 
 use crate::config::FfiDispatchConfig;
-use crate::worker::actors::messages::DispatchHandlerMessage;
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
+use crate::worker::handlers::pipeline::DispatchHandlerMessage;
 use crate::worker::step_claim::Claim;
 use crate::worker::step_context::{HandlerSpec, StepContext};
 use serde_json::{json, Map};

@@ -1,15 +1,15 @@
-//! Messages between the worker's actors.
+//! `WorkerCommand`, the commands the `ActorCommandProcessor` routes, and (re-exported from
+//! `handlers::pipeline`, where the handlers that consume it define it) `DispatchHandlerMessage`.
 
-use crate::messaging::{QueuedMessage, StepExecutionResult};
-use crate::worker::core::WorkerStatus;
-use crate::worker::step_claim::Claim;
-use crate::worker::step_context::StepContext;
-use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
-use uuid::Uuid;
+use crate::messaging::QueuedMessage;
+use crate::worker::state::WorkerStatus;
+use tokio::sync::oneshot;
 
-/// Commands the `ActorCommandProcessor` routes to the actors.
+pub use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
+
+/// Commands the `ActorCommandProcessor` routes to the actors. Callers outside the worker get
+/// a sender from `WorkerCore::command_sender`; inside, the completion processor reports each
+/// commit with `ProcessStepCompletion`.
 #[derive(Debug)]
 pub enum WorkerCommand {
     /// Read and run whatever is ready in the worker's queues (a wake-up).
@@ -26,7 +26,8 @@ pub enum WorkerCommand {
     },
     /// A handler's result for a claim: commit it.
     SendStepResult(Box<StepCompletion>),
-    /// The completion processor committed (or gave up on) a batch; counted in status.
+    /// The completion processor committed a batch: `committed` results stored, `stale` ones
+    /// discarded. Recorded as the worker's last commit (`WorkerStatus::last_commit_ms_ago`).
     ProcessStepCompletion {
         committed: usize,
         stale: usize,
@@ -38,23 +39,4 @@ pub enum WorkerCommand {
     SetEventIntegration {
         enabled: bool,
     },
-}
-
-/// A claimed, hydrated step on its way to a handler. The capacity permit travels with it
-/// and is released when the handler's result is handed to the completion processor.
-#[derive(Debug)]
-pub struct DispatchHandlerMessage {
-    pub event_id: Uuid,
-    pub claim: Claim,
-    pub context: Arc<StepContext>,
-    pub permit: OwnedSemaphorePermit,
-    pub claimed_at: Instant,
-}
-
-/// A result on its way to the completion processor.
-#[derive(Debug)]
-pub struct StepCompletion {
-    pub claim: Claim,
-    pub context: Arc<StepContext>,
-    pub result: StepExecutionResult,
 }

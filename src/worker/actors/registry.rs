@@ -1,21 +1,28 @@
-//! `WorkerActorRegistry`: builds the channels and actors, starts them in dependency order
-//! (consumers before producers) and stops them in reverse. Every actor task is aborted when
-//! the registry is dropped, so a dropped worker stops at once, as a crashed process would.
+//! `WorkerActorRegistry`: builds the channels and the worker's tasks, starts them consumers
+//! first, and stops them in pipeline order (`shutdown`). Each task is a `Task` field of its
+//! own; dropping the registry without `shutdown` aborts them all at once, as a crashed
+//! process would.
+//!
+//! ```text
+//! event system --wake--> executor --dispatch--> handlers (Rust | FFI) --completion--> completion processor
+//!   (source)   command processor --from_messages/completion-->     lease keeper (source)     --> domain event publisher
+//! ```
 
 use crate::config::TaskerConfig;
 use crate::worker::actor_command_processor::ActorCommandProcessor;
 use crate::worker::actors::messages::{StepCompletion, WorkerCommand};
 use crate::worker::actors::step_executor_actor::{concurrent_batches, StepExecutorActor};
-use crate::worker::core::Shared;
 use crate::worker::event_systems::worker_event_system::WorkerEventSystem;
 use crate::worker::handlers::completion_processor::CompletionProcessorService;
 use crate::worker::handlers::dispatch_service::HandlerDispatchService;
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::handlers::traits::StepHandlerRegistry;
 use crate::worker::lease_keeper::LeaseKeeper;
+use crate::worker::state::WorkerState;
+use crate::worker::task::Task;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 
 /// Who runs the handlers of claimed steps.
 pub enum DispatchMode {
@@ -25,170 +32,216 @@ pub enum DispatchMode {
     Ffi,
 }
 
-struct Actor {
-    name: &'static str,
-    handle: JoinHandle<()>,
+/// How long results already handed over may take to commit once the handlers are done,
+/// and durable events to be sent, before their tasks are aborted.
+const DRAIN_BOUND: Duration = Duration::from_secs(2);
+
+/// The handler side of the pipeline.
+enum Handlers {
+    /// Ends when the executor has dropped the dispatch sender and its handlers are done.
+    Rust { dispatch: Task },
+    /// The forwarder ends like `Rust`; the monitor is a source.
+    Ffi {
+        channel: Arc<FfiDispatchChannel>,
+        forwarder: Task,
+        monitor: Task,
+    },
 }
 
 pub struct WorkerActorRegistry {
-    /// In start order.
-    actors: Vec<Actor>,
+    state: Arc<WorkerState>,
+    event_system: Task,
+    command_processor: Task,
+    executor: Task,
+    handlers: Handlers,
+    lease_keeper: Task,
+    completion_processor: Task,
+    domain_event_publisher: Task,
     pub command_tx: mpsc::Sender<WorkerCommand>,
-    pub completion_tx: mpsc::Sender<StepCompletion>,
     pub wake: Arc<Notify>,
-    pub ffi: Option<Arc<FfiDispatchChannel>>,
 }
 
 impl WorkerActorRegistry {
-    /// Builds and starts every actor.
-    pub fn start(config: &TaskerConfig, shared: Arc<Shared>, dispatch: DispatchMode) -> Self {
+    /// Builds and starts every task.
+    pub fn start(config: &TaskerConfig, state: Arc<WorkerState>, dispatch: DispatchMode) -> Self {
         let worker = &config.worker;
         let channels = &worker.mpsc_channels;
         let (dispatch_tx, dispatch_rx) = mpsc::channel(match dispatch {
             DispatchMode::Rust(_) => channels.handler_dispatch.dispatch_buffer_size,
             DispatchMode::Ffi => channels.ffi_dispatch.dispatch_buffer_size,
         });
-        let (completion_tx, completion_rx) = mpsc::channel(channels.handler_dispatch.completion_buffer_size);
+        let (completion_tx, completion_rx) =
+            mpsc::channel::<StepCompletion>(channels.handler_dispatch.completion_buffer_size);
         let (command_tx, command_rx) = mpsc::channel(channels.handler_dispatch.dispatch_buffer_size);
         let (from_messages_tx, from_messages_rx) =
             mpsc::channel(channels.handler_dispatch.dispatch_buffer_size);
         let wake = Arc::new(Notify::new());
-        let mut actors = Vec::new();
-        let mut spawn =
-            |name: &'static str, fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
-                actors.push(Actor {
-                    name,
-                    handle: tokio::spawn(fut),
-                });
-            };
 
+        let reports = command_tx.clone();
         let completion = CompletionProcessorService {
-            pool: shared.pool.clone(),
+            pool: state.pool.clone(),
             batch_size: worker.completion_batch_size as usize,
-            worker_id: shared.worker_id.clone(),
-            in_flight: shared.in_flight.clone(),
-            counters: shared.counters.clone(),
-            callback: shared.domain_events.clone(),
-            events_enabled: shared.events_enabled.clone(),
+            worker_id: state.worker_id.clone(),
+            in_flight: state.in_flight.clone(),
+            counters: state.counters.clone(),
+            callback: state.domain_events.clone(),
+            events_enabled: state.events_enabled.clone(),
+            on_commit: Some(Arc::new(move |report| {
+                let _ = reports.try_send(WorkerCommand::ProcessStepCompletion {
+                    committed: report.committed,
+                    stale: report.stale,
+                });
+            })),
         };
-        spawn("completion_processor", Box::pin(completion.run(completion_rx)));
-        spawn(
-            "domain_event_publisher",
-            Box::pin(
-                shared
-                    .domain_events
-                    .clone()
-                    .run_durable_publisher(shared.pool.clone()),
-            ),
+        let completion_processor = Task::spawn(completion.run(completion_rx));
+        let domain_event_publisher = Task::spawn(
+            state
+                .domain_events
+                .clone()
+                .run_durable_publisher(state.pool.clone()),
         );
 
-        let ffi = match dispatch {
+        let handlers = match dispatch {
             DispatchMode::Rust(registry) => {
                 let service = HandlerDispatchService::new(
                     registry,
                     channels.handler_dispatch.max_concurrent_handlers,
                     channels.handler_dispatch.handler_timeout(),
                     completion_tx.clone(),
-                    shared.worker_id.clone(),
+                    state.worker_id.clone(),
                 );
-                spawn("handler_dispatch", Box::pin(service.run(dispatch_rx)));
-                None
+                Handlers::Rust {
+                    dispatch: Task::spawn(service.run(dispatch_rx)),
+                }
             }
             DispatchMode::Ffi => {
                 let channel = Arc::new(FfiDispatchChannel::new(
                     &channels.ffi_dispatch,
                     completion_tx.clone(),
-                    shared.worker_id.clone(),
+                    state.worker_id.clone(),
                 ));
-                spawn(
-                    "ffi_dispatch",
-                    Box::pin(channel.clone().run_forwarder(dispatch_rx)),
-                );
-                spawn("ffi_monitor", Box::pin(channel.clone().run_monitor()));
-                Some(channel)
+                Handlers::Ffi {
+                    forwarder: Task::spawn(channel.clone().run_forwarder(dispatch_rx)),
+                    monitor: Task::spawn_source(|stop| channel.clone().run_monitor(stop)),
+                    channel,
+                }
             }
         };
 
         let lease_keeper = LeaseKeeper {
-            pool: shared.pool.clone(),
-            in_flight: shared.in_flight.clone(),
-            counters: shared.counters.clone(),
+            pool: state.pool.clone(),
+            in_flight: state.in_flight.clone(),
+            counters: state.counters.clone(),
             visibility_timeout_seconds: worker.visibility_timeout_seconds,
         };
-        spawn("lease_keeper", Box::pin(lease_keeper.run()));
+        let lease_keeper = Task::spawn_source(|stop| lease_keeper.run(stop));
 
         let executor = StepExecutorActor {
-            pool: shared.pool.clone(),
-            worker_id: shared.worker_id.clone(),
-            queues: shared.queues.clone(),
+            pool: state.pool.clone(),
+            worker_id: state.worker_id.clone(),
+            queues: state.queues.clone(),
             visibility_timeout_seconds: worker.visibility_timeout_seconds,
             claim_batch_size: worker.claim_batch_size as usize,
-            concurrent_batches: concurrent_batches(shared.max_in_flight, worker.claim_batch_size as usize),
+            concurrent_batches: concurrent_batches(state.max_in_flight, worker.claim_batch_size as usize),
             max_delivery_attempts: worker.max_delivery_attempts,
-            capacity: shared.capacity.clone(),
+            capacity: state.capacity.clone(),
             dispatch_tx,
-            in_flight: shared.in_flight.clone(),
-            counters: shared.counters.clone(),
+            in_flight: state.in_flight.clone(),
+            counters: state.counters.clone(),
             wake: wake.clone(),
-            quiet: shared.quiet.clone(),
-            busy: shared.executor_busy.clone(),
+            quiet: state.quiet.clone(),
         };
-        spawn("step_executor", Box::pin(executor.run(from_messages_rx)));
+        let executor = Task::spawn_source(|stop| executor.run(from_messages_rx, stop));
 
         let processor = ActorCommandProcessor {
-            shared: shared.clone(),
+            state: state.clone(),
             wake: wake.clone(),
-            completion_tx: completion_tx.clone(),
+            completion_tx,
             from_messages_tx,
         };
-        spawn("command_processor", Box::pin(processor.run(command_rx)));
+        let command_processor = Task::spawn_source(|stop| processor.run(command_rx, stop));
 
         let events = WorkerEventSystem {
-            pool: shared.pool.clone(),
+            pool: state.pool.clone(),
             namespaces: worker.namespaces.clone(),
             deployment_mode: worker.deployment_mode,
             poll_interval: worker.poll_interval(),
             wake: wake.clone(),
-            counters: shared.counters.clone(),
+            counters: state.counters.clone(),
+            connected: state.listener_connected.clone(),
             direct: None,
         };
-        spawn("worker_event_system", Box::pin(events.run()));
+        let event_system = Task::spawn_source(|stop| events.run(stop));
 
         Self {
-            actors,
+            state,
+            event_system,
+            command_processor,
+            executor,
+            handlers,
+            lease_keeper,
+            completion_processor,
+            domain_event_publisher,
             command_tx,
-            completion_tx,
             wake,
-            ffi,
         }
     }
 
-    /// Stops the named actor (aborting its task) and waits until it has stopped.
-    pub async fn stop(&mut self, name: &str) {
-        if let Some(i) = self.actors.iter().position(|a| a.name == name) {
-            let actor = self.actors.remove(i);
-            actor.handle.abort();
-            let _ = actor.handle.await;
+    /// The pull channel, in `DispatchMode::Ffi`.
+    pub fn ffi_channel(&self) -> Option<&Arc<FfiDispatchChannel>> {
+        match &self.handlers {
+            Handlers::Ffi { channel, .. } => Some(channel),
+            Handlers::Rust { .. } => None,
         }
     }
 
-    /// Stops the remaining actors in reverse start order.
-    pub async fn stop_all(&mut self) {
-        while let Some(actor) = self.actors.pop() {
-            actor.handle.abort();
-            let _ = actor.handle.await;
+    /// Stops every task in pipeline order: the sources of work, then the executor (a claim
+    /// under way finishes), then up to `handlers_deadline` for in-flight steps to finish, then
+    /// the handler side, the commits of results already handed over, the lease keeper, and
+    /// the durable events of committed results. Leases still held are the caller's to release.
+    pub async fn shutdown(self, handlers_deadline: tokio::time::Instant) {
+        let Self {
+            state,
+            event_system,
+            command_processor,
+            executor,
+            handlers,
+            lease_keeper,
+            completion_processor,
+            domain_event_publisher,
+            command_tx,
+            wake: _,
+        } = self;
+        event_system.stop().await;
+        command_processor.stop().await;
+        drop(command_tx);
+        executor.stop().await;
+        state.in_flight.wait_empty(handlers_deadline).await;
+        match handlers {
+            Handlers::Rust { dispatch } => {
+                // Handlers still running past the deadline are aborted; their steps are released.
+                let left = handlers_deadline.saturating_duration_since(tokio::time::Instant::now());
+                dispatch.stop_within(left).await;
+            }
+            Handlers::Ffi {
+                channel,
+                forwarder,
+                monitor,
+            } => {
+                // Late completions are rejected from here on; their steps are released.
+                channel.stop();
+                monitor.stop().await;
+                forwarder.stop().await;
+            }
         }
-    }
-
-    pub fn running(&self) -> Vec<&'static str> {
-        self.actors.iter().map(|a| a.name).collect()
-    }
-}
-
-impl Drop for WorkerActorRegistry {
-    fn drop(&mut self) {
-        for actor in self.actors.iter().rev() {
-            actor.handle.abort();
+        // Every completion sender is gone now: the processor commits what it holds and ends.
+        if !completion_processor.stop_within(DRAIN_BOUND).await {
+            tracing::warn!("results still waiting to commit after {DRAIN_BOUND:?} were abandoned; their steps are released");
+        }
+        lease_keeper.stop().await;
+        state.domain_events.close();
+        if !domain_event_publisher.stop_within(DRAIN_BOUND).await {
+            tracing::warn!("durable domain events still unsent after {DRAIN_BOUND:?} were dropped");
         }
     }
 }

@@ -18,19 +18,20 @@
 
 use crate::error::TaskerResult;
 use crate::messaging::{client, QueuedMessage, StepMessage};
-use crate::worker::actors::messages::DispatchHandlerMessage;
+use crate::worker::handlers::pipeline::DispatchHandlerMessage;
 use crate::worker::hydration;
 use crate::worker::in_flight::{InFlight, InFlightEntry};
 use crate::worker::stats::WorkerCounters;
 use crate::worker::step_claim::{self, Claim, ClaimOutcome, ClaimRequest, NextMessage, NextOutcome};
 use crate::worker::step_context::StepContext;
+use crate::worker::task::StopSignal;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, RwLock, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -78,17 +79,17 @@ pub struct StepExecutorActor {
     pub counters: Arc<WorkerCounters>,
     pub wake: Arc<Notify>,
     pub quiet: Arc<AtomicBool>,
-    /// Held (shared) by each batch while it is read, claimed and dispatched; shutdown takes it
-    /// exclusively to know no claim is half done.
-    pub busy: Arc<RwLock<()>>,
 }
 
 /// Messages already read elsewhere, handed to the actor (`ExecuteStepFromMessage`).
 pub type ReadMessage = (Arc<str>, QueuedMessage);
 
 impl StepExecutorActor {
-    /// Runs until aborted by the registry (which also aborts the batches in flight).
-    pub async fn run(self, mut from_messages: mpsc::Receiver<ReadMessage>) {
+    /// Runs until stopped. Waiting for slots or a wake-up ends at once; a claim already
+    /// under way (a batch task, or a handed-over message) runs to its end, so no claim is
+    /// left half done. Ending drops the dispatch channel's sender, which ends the handler
+    /// side once it has taken what was dispatched.
+    pub async fn run(self, mut from_messages: mpsc::Receiver<ReadMessage>, mut stop: StopSignal) {
         let this = Arc::new(self);
         let mut next_queue = 0usize;
         let mut batches = JoinSet::new();
@@ -96,13 +97,19 @@ impl StepExecutorActor {
         let drained_reads = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
-                _ = this.wake.notified() => this.drain(&mut next_queue, &mut batches, &batch_slots, &drained_reads).await,
-                Some((queue, message)) = from_messages.recv() => {
-                    let Some(permit) = this.acquire(1).await.and_then(|mut p| p.pop()) else { continue };
-                    let _busy = this.busy.read().await;
-                    if this.quiet.load(Ordering::Acquire) {
-                        continue;
+                _ = stop.stopped() => break,
+                _ = this.wake.notified() => {
+                    tokio::select! {
+                        _ = this.drain(&mut next_queue, &mut batches, &batch_slots, &drained_reads) => {}
+                        _ = stop.stopped() => break,
                     }
+                }
+                Some((queue, message)) = from_messages.recv() => {
+                    let permit = tokio::select! {
+                        permit = this.acquire(1) => permit.and_then(|mut p| p.pop()),
+                        _ = stop.stopped() => break,
+                    };
+                    let Some(permit) = permit else { continue };
                     if let Err(err) = this.process(&queue, vec![message], vec![permit]).await {
                         tracing::warn!(error = %err, "processing a handed-over message failed");
                     }
@@ -110,6 +117,7 @@ impl StepExecutorActor {
                 Some(_) = batches.join_next(), if !batches.is_empty() => {}
             }
         }
+        while batches.join_next().await.is_some() {}
     }
 
     /// Claims batches until every queue has come back drained (a read returned fewer messages
@@ -175,7 +183,6 @@ impl StepExecutorActor {
             let Some(permits) = acquired else {
                 return;
             };
-            let busy = self.busy.clone().read_owned().await;
             if self.quiet.load(Ordering::Acquire) {
                 return;
             }
@@ -185,7 +192,7 @@ impl StepExecutorActor {
             let drained_reads = drained_reads.clone();
             let saw_full = saw_full.clone();
             batches.spawn(async move {
-                let _held = (slot, busy);
+                let _held = slot;
                 let asked = permits.len();
                 match this.claim_and_dispatch(&queue, permits).await {
                     // Fewer messages than asked for: nothing more is visible in this queue

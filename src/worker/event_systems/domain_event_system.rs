@@ -123,7 +123,8 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const DURABLE_BATCH: usize = 100;
 
 pub struct DomainEventSystem {
-    durable_tx: mpsc::Sender<DomainEvent>,
+    /// Taken by `close`: the publisher then sends what is buffered and ends.
+    durable_tx: Mutex<Option<mpsc::Sender<DomainEvent>>>,
     durable_rx: Mutex<Option<mpsc::Receiver<DomainEvent>>>,
     fast: Mutex<VecDeque<DomainEvent>>,
     fast_ready: Condvar,
@@ -136,7 +137,7 @@ impl DomainEventSystem {
     pub fn new(durable_capacity: usize, fast_capacity: usize) -> Self {
         let (durable_tx, durable_rx) = mpsc::channel(durable_capacity.max(1));
         Self {
-            durable_tx,
+            durable_tx: Mutex::new(Some(durable_tx)),
             durable_rx: Mutex::new(Some(durable_rx)),
             fast: Mutex::new(VecDeque::new()),
             fast_ready: Condvar::new(),
@@ -147,7 +148,7 @@ impl DomainEventSystem {
     }
 
     /// Sends durable events to `{namespace}_domain_events`, a batch per queue per round.
-    /// Runs until the system is dropped.
+    /// Runs until `close` has been called and every buffered event has been sent.
     pub async fn run_durable_publisher(self: Arc<Self>, pool: PgPool) {
         let Some(mut rx) = self.durable_rx.lock().take() else {
             return;
@@ -185,9 +186,10 @@ impl DomainEventSystem {
         }
     }
 
-    /// True when no durable event waits to be sent.
-    pub fn durable_idle(&self) -> bool {
-        self.durable_tx.capacity() == self.durable_tx.max_capacity()
+    /// No more durable events are accepted (they are counted as dropped); the publisher
+    /// sends those already buffered, then ends.
+    pub fn close(&self) {
+        drop(self.durable_tx.lock().take());
     }
 
     /// Blocks the calling thread up to `timeout` for the next fast event.
@@ -238,7 +240,11 @@ impl DomainEventSystem {
         }
         if durable {
             let name = event.name.clone();
-            if self.durable_tx.try_send(event).is_err() {
+            let sent = match self.durable_tx.lock().as_ref() {
+                Some(tx) => tx.try_send(event).is_ok(),
+                None => false,
+            };
+            if !sent {
                 self.dropped(&self.counters.dropped_durable, "durable", &name);
             }
         }

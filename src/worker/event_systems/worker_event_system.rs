@@ -16,8 +16,10 @@
 use crate::config::DeploymentMode;
 use crate::messaging::{self, NotifyEvent};
 use crate::worker::stats::WorkerCounters;
+use crate::worker::task::StopSignal;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -29,6 +31,8 @@ pub struct WorkerEventSystem {
     pub poll_interval: Duration,
     pub wake: Arc<Notify>,
     pub counters: Arc<WorkerCounters>,
+    /// True while the LISTEN connection is up (status shows it; tests wait on it).
+    pub connected: Arc<AtomicBool>,
     /// Where notified messages go as they are (see the module doc); `None`: every
     /// notification wakes the reader.
     pub direct: Option<mpsc::Sender<NotifiedMessage>>,
@@ -45,16 +49,24 @@ pub struct NotifiedMessage {
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl WorkerEventSystem {
-    pub async fn run(self) {
+    /// Runs until stopped; the LISTEN connection closes with it.
+    pub async fn run(self, mut stop: StopSignal) {
         // The first look at the queues happens at once, whatever the mode.
         self.wake.notify_one();
-        match self.deployment_mode {
-            DeploymentMode::Hybrid => {
-                tokio::join!(self.listen(), self.poll());
+        let sources = async {
+            match self.deployment_mode {
+                DeploymentMode::Hybrid => {
+                    tokio::join!(self.listen(), self.poll());
+                }
+                DeploymentMode::EventDriven => self.listen().await,
+                DeploymentMode::Polling => self.poll().await,
             }
-            DeploymentMode::EventDriven => self.listen().await,
-            DeploymentMode::Polling => self.poll().await,
+        };
+        tokio::select! {
+            _ = sources => {}
+            _ = stop.stopped() => {}
         }
+        self.connected.store(false, Ordering::Relaxed);
     }
 
     async fn poll(&self) {
@@ -79,8 +91,10 @@ impl WorkerEventSystem {
             match self.connect(&channels).await {
                 Ok(mut listener) => {
                     backoff = Duration::from_millis(100);
+                    self.connected.store(true, Ordering::Relaxed);
                     self.wake.notify_one();
                     self.receive(&mut listener).await;
+                    self.connected.store(false, Ordering::Relaxed);
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection failed");

@@ -16,8 +16,8 @@
 
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure, StepMessage};
-use crate::worker::actors::messages::StepCompletion;
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
+use crate::worker::handlers::pipeline::StepCompletion;
 use crate::worker::in_flight::InFlight;
 use crate::worker::stats::WorkerCounters;
 use serde_json::json;
@@ -51,6 +51,16 @@ pub struct CompletionProcessorService {
     pub counters: Arc<WorkerCounters>,
     pub callback: Arc<dyn PostHandlerCallback>,
     pub events_enabled: Arc<AtomicBool>,
+    /// Told of each committed batch (the registry sends it on as `ProcessStepCompletion`);
+    /// must not block.
+    pub on_commit: Option<Arc<dyn Fn(CommitReport) + Send + Sync>>,
+}
+
+/// What one committed batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReport {
+    pub committed: usize,
+    pub stale: usize,
 }
 
 /// What one commit did with each result.
@@ -125,6 +135,12 @@ impl CompletionProcessorService {
 
     fn finish(&self, outcome: CommitOutcome) {
         WorkerCounters::add(&self.counters.commit_batches, 1);
+        if let Some(on_commit) = &self.on_commit {
+            on_commit(CommitReport {
+                committed: outcome.committed.len(),
+                stale: outcome.stale.len(),
+            });
+        }
         WorkerCounters::add(&self.counters.stale_completions, outcome.stale.len());
         for stale in outcome.stale {
             tracing::info!(step_uuid = %stale.claim.step_uuid, token = %stale.claim.token, "discarded a stale result: the step was reclaimed");

@@ -10,7 +10,7 @@
 
 use crate::error::panic_message;
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
-use crate::worker::actors::messages::{DispatchHandlerMessage, StepCompletion};
+use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::handlers::traits::{StepHandlerRegistry, StepResult};
 use crate::worker::step_context::StepContext;
 use chrono::Utc;

@@ -20,8 +20,9 @@
 
 use crate::config::FfiDispatchConfig;
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
-use crate::worker::actors::messages::{DispatchHandlerMessage, StepCompletion};
+use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::step_context::StepContext;
+use crate::worker::task::StopSignal;
 use chrono::{DateTime, Utc};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
@@ -167,7 +168,8 @@ struct Counters {
 pub struct FfiDispatchChannel {
     state: Mutex<State>,
     ready: Condvar,
-    completion_tx: mpsc::Sender<StepCompletion>,
+    /// Taken by `stop`: once every sender is gone, the completion processor drains and ends.
+    completion_tx: Mutex<Option<mpsc::Sender<StepCompletion>>>,
     completion_timeout: Duration,
     starvation_threshold: Duration,
     worker_id: Arc<str>,
@@ -193,7 +195,7 @@ impl FfiDispatchChannel {
                 last_warning: None,
             }),
             ready: Condvar::new(),
-            completion_tx,
+            completion_tx: Mutex::new(Some(completion_tx)),
             completion_timeout: config.completion_timeout(),
             starvation_threshold: config.starvation_warning_threshold(),
             worker_id,
@@ -219,14 +221,17 @@ impl FfiDispatchChannel {
         }
     }
 
-    /// Enforces completion timeouts and reports starvation, every `interval`.
-    pub async fn run_monitor(self: Arc<Self>) {
+    /// Enforces completion timeouts and reports starvation, every `interval`, until stopped.
+    pub async fn run_monitor(self: Arc<Self>, mut stop: StopSignal) {
         let interval =
             (self.starvation_threshold / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.stopped() => return,
+            }
             self.check_timeouts().await;
             self.check_starvation();
         }
@@ -319,21 +324,22 @@ impl FfiDispatchChannel {
         };
         let result = result_from_completion(running.message.context.step_uuid, completion, &timing);
         self.counters.completed.fetch_add(1, Ordering::Relaxed);
-        if let Some(completion) = self.try_send(running.message, result) {
+        if let Some((completion, tx)) = self.try_send(running.message, result) {
             // A full channel means the completion processor is behind: wait for it (this is a
             // handler thread, not the runtime) rather than lose the result.
-            let _ = self.completion_tx.blocking_send(completion);
+            let _ = tx.blocking_send(completion);
         }
         Ok(())
     }
 
-    /// Hands the result to the completion processor without waiting; returns it when the
-    /// completion channel is full, for the caller to wait in the way its context allows.
+    /// Hands the result to the completion processor without waiting; returns it with a
+    /// sender when the completion channel is full, for the caller to wait in the way its
+    /// context allows.
     fn try_send(
         &self,
         message: DispatchHandlerMessage,
         result: StepExecutionResult,
-    ) -> Option<StepCompletion> {
+    ) -> Option<(StepCompletion, mpsc::Sender<StepCompletion>)> {
         // The handler is done: its slot is free for the next claim while the result commits.
         drop(message.permit);
         let completion = StepCompletion {
@@ -341,12 +347,21 @@ impl FfiDispatchChannel {
             context: message.context,
             result,
         };
-        match self.completion_tx.try_send(completion) {
+        let closed = |completion: StepCompletion| {
+            tracing::warn!(step_uuid = %completion.claim.step_uuid, "the worker is stopping; the result is not committed and the step will be reclaimed after its lease");
+            None
+        };
+        let sender = self.completion_tx.lock();
+        let Some(tx) = sender.as_ref() else {
+            drop(sender);
+            return closed(completion);
+        };
+        match tx.try_send(completion) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(completion)) => Some(completion),
+            Err(mpsc::error::TrySendError::Full(completion)) => Some((completion, tx.clone())),
             Err(mpsc::error::TrySendError::Closed(completion)) => {
-                tracing::warn!(step_uuid = %completion.claim.step_uuid, "the worker is stopping; the result is not committed and the step will be reclaimed after its lease");
-                None
+                drop(sender);
+                closed(completion)
             }
         }
     }
@@ -394,8 +409,8 @@ impl FfiDispatchChannel {
             };
             let result = StepExecutionResult::failure(context.step_uuid, failure, &timing);
             self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            if let Some(completion) = self.try_send(running.message, result) {
-                let _ = self.completion_tx.send(completion).await;
+            if let Some((completion, tx)) = self.try_send(running.message, result) {
+                let _ = tx.send(completion).await;
             }
         }
     }
@@ -467,8 +482,10 @@ impl FfiDispatchChannel {
     }
 
     /// Stops handing out steps; waiting threads return `None` at once. Steps not yet completed
-    /// are abandoned (their slots freed); a later `complete` for them is rejected.
+    /// are abandoned (their slots freed); a later `complete` for them is rejected. Drops the
+    /// channel's completion sender, so the completion processor can end.
     pub fn stop(&self) {
+        drop(self.completion_tx.lock().take());
         let mut state = self.state.lock();
         state.stopped = true;
         state.queued.clear();

@@ -6,6 +6,7 @@ pub mod config;
 pub mod database;
 pub mod error;
 pub mod messaging;
+pub mod node;
 pub mod orchestration;
 pub mod worker;
 

@@ -20,6 +20,8 @@ profile_dir = profile == "dev" ? "debug" : profile
 checkout = File.exist?(File.join(root, ".git"))
 target_dir = ENV.fetch("CARGO_TARGET_DIR") { checkout ? File.join(root, "target") : File.join(ext_dir, "cargo-target") }
 remove_target = !checkout && !ENV.key?("CARGO_TARGET_DIR")
+# Native::Loopback (bench/ffi_handoff.rb and its spec) is built in a checkout only.
+features = checkout ? "--features bench" : ""
 dlext = RbConfig::CONFIG["DLEXT"]
 built = File.join(target_dir, profile_dir, "libtasker_worker_ext.#{RbConfig::CONFIG["SOEXT"]}")
 
@@ -32,7 +34,7 @@ File.write("Makefile", <<~MAKE)
 
   .PHONY: all install clean
   all:
-  \tRUBY="$(RUBY)" $(CARGO) build --locked --profile #{profile} -p tasker_worker_ext --manifest-path "#{File.join(root, "Cargo.toml")}" --target-dir "#{target_dir}"
+  \tRUBY="$(RUBY)" $(CARGO) build --locked --profile #{profile} -p tasker_worker_ext #{features} --manifest-path "#{File.join(root, "Cargo.toml")}" --target-dir "#{target_dir}"
   \tcp "#{built}" tasker_worker_ext.#{dlext}
 
   install: all

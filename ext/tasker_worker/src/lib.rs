@@ -7,6 +7,7 @@ mod conversions;
 mod database;
 mod errors;
 mod logging;
+#[cfg(feature = "bench")]
 mod loopback;
 mod native;
 mod nogvl;
@@ -21,6 +22,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     logging::init(ruby, native)?;
     worker::init(ruby, native)?;
     client::init(ruby, native)?;
+    #[cfg(feature = "bench")]
     loopback::init(ruby, native)?;
     database::init(ruby, tasker_worker)?;
     Ok(())

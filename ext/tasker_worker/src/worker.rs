@@ -7,43 +7,17 @@
 
 use crate::{conversions, errors, nogvl};
 use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
-use parking_lot::Mutex;
-use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::config::TaskerConfig;
-use tasker_worker::orchestration::Orchestrator;
-use tasker_worker::worker::{DispatchMode, FfiDispatchChannel, WorkerCore};
-use tasker_worker::TaskerError;
+use tasker_worker::node::{Node, NodeOptions};
+use tasker_worker::worker::{DispatchMode, FfiDispatchChannel};
 
-struct Inner {
-    pid: u32,
-    runtime: ManuallyDrop<tokio::runtime::Runtime>,
-    core: Mutex<Option<WorkerCore>>,
-    orchestrator: Mutex<Option<Orchestrator>>,
-    channel: Arc<FfiDispatchChannel>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if std::process::id() != self.pid {
-            // A forked child: the runtime's threads are the parent's. Leak it all.
-            std::mem::forget(self.core.lock().take());
-            std::mem::forget(self.orchestrator.lock().take());
-            return;
-        }
-        let _entered = self.runtime.enter();
-        drop(self.core.lock().take());
-        drop(self.orchestrator.lock().take());
-        // SAFETY: taken once, here, and `runtime` is not used afterwards.
-        let runtime = unsafe { ManuallyDrop::take(&mut self.runtime) };
-        runtime.shutdown_background();
-    }
-}
-
+/// The node's own `Drop` leaks it in a forked child.
 #[magnus::wrap(class = "TaskerWorker::Native::Worker", free_immediately, size)]
 pub struct NativeWorker {
-    inner: Arc<Inner>,
+    node: Node,
+    channel: Arc<FfiDispatchChannel>,
 }
 
 pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
@@ -118,83 +92,58 @@ impl NativeWorker {
         let config =
             TaskerConfig::load_from(config_path.as_deref().map(std::path::Path::new), &env, &overrides)
                 .map_err(|err| errors::to_ruby(ruby, err))?;
-        let runtime = build_runtime(ruby, 2)?;
-        let started = nogvl::without_gvl(|| {
-            runtime.block_on(async {
-                let orchestrator = match orchestrate {
-                    true => Some(Orchestrator::start(&config).await?),
-                    false => None,
-                };
-                let core = WorkerCore::start(config, DispatchMode::Ffi).await?;
-                Ok::<_, TaskerError>((core, orchestrator))
-            })
-        })
-        .map_err(|panic| errors::internal(ruby, format!("starting the worker panicked: {panic}")))?;
-        let (core, orchestrator) = match started {
-            Ok(started) => started,
-            Err(err) => {
-                runtime.shutdown_background();
-                return Err(errors::to_ruby(ruby, err));
-            }
+        let options = NodeOptions {
+            dispatch: DispatchMode::Ffi,
+            orchestrate,
+            on_thread_start: Some(block_signals),
         };
-        let channel = core
+        let node = nogvl::without_gvl(|| Node::start(config, options))
+            .map_err(|panic| errors::internal(ruby, format!("starting the worker panicked: {panic}")))?
+            .map_err(|err| errors::to_ruby(ruby, err))?;
+        let channel = node
             .ffi_channel()
             .cloned()
             .ok_or_else(|| errors::internal(ruby, "no pull channel"))?;
-        let inner = Inner {
-            pid: std::process::id(),
-            runtime: ManuallyDrop::new(runtime),
-            core: Mutex::new(Some(core)),
-            orchestrator: Mutex::new(orchestrator),
-            channel,
-        };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self { node, channel })
     }
 
-    fn check_pid(&self, ruby: &Ruby) -> Result<&Inner, Error> {
-        let current = std::process::id();
-        if current == self.inner.pid {
-            Ok(&self.inner)
-        } else {
-            Err(errors::named(
-                ruby,
-                "ForkError",
-                format!(
-                    "this worker was started in process {} and cannot be used in the forked process {current}; \
-                     start a new TaskerWorker::Worker in the child",
-                    self.inner.pid
-                ),
-            ))
+    fn check_pid(&self, ruby: &Ruby) -> Result<&Node, Error> {
+        if self.node.in_starting_process() {
+            return Ok(&self.node);
         }
+        Err(errors::named(
+            ruby,
+            "ForkError",
+            format!(
+                "this worker was started in process {} and cannot be used in the forked process {}; \
+                 start a new TaskerWorker::Worker in the child",
+                self.node.pid(),
+                std::process::id()
+            ),
+        ))
     }
 
     /// Blocks (without the GVL) up to `timeout` seconds for a step; returns its event Hash or
     /// nil. Interrupts are checked every `nogvl::SLICE`.
     fn next_step(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
-        let inner = rb_self.check_pid(ruby)?;
-        pull_step(ruby, &inner.channel, timeout)
+        rb_self.check_pid(ruby)?;
+        pull_step(ruby, &rb_self.channel, timeout)
     }
 
     /// Blocks (without the GVL, in slices) up to `timeout` seconds for the next fast domain
-    /// event; returns its envelope Hash or nil.
+    /// event; returns its envelope Hash or nil (at once when stopped).
     fn next_event(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
-        let inner = rb_self.check_pid(ruby)?;
-        let Some(events) = inner
-            .core
-            .lock()
-            .as_ref()
-            .map(|core| core.domain_events().clone())
-        else {
+        let node = rb_self.check_pid(ruby)?;
+        if node.is_stopped() {
             return Ok(None);
-        };
+        }
+        let events = node.domain_events();
         let event = nogvl::wait_in_slices(
             ruby,
             "next_event",
             timeout,
             |slice| events.next_fast_event(slice),
-            || rb_self.is_stopped(),
+            || node.is_stopped(),
         )?;
         event
             .map(|event| serde_magnus::serialize(ruby, &event))
@@ -202,7 +151,7 @@ impl NativeWorker {
     }
 
     fn complete(ruby: &Ruby, rb_self: &Self, event_id: String, completion: Value) -> Result<bool, Error> {
-        let inner = rb_self.check_pid(ruby)?;
+        rb_self.check_pid(ruby)?;
         let event_id = uuid::Uuid::parse_str(&event_id).map_err(|err| {
             errors::named(
                 ruby,
@@ -211,7 +160,7 @@ impl NativeWorker {
             )
         })?;
         let completion = conversions::completion(ruby, event_id, completion)?;
-        inner
+        rb_self
             .channel
             .complete(event_id, completion)
             .map(|()| true)
@@ -219,12 +168,9 @@ impl NativeWorker {
     }
 
     fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
-        let inner = rb_self.check_pid(ruby)?;
-        let metrics = inner.channel.metrics();
-        let core_status = inner.core.lock().as_ref().map(WorkerCore::status_now);
-        let orchestrator = inner.orchestrator.lock().as_ref().map(Orchestrator::status);
-        let hash = conversions::status(ruby, core_status.as_ref(), &metrics)?;
-        if let Some(orchestrator) = orchestrator {
+        let status = rb_self.check_pid(ruby)?.status();
+        let hash = conversions::status(ruby, status.worker.as_ref(), &status.ffi.unwrap_or_default())?;
+        if let Some(orchestrator) = status.orchestrator {
             hash.aset(
                 ruby.to_symbol("orchestrator"),
                 serde_magnus::serialize::<_, RHash>(ruby, &orchestrator)?,
@@ -234,58 +180,29 @@ impl NativeWorker {
     }
 
     fn quiet(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
-        let inner = rb_self.check_pid(ruby)?;
-        if let Some(core) = inner.core.lock().as_ref() {
-            core.quiet();
-        }
+        rb_self.check_pid(ruby)?.quiet();
         Ok(())
     }
 
-    /// Graceful stop (see `WorkerCore::shutdown`), waiting up to `timeout` seconds for running
-    /// steps (nil: the configured shutdown timeout). The GVL is released so handler threads can
-    /// finish their steps meanwhile. Returns the report, or nil when already stopped.
+    /// Graceful stop (`Node::stop`), waiting up to `timeout` seconds for running steps (nil:
+    /// the configured shutdown timeout). The GVL is released so handler threads can finish
+    /// their steps meanwhile. Returns the report, or nil when already stopped.
     fn stop(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<Option<RHash>, Error> {
-        let inner = rb_self.check_pid(ruby)?;
-        let Some(core) = inner.core.lock().take() else {
-            return Ok(None);
-        };
-        // The embedded orchestrator stops after the worker, so results the worker committed
-        // while stopping are still processed if it gets to them; whatever it leaves stays on
-        // its queue for the next orchestrator.
-        let orchestrator = inner.orchestrator.lock().take();
-        let shutdown = async move {
-            let report = match timeout {
-                Some(seconds) => {
-                    core.shutdown_within(Duration::from_secs_f64(seconds.max(0.0)))
-                        .await
-                }
-                None => core.shutdown().await,
-            };
-            let orchestrator = match orchestrator {
-                Some(mut orchestrator) => {
-                    orchestrator.shutdown().await;
-                    Some(orchestrator)
-                }
-                None => None,
-            };
-            (report, orchestrator)
-        };
-        let (report, orchestrator) = nogvl::without_gvl(|| inner.runtime.block_on(shutdown))
-            .map_err(|panic| errors::internal(ruby, format!("stop panicked: {panic}")))?;
-        // Stopped; kept for its counters in `status`.
-        *inner.orchestrator.lock() = orchestrator;
-        let report = report.map_err(|err: TaskerError| errors::to_ruby(ruby, err))?;
-        let hash = ruby.hash_new();
-        hash.aset(ruby.to_symbol("finished"), report.finished)?;
-        hash.aset(ruby.to_symbol("released"), report.released)?;
-        Ok(Some(hash))
+        let node = rb_self.check_pid(ruby)?;
+        let timeout = timeout.map(|seconds| Duration::from_secs_f64(seconds.max(0.0)));
+        let report = nogvl::without_gvl(|| node.stop(timeout))
+            .map_err(|panic| errors::internal(ruby, format!("stop panicked: {panic}")))?
+            .map_err(|err| errors::to_ruby(ruby, err))?;
+        report
+            .map(|report| serde_magnus::serialize::<_, RHash>(ruby, &report))
+            .transpose()
     }
 
     fn is_stopped(&self) -> bool {
-        self.inner.core.lock().is_none()
+        self.node.is_stopped()
     }
 
     fn pid(&self) -> u32 {
-        self.inner.pid
+        self.node.pid()
     }
 }

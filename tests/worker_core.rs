@@ -24,6 +24,13 @@ async fn start(config: TaskerConfig, registry: Arc<InMemoryHandlerRegistry>) -> 
         .expect("worker starts")
 }
 
+async fn wait_listening(core: &WorkerCore) {
+    wait_for("the LISTEN connection", WAIT, || async {
+        core.status_now().listener_connected.then_some(())
+    })
+    .await;
+}
+
 fn echo_registry() -> Arc<InMemoryHandlerRegistry> {
     let registry = Arc::new(InMemoryHandlerRegistry::new());
     registry.register(
@@ -613,8 +620,8 @@ async fn notify_wakes_an_event_driven_worker_which_never_polls() {
     let mut config = worker_config(&db, &["wake"]);
     config.worker.deployment_mode = DeploymentMode::EventDriven;
     let core = start(config, echo_registry()).await;
-    // Let the LISTEN connection come up (its start triggers one read of its own).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The LISTEN connection is up (its start triggers one read of its own).
+    wait_listening(&core).await;
     let wf = one_step(&db, "wake", "double", "double", "Double", json!({"n": 2})).await;
     wf.enqueue("double").await;
     wait_state(&wf, "double", "enqueued_for_orchestration").await;
@@ -633,7 +640,12 @@ async fn a_notified_message_costs_one_read_and_no_empty_one() {
     let mut config = worker_config(&db, &["oneread"]);
     config.worker.deployment_mode = DeploymentMode::EventDriven;
     let core = start(config, echo_registry()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_listening(&core).await;
+    // The read its connection triggers has been made.
+    wait_for("the first read", WAIT, || async {
+        (core.status_now().counters.empty_reads >= 1).then_some(())
+    })
+    .await;
     let before = core.status().await.unwrap().counters;
     for n in 0..3 {
         let wf = one_step(

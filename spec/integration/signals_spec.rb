@@ -11,6 +11,9 @@ RSpec.describe "signals", :worker do
     worker = TaskerWorker::Worker.new(concurrency: 3, namespaces: ["signals"], database_url: ARGV[0]).start
     stop = Queue.new
     %w[TERM INT].each { |sig| Signal.trap(sig) { stop << sig } }
+    # Ready once every thread is blocked in next_step (the state the signal must interrupt).
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+    sleep 0.01 until worker.status.dig(:ffi, :waiting_threads) == 3 || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
     $stdout.puts "ready"
     $stdout.flush
     sig = stop.pop
@@ -24,7 +27,6 @@ RSpec.describe "signals", :worker do
       _in, out, wait = Open3.popen2(RbConfig.ruby, "-I", lib, "-e", SCRIPT, migrated_database_url, err: File::NULL)
       begin
         expect(out.gets).to eq("ready\n")
-        sleep 0.3 # let the threads block in next_step
         Process.kill(signal, wait.pid)
         finished = wait.join(15)
         expect(finished).not_to be_nil, "the worker did not exit within 15 s of SIG#{signal}"

@@ -51,8 +51,12 @@ const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 impl WorkerEventSystem {
     /// Runs until stopped; the LISTEN connection closes with it.
     pub async fn run(self, mut stop: StopSignal) {
-        // The first look at the queues happens at once, whatever the mode.
-        self.wake.notify_one();
+        // The first look at the queues: at once when polling; else as soon as LISTEN is up
+        // (`listen` wakes the executor on each connection), so no message sent between a
+        // first read and the LISTEN goes unseen, and a start costs one read, not two.
+        if self.deployment_mode == DeploymentMode::Polling {
+            self.wake.notify_one();
+        }
         let sources = async {
             match self.deployment_mode {
                 DeploymentMode::Hybrid => {
@@ -91,8 +95,9 @@ impl WorkerEventSystem {
             match self.connect(&channels).await {
                 Ok(mut listener) => {
                     backoff = Duration::from_millis(100);
-                    self.connected.store(true, Ordering::Relaxed);
+                    // Woken first: whoever sees `connected` knows the read it causes is due.
                     self.wake.notify_one();
+                    self.connected.store(true, Ordering::Release);
                     self.receive(&mut listener).await;
                     self.connected.store(false, Ordering::Relaxed);
                 }

@@ -16,6 +16,9 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Step name, from state, to state, sort key, most recent, max attempts, retryable.
+type StepTransitionRow = (String, Option<String>, String, i32, bool, i32, bool);
+
 const DIAMOND: &str = r#"
 name: diamond
 namespace_name: NS
@@ -467,7 +470,7 @@ async fn create_task_writes_the_task_steps_edges_and_the_root_message_once() {
             (Some("pending".into()), "steps_in_process".into(), 2, true)
         ]
     );
-    let step_states: Vec<(String, Option<String>, String, i32, bool, i32, bool)> = sqlx::query_as(
+    let step_states: Vec<StepTransitionRow> = sqlx::query_as(
         "SELECT ns.name::text, tr.from_state::text, tr.to_state::text, tr.sort_key, tr.most_recent, \
                 ws.max_attempts, ws.retryable \
            FROM tasker.workflow_step_transitions tr \

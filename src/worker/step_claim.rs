@@ -128,6 +128,9 @@ pub async fn claim_batch(
 
 /// What `claim_next` did with one message it read.
 #[derive(Debug)]
+// One short-lived value per message read, moved straight on: boxing the context would
+// only add an allocation per step.
+#[allow(clippy::large_enum_variant)]
 pub enum NextOutcome {
     /// Claimed, with the step's context (always `Ok` when the SQL and Rust checks agree; an
     /// `Err` is treated as a hydration failure).

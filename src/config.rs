@@ -33,6 +33,17 @@ pub const NAMESPACES_ENV: &str = "TASKER_WORKER_NAMESPACES";
 pub struct TaskerConfig {
     pub database: DatabaseConfig,
     pub worker: WorkerConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// Threads of the tokio runtimes the Ruby extension builds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads of a worker's runtime (claims, leases, commits, orchestration).
+    pub worker_threads: usize,
+    /// Tokio worker threads of a `Client`'s runtime (task creation and inspection).
+    pub client_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -231,6 +242,7 @@ impl TaskerConfig {
         let mut issues = Vec::new();
         self.database.check(&mut issues);
         self.worker.check(&mut issues);
+        self.runtime.check(&mut issues);
         issues
     }
 }
@@ -543,6 +555,26 @@ impl DatabaseConfig {
             issues.push(Issue::new("database.max_connections", message));
         }
         check_min(issues, "database.acquire_timeout_ms", self.acquire_timeout_ms, 1);
+    }
+}
+
+/// More threads than this is a typo, not a tuning choice: the work they share is I/O bound.
+const MAX_RUNTIME_THREADS: usize = 256;
+
+impl RuntimeConfig {
+    fn check(&self, issues: &mut Vec<Issue>) {
+        check_range(
+            issues,
+            "runtime.worker_threads",
+            self.worker_threads,
+            1..=MAX_RUNTIME_THREADS,
+        );
+        check_range(
+            issues,
+            "runtime.client_threads",
+            self.client_threads,
+            1..=MAX_RUNTIME_THREADS,
+        );
     }
 }
 

@@ -107,6 +107,9 @@ fn defaults_match_the_documented_values() {
     assert_eq!(ffi.dispatch_buffer_size, 1000);
     assert_eq!(ffi.completion_timeout_ms, 30000);
     assert_eq!(ffi.starvation_warning_threshold_ms, 10000);
+
+    assert_eq!(config.runtime.worker_threads, 2);
+    assert_eq!(config.runtime.client_threads, 1);
 }
 
 #[test]
@@ -445,6 +448,10 @@ fn each_rule_rejects_a_bad_value_naming_the_key() {
             "worker.mpsc_channels.ffi_dispatch.starvation_warning_threshold_ms",
             0,
         ),
+        ("runtime.worker_threads", 0),
+        ("runtime.worker_threads", 257),
+        ("runtime.client_threads", 0),
+        ("runtime.client_threads", 257),
     ];
     for &(key, value) in cases {
         let message = config_error(load_with_overrides(&[(key, Value::Integer(value))]));
@@ -484,6 +491,10 @@ fn each_rule_accepts_its_boundaries() {
             "worker.mpsc_channels.ffi_dispatch.starvation_warning_threshold_ms",
             1,
         ),
+        ("runtime.worker_threads", 1),
+        ("runtime.worker_threads", 256),
+        ("runtime.client_threads", 1),
+        ("runtime.client_threads", 256),
     ];
     for &(key, value) in cases {
         if let Err(err) = load_with_overrides(&[(key, Value::Integer(value))]) {
@@ -665,4 +676,23 @@ fn overrides_from_dotted_rejects_a_key_set_twice_and_empty_segments() {
 
     let message = dotted_error(&[("worker..claim_batch_size", Value::Integer(1))]);
     assert_mentions(&message, &["worker..claim_batch_size", "empty"]);
+}
+
+#[test]
+fn runtime_threads_come_from_a_file_and_a_bad_one_names_the_key_and_the_file() {
+    let file = TempConfig::new("[runtime]\nworker_threads = 4\nclient_threads = 3\n");
+    let config = TaskerConfig::load_from(Some(file.path()), &no_env, &toml::Table::new()).unwrap();
+    assert_eq!(
+        (config.runtime.worker_threads, config.runtime.client_threads),
+        (4, 3)
+    );
+
+    let bad = TempConfig::new("[runtime]\nworker_threads = 0\n");
+    let message = config_error(TaskerConfig::load_from(
+        Some(bad.path()),
+        &no_env,
+        &toml::Table::new(),
+    ));
+    let path = bad.path().display().to_string();
+    assert_mentions(&message, &["runtime.worker_threads", "between 1 and 256", &path]);
 }

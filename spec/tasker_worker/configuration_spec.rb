@@ -16,21 +16,23 @@ RSpec.describe TaskerWorker::Configuration do
   end
 
   describe "defaults" do
-    it "has the documented values" do
+    # The core owns the defaults (worker.toml): every core option starts unset here.
+    it "leaves every core option unset" do
       expect(config).to have_attributes(
-        database_url: nil, config_path: nil, concurrency: 5, namespaces: ["default"], deployment_mode: nil,
+        database_url: nil, config_path: nil, concurrency: nil, namespaces: nil, deployment_mode: nil,
         visibility_timeout: nil, poll_interval: nil, claim_batch_size: nil, completion_batch_size: nil,
-        max_delivery_attempts: nil, shutdown_timeout: 25, handler_timeout: nil, completion_timeout: nil,
+        max_delivery_attempts: nil, shutdown_timeout: nil, handler_timeout: nil, completion_timeout: nil,
         starvation_warning_threshold: nil, pool_size: nil, prefetch: nil, log_level: :info
       )
     end
 
-    it "sends only the options that are set" do
-      expect(config.to_core_overrides).to eq(
-        "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers" => 5,
-        "worker.namespaces" => ["default"],
-        "worker.shutdown_timeout_ms" => 25_000
-      )
+    it "sends nothing that was not set" do
+      expect(config.to_core_overrides).to eq({})
+    end
+
+    it "runs with the core's defaults when nothing is set" do
+      expect(config.effective[:worker]).to include(namespaces: ["default"], shutdown_timeout_ms: 30_000)
+      expect(config.effective.dig(:worker, :mpsc_channels, :handler_dispatch, :max_concurrent_handlers)).to eq(10)
     end
 
     it "reads DATABASE_URL, TASKER_CONFIG_PATH and TASKER_WORKER_NAMESPACES" do
@@ -39,9 +41,11 @@ RSpec.describe TaskerWorker::Configuration do
       ENV["TASKER_WORKER_NAMESPACES"] = "default, payments"
 
       expect(described_class.new).to have_attributes(database_url: "postgres://db.example/app",
-                                                     config_path: "/etc/tasker.toml",
-                                                     namespaces: %w[default payments])
-      expect(described_class.new.to_core_overrides).to include("database.url" => "postgres://db.example/app")
+                                                     config_path: "/etc/tasker.toml", namespaces: nil)
+      expect(described_class.new.to_core_overrides).to eq("database.url" => "postgres://db.example/app")
+      ENV.delete("TASKER_CONFIG_PATH")
+      # The core reads TASKER_WORKER_NAMESPACES, below any namespaces set here.
+      expect(described_class.new.effective.dig(:worker, :namespaces)).to eq(%w[default payments])
     end
 
     it "treats an empty environment variable as unset" do
@@ -158,10 +162,28 @@ RSpec.describe TaskerWorker::Configuration do
       end
     end
 
+    # The range is the core's; the message names the option and the core key.
     it "says what it expected and what it got" do
       expect { config.concurrency = 0 }.to raise_error(
-        TaskerWorker::ConfigurationError, "concurrency must be an Integer between 1 and 10000, got 0"
+        TaskerWorker::ConfigurationError,
+        "concurrency must be between 1 and 10000, got 0 (worker.mpsc_channels.handler_dispatch.max_concurrent_handlers)"
       )
+    end
+
+    it "names the core key when the core refuses a converted value" do
+      expect { config.poll_interval = 0.005 }.to raise_error(
+        TaskerWorker::ConfigurationError, "poll_interval must be at least 10, got 5 (worker.poll_interval_ms)"
+      )
+      expect { config.namespaces = %w[a a] }
+        .to raise_error(TaskerWorker::ConfigurationError, /\Anamespaces must be valid for worker\.namespaces\[1\]: .*twice/)
+    end
+
+    it "accepts the core's boundaries" do
+      config.concurrency = 10_000
+      config.poll_interval = 0.01
+      config.shutdown_timeout = 0
+
+      expect(config.to_core_overrides).to include("worker.poll_interval_ms" => 10, "worker.shutdown_timeout_ms" => 0)
     end
 
     it "does not repeat a database URL, which may hold a password" do
@@ -222,7 +244,22 @@ RSpec.describe TaskerWorker::Configuration do
           c.namespaces = []
         end
       end.to raise_error(TaskerWorker::ConfigurationError, /namespaces/)
-      expect(TaskerWorker.configuration.concurrency).to eq(5)
+      expect(TaskerWorker.configuration.concurrency).to be_nil
+    end
+
+    it "fails inside configure for a value out of the core's range, naming the option and the key" do
+      expect { TaskerWorker.configure { |c| c.claim_batch_size = 1_001 } }.to raise_error(
+        TaskerWorker::ConfigurationError, /\Aclaim_batch_size must be between 1 and 1000, got 1001 \(worker\.claim_batch_size\)/
+      )
+      expect(TaskerWorker.configuration.claim_batch_size).to be_nil
+    end
+
+    it "leaves the global log level alone when a copy's is set" do
+      TaskerWorker.reset_configuration! # the default logger, not the suite's
+      copy = TaskerWorker.configuration.dup
+      copy.log_level = :debug
+
+      expect([copy.logger.level, TaskerWorker.logger.level]).to eq([Logger::DEBUG, Logger::INFO])
     end
 
     it "raises ConfigurationError for an unknown option" do
@@ -235,7 +272,7 @@ RSpec.describe TaskerWorker::Configuration do
       ENV["DATABASE_URL"] = "postgres://after-reset/db"
       TaskerWorker.reset_configuration!
 
-      expect(TaskerWorker.configuration).to have_attributes(concurrency: 5, database_url: "postgres://after-reset/db")
+      expect(TaskerWorker.configuration).to have_attributes(concurrency: nil, database_url: "postgres://after-reset/db")
     end
   end
 end

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "stringio"
+require "tmpdir"
 
 RSpec.describe TaskerWorker::Configuration do
   subject(:config) { described_class.new }
@@ -273,6 +274,59 @@ RSpec.describe TaskerWorker::Configuration do
       TaskerWorker.reset_configuration!
 
       expect(TaskerWorker.configuration).to have_attributes(concurrency: nil, database_url: "postgres://after-reset/db")
+    end
+  end
+
+  describe "a Worker started from Ruby", :worker do
+    let(:toml) do
+      <<~TOML
+        [worker]
+        namespaces = ["toml_a", "toml_b"]
+        shutdown_timeout_ms = 500
+        [worker.mpsc_channels.handler_dispatch]
+        max_concurrent_handlers = 3
+      TOML
+    end
+
+    it "runs exactly what the TOML file at config_path sets" do
+      Dir.mktmpdir do |dir|
+        File.write(File.join(dir, "worker.toml"), toml)
+        TaskerWorker.configure { |c| c.config_path = File.join(dir, "worker.toml") }
+        started = false
+        release = Queue.new
+        registry = TaskerWorker::HandlerRegistry.new
+        registry.register("SpecBlock") do |_context|
+          started = true
+          release.pop # held until the stop is measured
+          {}
+        end
+        worker = start_worker(registry: registry)
+
+        expect([worker.concurrency, worker.namespaces, worker.shutdown_timeout]).to eq([3, %w[toml_a toml_b], 0.5])
+        # capacity is the handlers plus the prefetch, which defaults to the handler count.
+        expect(worker.status).to include(namespaces: %w[toml_a toml_b], threads: 3, capacity: 6)
+
+        WorkflowRows.create(db, namespace: "toml_b", steps: [{ name: "only", callable: "SpecBlock" }]).enqueue("only")
+        wait_until("the toml_b step to start") { started }
+        clock = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        report = worker.stop # no timeout given: the file's 500 ms, not the default 30 s
+        waited = Process.clock_gettime(Process::CLOCK_MONOTONIC) - clock
+        release << true
+
+        expect(report).to include(released: 1)
+        expect(waited).to be_between(0.4, 5)
+      end
+    end
+
+    it "sends the file's keys nowhere: an unset option leaves them to the core" do
+      Dir.mktmpdir do |dir|
+        File.write(File.join(dir, "worker.toml"), toml)
+        config = TaskerWorker.configuration.dup.tap { |c| c.config_path = File.join(dir, "worker.toml") }
+
+        expect(config.to_core_overrides.keys).not_to include("worker.namespaces", "worker.shutdown_timeout_ms")
+        config.concurrency = 4
+        expect(config.effective.dig(:worker, :mpsc_channels, :handler_dispatch, :max_concurrent_handlers)).to eq(4)
+      end
     end
   end
 end

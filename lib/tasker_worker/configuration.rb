@@ -3,10 +3,11 @@
 require "logger"
 
 module TaskerWorker
-  # The Ruby-facing settings. Each setter checks its value at once, so a mistake fails in
-  # `TaskerWorker.configure` with the option's name rather than later in the core. Options
-  # left nil are not sent to the core, where the defaults, TASKER_CONFIG_PATH and the
-  # environment apply. Times are seconds here and milliseconds in the core.
+  # The Ruby-facing settings. The core owns every default and range: an option left nil is
+  # not sent, so worker.toml, the file at `config_path` (-C, TASKER_CONFIG_PATH) and the
+  # environment apply. A setter converts its value (seconds here, milliseconds in the core),
+  # checks its Ruby type, and asks the core whether the value is acceptable, so a mistake
+  # still fails in `TaskerWorker.configure`, naming the option and the core key.
   class Configuration
     # Option => the core's dotted config key.
     CORE_KEYS = {
@@ -28,34 +29,47 @@ module TaskerWorker
     }.freeze
     MILLISECOND_OPTIONS = %i[poll_interval shutdown_timeout handler_timeout completion_timeout
                              starvation_warning_threshold].freeze
+    INTEGER_OPTIONS = %i[pool_size visibility_timeout claim_batch_size completion_batch_size
+                         max_delivery_attempts concurrency prefetch].freeze
     OPTIONS = (CORE_KEYS.keys + %i[log_level logger config_path]).freeze
-    DEPLOYMENT_MODES = %w[hybrid event_driven polling].freeze
     LOG_LEVELS = { trace: Logger::DEBUG, debug: Logger::DEBUG, info: Logger::INFO, warn: Logger::WARN,
                    error: Logger::ERROR }.freeze
-    NAMESPACE_FORMAT = /\A[a-z0-9_]{1,33}\z/.freeze
-    # PGMQ takes the visibility timeout in seconds; the core refuses more than 12 hours.
-    MAX_VISIBILITY_TIMEOUT = 12 * 60 * 60
 
     attr_reader(*OPTIONS)
 
     def initialize
       self.database_url = presence(ENV["DATABASE_URL"])
       self.config_path = presence(ENV["TASKER_CONFIG_PATH"])
-      self.concurrency = 5
-      self.namespaces = default_namespaces
-      self.shutdown_timeout = 25
       @logger = @default_logger = Logger.new($stdout, formatter: Formatter.new)
       self.log_level = :info
+    end
+
+    # A copy gets its own default logger, so setting log_level on it (a Worker's options, a
+    # `configure` that fails) leaves the original's level alone.
+    def initialize_copy(source)
+      super
+      return unless @default_logger
+
+      copy = @default_logger.dup
+      @logger = copy if @logger.equal?(@default_logger)
+      @default_logger = copy
     end
 
     # Hash{dotted core key => value} for every option that is set.
     def to_core_overrides
       CORE_KEYS.each_with_object({}) do |(option, key), overrides|
         value = public_send(option)
-        next if value.nil?
-
-        overrides[key] = MILLISECOND_OPTIONS.include?(option) ? (value * 1000).round : value
+        overrides[key] = core_value(option, value) unless value.nil?
       end
+    end
+
+    # What the core runs with these options: its defaults < the file at config_path < the
+    # environment < the options set here, as a Hash with Symbol keys (e.g.
+    # effective[:worker][:namespaces]). Raises ConfigurationError naming the key.
+    def effective
+      Native.effective_config(to_core_overrides, config_path, true)
+    rescue ConfigurationError => e
+      raise ConfigurationError, core_message(e.message)
     end
 
     def to_h
@@ -64,7 +78,7 @@ module TaskerWorker
 
     def database_url=(value)
       @database_url = optional(value) do
-        next value if value.is_a?(String) && value.match?(%r{\Apostgres(ql)?://[^\s]})
+        next core_checked(:database_url, value) if value.is_a?(String) && value.match?(%r{\Apostgres(ql)?://[^\s]})
 
         # The URL may hold a password: name only what it starts with.
         got = value.is_a?(String) ? "one starting with #{value[/\A[^:]*/].inspect}" : value.class
@@ -76,67 +90,37 @@ module TaskerWorker
       @config_path = optional(value) { value.to_s.empty? ? reject(:config_path, value, "a file path") : value.to_s }
     end
 
-    def concurrency=(value)
-      @concurrency = integer(:concurrency, value, 1..10_000)
+    INTEGER_OPTIONS.each do |option|
+      define_method(:"#{option}=") do |value|
+        instance_variable_set(:"@#{option}", optional(value) do
+          reject(option, value, "an Integer") unless value.is_a?(Integer)
+          core_checked(option, value)
+        end)
+      end
     end
 
-    # Steps claimed ahead of the threads, waiting for a free one (nil: as many as concurrency).
-    def prefetch=(value)
-      @prefetch = integer(:prefetch, value, 0..100_000)
-    end
-
-    def pool_size=(value)
-      # Migrations hold two connections at once.
-      @pool_size = integer(:pool_size, value, 2..)
-    end
-
-    def claim_batch_size=(value)
-      @claim_batch_size = integer(:claim_batch_size, value, 1..1_000)
-    end
-
-    def completion_batch_size=(value)
-      @completion_batch_size = integer(:completion_batch_size, value, 1..10_000)
-    end
-
-    def max_delivery_attempts=(value)
-      @max_delivery_attempts = integer(:max_delivery_attempts, value, 1..)
-    end
-
-    def visibility_timeout=(value)
-      @visibility_timeout = integer(:visibility_timeout, value, 1..MAX_VISIBILITY_TIMEOUT)
-    end
-
-    def poll_interval=(value)
-      # Below 10 ms the fallback poller would be a busy loop against the database.
-      @poll_interval = seconds(:poll_interval, value, at_least: 0.01)
-    end
-
-    def shutdown_timeout=(value)
-      @shutdown_timeout = seconds(:shutdown_timeout, value, at_least: 0)
-    end
-
-    def handler_timeout=(value)
-      @handler_timeout = seconds(:handler_timeout, value, at_least: 0.001)
-    end
-
-    def completion_timeout=(value)
-      @completion_timeout = seconds(:completion_timeout, value, at_least: 0.001)
-    end
-
-    def starvation_warning_threshold=(value)
-      @starvation_warning_threshold = seconds(:starvation_warning_threshold, value, at_least: 0.001)
+    MILLISECOND_OPTIONS.each do |option|
+      define_method(:"#{option}=") do |value|
+        instance_variable_set(:"@#{option}", optional(value) do
+          reject(option, value, "a finite number of seconds") unless value.is_a?(Numeric) && value.real? && value.finite?
+          core_checked(option, value)
+        end)
+      end
     end
 
     def deployment_mode=(value)
       @deployment_mode = optional(value) do
-        next value.to_s if DEPLOYMENT_MODES.include?(value.to_s)
-
-        reject(:deployment_mode, value, "one of #{DEPLOYMENT_MODES.join(', ')}")
+        reject(:deployment_mode, value, "a String or Symbol") unless value.is_a?(String) || value.is_a?(Symbol)
+        core_checked(:deployment_mode, value.to_s)
       end
     end
 
     def namespaces=(value)
-      @namespaces = optional(value) { namespace_list(value) }
+      @namespaces = optional(value) do
+        names = value.map { |name| name.is_a?(Symbol) ? name.to_s : name } if value.is_a?(Array)
+        reject(:namespaces, value, "an Array of Strings or Symbols") unless names&.all?(String)
+        core_checked(:namespaces, names).freeze
+      end
     end
 
     def log_level=(value)
@@ -176,35 +160,28 @@ module TaskerWorker
       raise ConfigurationError, "#{option} must be #{expected}, got #{value.inspect}"
     end
 
-    def integer(option, value, range)
-      optional(value) do
-        next value if value.is_a?(Integer) && range.cover?(value)
-
-        bounds = range.end ? "between #{range.begin} and #{range.end}" : ">= #{range.begin}"
-        reject(option, value, "an Integer #{bounds}")
-      end
+    def core_value(option, value)
+      MILLISECOND_OPTIONS.include?(option) ? (value * 1000).round : value
     end
 
-    def seconds(option, value, at_least:)
-      optional(value) do
-        next value if value.is_a?(Numeric) && value.real? && value.finite? && value >= at_least
-
-        reject(option, value, "a number of seconds >= #{at_least}")
-      end
+    # The core's verdict on this one value over its defaults (no file, no environment: those
+    # are read when the worker starts). Returns the value to keep.
+    def core_checked(option, value)
+      Native.effective_config({ CORE_KEYS.fetch(option) => core_value(option, value) }, nil, false)
+      value
+    rescue ConfigurationError => e
+      raise ConfigurationError, core_message(e.message)
     end
 
-    # The core reads TASKER_WORKER_NAMESPACES too, but an override would hide it.
-    def default_namespaces
-      presence(ENV["TASKER_WORKER_NAMESPACES"])&.split(",", -1)&.map(&:strip) || ["default"]
-    end
+    # "configuration error: worker.x: must be ... (set by overrides)" becomes
+    # "option must be ... (worker.x)", naming the Ruby option the user set.
+    def core_message(message)
+      detail = message.delete_prefix("configuration error: ")
+      option, key = CORE_KEYS.find { |_, k| detail.start_with?("#{k}:", "#{k}[") }
+      return detail unless option
 
-    def namespace_list(value)
-      names = value.map { |name| name.is_a?(Symbol) ? name.to_s : name } if value.is_a?(Array)
-      unless names&.any? && names.all? { |name| name.is_a?(String) && name.match?(NAMESPACE_FORMAT) }
-        reject(:namespaces, value, "a non-empty Array of names of 1-33 characters of a-z, 0-9 and _")
-      end
-      reject(:namespaces, value, "a list without duplicates") if names.uniq.size < names.size
-      names.freeze
+      rest = detail.delete_prefix("#{key}: ").delete_suffix(" (set by overrides)")
+      rest.start_with?("must be ") ? "#{option} #{rest} (#{key})" : "#{option} must be valid for #{detail.delete_suffix(' (set by overrides)')}"
     end
 
     def logger?(value)

@@ -13,10 +13,13 @@ module TaskerWorker
     @thread = nil
 
     class << self
-      # Starts the forwarding thread once (again after a fork, where it does not exist).
-      def start
+      # Starts the forwarding thread once (again after a fork, where it does not exist). The
+      # core's records go to `config`'s logger at `config`'s level: a Worker passes its own
+      # configuration, which may set log_level or logger beyond the global one.
+      def start(config = TaskerWorker.configuration)
         @mutex.synchronize do
-          Native.log_level = TaskerWorker.configuration.log_level.to_s
+          Native.log_level = config.log_level.to_s
+          @logger = config.logger
           @thread = Thread.new { run } unless @thread&.alive?
         end
       end
@@ -29,7 +32,7 @@ module TaskerWorker
       end
 
       def write(level, target, message)
-        TaskerWorker.logger.add(LEVELS.fetch(level, Logger::INFO), message, target)
+        (@logger || TaskerWorker.logger).add(LEVELS.fetch(level, Logger::INFO), message, target)
       rescue StandardError
         nil # a broken logger must not kill log forwarding
       end

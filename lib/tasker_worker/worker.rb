@@ -2,8 +2,10 @@
 
 module TaskerWorker
   # A worker in this process: the Rust core (claiming, leases, commits) plus `concurrency`
-  # Ruby threads running handlers. It owns:
-  # 1. booting the core with the configuration (TaskerWorker.configure, then keyword options);
+  # Ruby threads running handlers, one per core handler slot
+  # (worker.mpsc_channels.handler_dispatch.max_concurrent_handlers). It owns:
+  # 1. booting the core with the configuration (TaskerWorker.configure, then keyword options,
+  #    over the core's defaults, the config file and the environment);
   # 2. keeping `concurrency` processor threads alive (a killed thread is replaced);
   # 3. the lifecycle: `start`, `quiet!` (stop claiming), `stop(timeout:)`, `status`.
   #
@@ -11,7 +13,9 @@ module TaskerWorker
   #   ...
   #   worker.stop
   class Worker
-    attr_reader :concurrency
+    # What the core runs with: the thread count, the namespaces served and the graceful-stop
+    # wait in seconds, whichever layer set them.
+    attr_reader :concurrency, :namespaces, :shutdown_timeout
 
     # Options are those of TaskerWorker::Configuration (concurrency:, namespaces:, ...);
     # they override the global configuration for this worker. `orchestrate: true` also runs
@@ -21,7 +25,11 @@ module TaskerWorker
       @orchestrate = orchestrate
       @templates_path = templates_path
       @config = configuration_with(options)
-      @concurrency = @config.concurrency
+      effective = @config.effective
+      @concurrency = effective.dig(:worker, :mpsc_channels, :handler_dispatch, :max_concurrent_handlers)
+      @namespaces = effective.dig(:worker, :namespaces).freeze
+      @shutdown_timeout = effective.dig(:worker, :shutdown_timeout_ms) / 1000.0
+      @database_url = effective.dig(:database, :url)
       @registry = registry
       @mutex = Mutex.new
       @processors = []
@@ -29,8 +37,8 @@ module TaskerWorker
     end
 
     def start
-      LogForwarder.start
-      Client.for(@config.database_url).register_templates(@templates_path) if @templates_path
+      LogForwarder.start(@config)
+      Client.for(@database_url).register_templates(@templates_path) if @templates_path
       @native = Native::Worker.start(@config.to_core_overrides, @config.config_path, @orchestrate)
       @mutex.synchronize { @concurrency.times { |i| spawn(i) } }
       @events = EventDispatcher.new(@native).start

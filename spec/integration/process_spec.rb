@@ -93,4 +93,31 @@ RSpec.describe "the tasker_worker process", :worker do
     spawn_worker("after")
     expect_each_step_committed_once(tasks)
   end
+
+  it "runs exactly what its -C file sets, and logs debug lines with -v" do
+    path = File.join(dir, "from_file.toml")
+    File.write(path, <<~TOML)
+      [worker]
+      namespaces = ["slow_chain"]
+      shutdown_timeout_ms = 7000
+      poll_interval_ms = 100
+      [worker.mpsc_channels.handler_dispatch]
+      max_concurrent_handlers = 3
+    TOML
+    log = File.join(dir, "from_file.log")
+    pid = Process.spawn({ "DATABASE_URL" => migrated_database_url }, RbConfig.ruby, File.join(ROOT, "exe/tasker_worker"),
+                        "-C", path, "-v", "-r", File.join(ROOT, "spec/fixtures/process_handlers.rb"), "--orchestrate",
+                        out: log, err: log)
+    @pids << pid
+    wait_until("the worker to start") { File.exist?(log) && File.read(log).include?("pid #{pid}") }
+
+    expect(File.read(log)).to include("3 threads, namespaces slow_chain, shutdown timeout 7.0 s")
+    tasks = create_tasks(1, 0.01)
+    expect(client.wait(tasks.first, timeout: 30)[:state]).to eq("complete")
+    Process.kill(:TTIN, pid)
+    status = wait_until("the TTIN status line") { File.read(log)[/^.*INFO  tasker_worker: status .*$/] }
+    expect(status).to match(/:namespaces\s*=>\s*\["slow_chain"\]/).and match(/:capacity\s*=>\s*6\b/)
+      .and match(/:threads\s*=>\s*3\b/)
+    expect(File.read(log)).to match(/^\S+ DEBUG /)
+  end
 end

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "stringio"
+require "tmpdir"
 
 RSpec.describe TaskerWorker::Configuration do
   subject(:config) { described_class.new }
@@ -16,21 +17,23 @@ RSpec.describe TaskerWorker::Configuration do
   end
 
   describe "defaults" do
-    it "has the documented values" do
+    # The core owns the defaults (worker.toml): every core option starts unset here.
+    it "leaves every core option unset" do
       expect(config).to have_attributes(
-        database_url: nil, config_path: nil, concurrency: 5, namespaces: ["default"], deployment_mode: nil,
+        database_url: nil, config_path: nil, concurrency: nil, namespaces: nil, deployment_mode: nil,
         visibility_timeout: nil, poll_interval: nil, claim_batch_size: nil, completion_batch_size: nil,
-        max_delivery_attempts: nil, shutdown_timeout: 25, handler_timeout: nil, completion_timeout: nil,
+        max_delivery_attempts: nil, shutdown_timeout: nil, handler_timeout: nil, completion_timeout: nil,
         starvation_warning_threshold: nil, pool_size: nil, prefetch: nil, log_level: :info
       )
     end
 
-    it "sends only the options that are set" do
-      expect(config.to_core_overrides).to eq(
-        "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers" => 5,
-        "worker.namespaces" => ["default"],
-        "worker.shutdown_timeout_ms" => 25_000
-      )
+    it "sends nothing that was not set" do
+      expect(config.to_core_overrides).to eq({})
+    end
+
+    it "runs with the core's defaults when nothing is set" do
+      expect(config.effective[:worker]).to include(namespaces: ["default"], shutdown_timeout_ms: 30_000)
+      expect(config.effective.dig(:worker, :mpsc_channels, :handler_dispatch, :max_concurrent_handlers)).to eq(10)
     end
 
     it "reads DATABASE_URL, TASKER_CONFIG_PATH and TASKER_WORKER_NAMESPACES" do
@@ -39,9 +42,11 @@ RSpec.describe TaskerWorker::Configuration do
       ENV["TASKER_WORKER_NAMESPACES"] = "default, payments"
 
       expect(described_class.new).to have_attributes(database_url: "postgres://db.example/app",
-                                                     config_path: "/etc/tasker.toml",
-                                                     namespaces: %w[default payments])
-      expect(described_class.new.to_core_overrides).to include("database.url" => "postgres://db.example/app")
+                                                     config_path: "/etc/tasker.toml", namespaces: nil)
+      expect(described_class.new.to_core_overrides).to eq("database.url" => "postgres://db.example/app")
+      ENV.delete("TASKER_CONFIG_PATH")
+      # The core reads TASKER_WORKER_NAMESPACES, below any namespaces set here.
+      expect(described_class.new.effective.dig(:worker, :namespaces)).to eq(%w[default payments])
     end
 
     it "treats an empty environment variable as unset" do
@@ -158,10 +163,28 @@ RSpec.describe TaskerWorker::Configuration do
       end
     end
 
+    # The range is the core's; the message names the option and the core key.
     it "says what it expected and what it got" do
       expect { config.concurrency = 0 }.to raise_error(
-        TaskerWorker::ConfigurationError, "concurrency must be an Integer between 1 and 10000, got 0"
+        TaskerWorker::ConfigurationError,
+        "concurrency must be between 1 and 10000, got 0 (worker.mpsc_channels.handler_dispatch.max_concurrent_handlers)"
       )
+    end
+
+    it "names the core key when the core refuses a converted value" do
+      expect { config.poll_interval = 0.005 }.to raise_error(
+        TaskerWorker::ConfigurationError, "poll_interval must be at least 10, got 5 (worker.poll_interval_ms)"
+      )
+      expect { config.namespaces = %w[a a] }
+        .to raise_error(TaskerWorker::ConfigurationError, /\Anamespaces must be valid for worker\.namespaces\[1\]: .*twice/)
+    end
+
+    it "accepts the core's boundaries" do
+      config.concurrency = 10_000
+      config.poll_interval = 0.01
+      config.shutdown_timeout = 0
+
+      expect(config.to_core_overrides).to include("worker.poll_interval_ms" => 10, "worker.shutdown_timeout_ms" => 0)
     end
 
     it "does not repeat a database URL, which may hold a password" do
@@ -222,7 +245,22 @@ RSpec.describe TaskerWorker::Configuration do
           c.namespaces = []
         end
       end.to raise_error(TaskerWorker::ConfigurationError, /namespaces/)
-      expect(TaskerWorker.configuration.concurrency).to eq(5)
+      expect(TaskerWorker.configuration.concurrency).to be_nil
+    end
+
+    it "fails inside configure for a value out of the core's range, naming the option and the key" do
+      expect { TaskerWorker.configure { |c| c.claim_batch_size = 1_001 } }.to raise_error(
+        TaskerWorker::ConfigurationError, /\Aclaim_batch_size must be between 1 and 1000, got 1001 \(worker\.claim_batch_size\)/
+      )
+      expect(TaskerWorker.configuration.claim_batch_size).to be_nil
+    end
+
+    it "leaves the global log level alone when a copy's is set" do
+      TaskerWorker.reset_configuration! # the default logger, not the suite's
+      copy = TaskerWorker.configuration.dup
+      copy.log_level = :debug
+
+      expect([copy.logger.level, TaskerWorker.logger.level]).to eq([Logger::DEBUG, Logger::INFO])
     end
 
     it "raises ConfigurationError for an unknown option" do
@@ -235,7 +273,60 @@ RSpec.describe TaskerWorker::Configuration do
       ENV["DATABASE_URL"] = "postgres://after-reset/db"
       TaskerWorker.reset_configuration!
 
-      expect(TaskerWorker.configuration).to have_attributes(concurrency: 5, database_url: "postgres://after-reset/db")
+      expect(TaskerWorker.configuration).to have_attributes(concurrency: nil, database_url: "postgres://after-reset/db")
+    end
+  end
+
+  describe "a Worker started from Ruby", :worker do
+    let(:toml) do
+      <<~TOML
+        [worker]
+        namespaces = ["toml_a", "toml_b"]
+        shutdown_timeout_ms = 500
+        [worker.mpsc_channels.handler_dispatch]
+        max_concurrent_handlers = 3
+      TOML
+    end
+
+    it "runs exactly what the TOML file at config_path sets" do
+      Dir.mktmpdir do |dir|
+        File.write(File.join(dir, "worker.toml"), toml)
+        TaskerWorker.configure { |c| c.config_path = File.join(dir, "worker.toml") }
+        started = false
+        release = Queue.new
+        registry = TaskerWorker::HandlerRegistry.new
+        registry.register("SpecBlock") do |_context|
+          started = true
+          release.pop # held until the stop is measured
+          {}
+        end
+        worker = start_worker(registry: registry)
+
+        expect([worker.concurrency, worker.namespaces, worker.shutdown_timeout]).to eq([3, %w[toml_a toml_b], 0.5])
+        # capacity is the handlers plus the prefetch, which defaults to the handler count.
+        expect(worker.status).to include(namespaces: %w[toml_a toml_b], threads: 3, capacity: 6)
+
+        WorkflowRows.create(db, namespace: "toml_b", steps: [{ name: "only", callable: "SpecBlock" }]).enqueue("only")
+        wait_until("the toml_b step to start") { started }
+        clock = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        report = worker.stop # no timeout given: the file's 500 ms, not the default 30 s
+        waited = Process.clock_gettime(Process::CLOCK_MONOTONIC) - clock
+        release << true
+
+        expect(report).to include(released: 1)
+        expect(waited).to be_between(0.4, 5)
+      end
+    end
+
+    it "sends the file's keys nowhere: an unset option leaves them to the core" do
+      Dir.mktmpdir do |dir|
+        File.write(File.join(dir, "worker.toml"), toml)
+        config = TaskerWorker.configuration.dup.tap { |c| c.config_path = File.join(dir, "worker.toml") }
+
+        expect(config.to_core_overrides.keys).not_to include("worker.namespaces", "worker.shutdown_timeout_ms")
+        config.concurrency = 4
+        expect(config.effective.dig(:worker, :mpsc_channels, :handler_dispatch, :max_concurrent_handlers)).to eq(4)
+      end
     end
   end
 end

@@ -6,7 +6,7 @@
 use crate::{errors, nogvl, worker};
 use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
 use std::mem::ManuallyDrop;
-use std::time::Duration;
+use tasker_worker::config::TaskerConfig;
 use tasker_worker::database::{self, PoolSettings};
 use tasker_worker::orchestration::{self, TaskRequest, TaskTemplate};
 use tasker_worker::{TaskerError, TaskerResult};
@@ -47,12 +47,22 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     Ok(())
 }
 
+/// The configuration with `url` as `database.url`.
+pub(crate) fn database_config(url: &str) -> TaskerResult<TaskerConfig> {
+    let overrides = TaskerConfig::overrides_from_dotted([("database.url".to_string(), url.into())])?;
+    TaskerConfig::load(&overrides)
+}
+
 impl NativeClient {
+    /// The pool's acquire timeout and the runtime's threads come from the configuration
+    /// (`database.acquire_timeout_ms`, `runtime.client_threads`, with `TASKER_CONFIG_PATH`
+    /// and the environment applied); `url` and `pool_size` are the caller's.
     fn connect(ruby: &Ruby, url: String, pool_size: u32) -> Result<Self, Error> {
-        let runtime = worker::build_runtime(ruby, 1)?;
+        let config = database_config(&url).map_err(|err| errors::to_ruby(ruby, err))?;
+        let runtime = worker::build_runtime(ruby, config.runtime.client_threads)?;
         let settings = PoolSettings {
             max_connections: pool_size.max(1),
-            acquire_timeout: Duration::from_secs(10),
+            acquire_timeout: config.database.acquire_timeout(),
         };
         let pool = nogvl::without_gvl(|| runtime.block_on(database::connect(&url, &settings)))
             .map_err(|panic| errors::internal(ruby, format!("connect panicked: {panic}")))?

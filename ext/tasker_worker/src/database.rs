@@ -3,7 +3,6 @@
 
 use crate::{errors, nogvl};
 use magnus::{function, prelude::*, Error, RHash, RModule, Ruby};
-use std::time::Duration;
 use tasker_worker::database::{self, MigrationReport, PoolSettings};
 use tasker_worker::TaskerResult;
 
@@ -27,7 +26,7 @@ fn migrate(ruby: &Ruby, url: String) -> Result<RHash, Error> {
 /// A short-lived runtime: migrating is a one-off call, and owning no long-lived threads
 /// keeps it safe to call before or after `fork`.
 fn run_migrations(url: &str) -> TaskerResult<MigrationReport> {
-    database::connect_options(url)?;
+    let config = crate::client::database_config(url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .on_thread_start(crate::worker::block_signals)
         .enable_all()
@@ -36,7 +35,7 @@ fn run_migrations(url: &str) -> TaskerResult<MigrationReport> {
     runtime.block_on(async {
         let settings = PoolSettings {
             max_connections: 2,
-            acquire_timeout: Duration::from_secs(10),
+            acquire_timeout: config.database.acquire_timeout(),
         };
         let pool = database::connect(url, &settings).await?;
         let report = database::migrate(&pool).await;

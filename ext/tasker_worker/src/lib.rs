@@ -3,6 +3,7 @@
 //! leases and retries live in the core, where `cargo test` covers them.
 
 mod client;
+mod config;
 mod conversions;
 mod database;
 mod errors;
@@ -22,6 +23,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     logging::init(ruby, native)?;
     worker::init(ruby, native)?;
     client::init(ruby, native)?;
+    config::init(ruby, native)?;
     #[cfg(feature = "bench")]
     loopback::init(ruby, native)?;
     database::init(ruby, tasker_worker)?;

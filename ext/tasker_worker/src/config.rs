@@ -1,0 +1,28 @@
+//! `TaskerWorker::Native.effective_config(overrides, config_path, use_env)`: the core's
+//! configuration as a worker would load it (defaults < file < environment < overrides), as a
+//! Hash with String keys, or a `ConfigurationError` naming the key. Ruby validates its options
+//! with it (no file, no environment) and takes the values it needs from it, so that the
+//! defaults and ranges live only in the core.
+
+use crate::{conversions, errors};
+use magnus::{function, prelude::*, Error, RHash, RModule, Ruby, Value};
+use std::path::Path;
+use tasker_worker::config::TaskerConfig;
+
+pub fn init(_ruby: &Ruby, native: RModule) -> Result<(), Error> {
+    native.define_singleton_method("effective_config", function!(effective_config, 3))?;
+    Ok(())
+}
+
+fn effective_config(
+    ruby: &Ruby,
+    overrides: RHash,
+    config_path: Option<String>,
+    use_env: bool,
+) -> Result<Value, Error> {
+    let overrides = conversions::overrides(ruby, overrides)?;
+    let env = |name: &str| use_env.then(|| std::env::var(name).ok()).flatten();
+    let config = TaskerConfig::load_from(config_path.as_deref().map(Path::new), &env, &overrides)
+        .map_err(|err| errors::to_ruby(ruby, err))?;
+    serde_magnus::serialize(ruby, &config)
+}

@@ -1,7 +1,7 @@
 //! The migration runner on real PostgreSQL: a fresh database gets every table, index and
 //! function; a second run changes nothing; two runs at once both succeed.
 
-use tasker_worker::database::{self, MIGRATOR};
+use tasker_worker::database::{self, FUNCTION_FILES, MIGRATOR};
 use tasker_worker::testing::TestDatabase;
 
 const TABLES: &[&str] = &[
@@ -140,6 +140,11 @@ async fn a_second_run_is_a_no_op() {
         report.applied
     );
     assert!(!report.pgmq_installed_now);
+    assert!(
+        report.functions_applied.is_empty(),
+        "second run re-applied {:?}",
+        report.functions_applied
+    );
     let schema_after = names(
         &db.pool,
         "SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema IN ('tasker', 'pgmq') ORDER BY 1",
@@ -158,13 +163,18 @@ async fn two_concurrent_runs_both_succeed() {
     // Exactly one of them did the work; the other found it done.
     assert_eq!(a.applied.len() + b.applied.len(), MIGRATOR.iter().count());
     assert!(a.pgmq_installed_now ^ b.pgmq_installed_now, "{a:?} {b:?}");
+    assert_eq!(
+        a.functions_applied.len() + b.functions_applied.len(),
+        FUNCTION_FILES.len(),
+        "{a:?} {b:?}"
+    );
     other.close().await;
     db.drop_database().await;
 }
 
 /// The worker's and the orchestrator's functions keep their planner settings (a later `CREATE OR REPLACE` without
 /// them would silently drop them, and a worker started on a small database would then keep
-/// whole-table scans as its tables grow: see migration 20261126000004).
+/// whole-table scans as its tables grow: see sql/functions/worker_claim.sql).
 #[tokio::test]
 async fn the_worker_functions_run_with_generic_index_plans() {
     let db = TestDatabase::migrated().await;
@@ -229,5 +239,97 @@ async fn claims_and_orchestration_commit_asynchronously_and_results_durably() {
             .unwrap();
         assert_eq!(after, "on", "{call} changed the session's setting");
     }
+    db.drop_database().await;
+}
+
+async fn recorded(pool: &sqlx::PgPool) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT file_name, checksum FROM tasker.schema_functions ORDER BY file_name")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_function_file_is_applied_and_recorded_with_its_checksum() {
+    let db = TestDatabase::empty().await;
+    let report = database::migrate(&db.pool).await.expect("migrate");
+    let names: Vec<String> = FUNCTION_FILES.iter().map(|(n, _)| n.to_string()).collect();
+    assert!(names.len() >= 4, "{names:?}");
+    assert_eq!(report.functions_applied, names);
+    let rows = recorded(&db.pool).await;
+    assert_eq!(rows.len(), FUNCTION_FILES.len(), "{rows:?}");
+    for (name, checksum) in &rows {
+        assert_eq!(checksum.len(), 64, "{name}: {checksum}");
+    }
+    database::ensure_schema(&db.pool)
+        .await
+        .expect("ensure_schema after migrate");
+    let second = database::migrate(&db.pool).await.expect("second migrate");
+    assert!(second.functions_applied.is_empty(), "{second:?}");
+    assert_eq!(recorded(&db.pool).await, rows);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_changed_function_file_is_detected_and_re_applied() {
+    let db = TestDatabase::migrated().await;
+    // As if sql/functions/worker_commit.sql had changed since this database was migrated:
+    // its recorded checksum no longer matches, and the function itself is an older one.
+    sqlx::raw_sql(
+        "UPDATE tasker.schema_functions SET checksum = 'old' WHERE file_name = 'worker_commit.sql'; \
+         ALTER FUNCTION tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[]) RESET ALL;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = database::ensure_schema(&db.pool)
+        .await
+        .expect_err("a stale function file must stop a worker from starting");
+    let text = err.to_string();
+    assert!(text.contains("sql/functions/worker_commit.sql"), "{text}");
+    assert!(!text.contains("queue.sql"), "{text}");
+    assert!(text.contains("TaskerWorker::Database.migrate!"), "{text}");
+
+    let report = database::migrate(&db.pool).await.expect("migrate");
+    assert_eq!(report.functions_applied, vec!["worker_commit.sql".to_string()]);
+    assert!(report.applied.is_empty());
+    database::ensure_schema(&db.pool).await.expect("fixed by migrate");
+    let config: Vec<String> = sqlx::query_scalar(
+        "SELECT coalesce(proconfig, '{}') FROM pg_proc WHERE proname = 'worker_commit_results'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(config.iter().any(|c| c == "enable_seqscan=off"), "{config:?}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn ensure_schema_names_a_database_without_the_schema() {
+    let db = TestDatabase::empty().await;
+    let err = database::ensure_schema(&db.pool)
+        .await
+        .expect_err("empty database");
+    let text = err.to_string();
+    assert!(text.contains("no tasker schema"), "{text}");
+    assert!(text.contains("TaskerWorker::Database.migrate!"), "{text}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_the_old_migrations_gets_a_clear_error() {
+    let db = TestDatabase::migrated().await;
+    sqlx::query(
+        "INSERT INTO public._sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20261126000004, 'worker claim next', true, '\\x00', 0)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = database::migrate(&db.pool).await.expect_err("unknown version");
+    let text = err.to_string();
+    assert!(text.contains("20261126000004"), "{text}");
+    assert!(text.contains("Drop and recreate the database"), "{text}");
+    assert!(!text.contains("previously applied"), "{text}");
     db.drop_database().await;
 }

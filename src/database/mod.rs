@@ -3,7 +3,7 @@
 
 mod migrate;
 
-pub use migrate::{ensure_schema, migrate, MigrationReport, MIGRATOR};
+pub use migrate::{ensure_schema, migrate, MigrationReport, FUNCTION_FILES, MIGRATOR};
 pub use sqlx::PgPool;
 
 use crate::error::{TaskerError, TaskerResult};

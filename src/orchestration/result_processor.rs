@@ -12,7 +12,7 @@
 //!    orchestration (a duplicate) is archived and changes nothing.
 //!
 //! A success is the hot path of every workflow: it is one call of
-//! `tasker.orchestrator_complete_step` (migration 20261126000005), one round trip and one
+//! `tasker.orchestrator_complete_step` (sql/functions/orchestrator.sql), one round trip and one
 //! transaction. A failure result (rare; the retry policy is the template's) is handled here,
 //! in a transaction of its own.
 //!
@@ -235,15 +235,10 @@ impl ResultProcessor {
             .bind(message.task_uuid)
             .fetch_optional(&mut *tx)
             .await?;
-        let task = sqlx::query(
-            "SELECT t.correlation_id, nt.configuration, tt.to_state FROM tasker.tasks t \
-             JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid \
-             JOIN tasker.task_transitions tt ON tt.task_uuid = t.task_uuid AND tt.most_recent \
-             WHERE t.task_uuid = $1",
-        )
-        .bind(message.task_uuid)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let task = sqlx::query(include_str!("../../sql/queries/result_failure_task.sql"))
+            .bind(message.task_uuid)
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(task) = task {
             let template: TaskTemplate = serde_json::from_value(task.try_get(1)?)?;
             let task_state: String = task.try_get(2)?;
@@ -265,17 +260,11 @@ impl ResultProcessor {
     }
 
     async fn apply(&self, tx: &mut PgConnection, ctx: &TaskCtx<'_>, step_uuid: Uuid) -> TaskerResult<()> {
-        let Some(step) = sqlx::query(
-            "SELECT ns.name, ws.attempts, ws.max_attempts, ws.retryable, ws.results, tr.to_state, tr.sort_key \
-             FROM tasker.workflow_steps ws \
-             JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
-             JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent \
-             WHERE ws.workflow_step_uuid = $1 AND ws.task_uuid = $2",
-        )
-        .bind(step_uuid)
-        .bind(ctx.task_uuid)
-        .fetch_optional(&mut *tx)
-        .await?
+        let Some(step) = sqlx::query(include_str!("../../sql/queries/result_failure_step.sql"))
+            .bind(step_uuid)
+            .bind(ctx.task_uuid)
+            .fetch_optional(&mut *tx)
+            .await?
         else {
             bump(&self.counters.duplicates);
             return Ok(());
@@ -370,7 +359,7 @@ impl ResultProcessor {
     }
 
     /// Moves the task to `error` at the first failed step, to `complete` when all are done
-    /// (`tasker.orchestrator_settle_task`, migration 20261126000005).
+    /// (`tasker.orchestrator_settle_task`, sql/functions/orchestrator.sql).
     async fn settle_task(&self, tx: &mut PgConnection, ctx: &TaskCtx<'_>) -> TaskerResult<()> {
         let settled: Option<String> =
             sqlx::query_scalar("SELECT tasker.orchestrator_settle_task($1, $2, $3)")
@@ -387,7 +376,7 @@ impl ResultProcessor {
 /// Time-ordered uuids passed per result for the children it may enqueue (see `complete_step`).
 const CHILD_TRANSITION_UUIDS: usize = 16;
 
-/// A success result in one call (migration 20261126000005), for a message read (leased).
+/// A success result in one call (sql/functions/orchestrator.sql), for a message read (leased).
 const COMPLETE_READ_SQL: &str =
     "SELECT outcome, task_state FROM tasker.orchestrator_complete_step($1, $2, $3, $4)";
 
@@ -395,10 +384,7 @@ const COMPLETE_READ_SQL: &str =
 /// locking its row if it is visible and no one else holds it (a reader's read or another
 /// orchestrator's call), so it is processed once; no row when it is taken elsewhere or gone.
 /// The lock lasts until the call's transaction commits, and the call archives the message.
-const COMPLETE_NOTIFIED_SQL: &str = "SELECT o.outcome, o.task_state \
-     FROM (SELECT msg_id FROM pgmq.q_orchestration_step_results \
-            WHERE msg_id = $1 AND vt <= clock_timestamp() FOR UPDATE SKIP LOCKED) q \
-     CROSS JOIN LATERAL tasker.orchestrator_complete_step(q.msg_id, $2, $3, $4) o";
+const COMPLETE_NOTIFIED_SQL: &str = include_str!("../../sql/queries/complete_notified_step.sql");
 
 struct TaskCtx<'a> {
     task_uuid: Uuid,

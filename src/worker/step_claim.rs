@@ -59,10 +59,9 @@ pub struct ClaimRequest {
     pub message: StepMessage,
 }
 
-/// One round trip: `tasker.worker_claim_steps` (migration 20261126000003) locks, decides,
+/// One round trip: `tasker.worker_claim_steps` (sql/functions/worker_claim.sql) locks, decides,
 /// inserts the claims and archives duplicates; its claims commit asynchronously (see there).
-const CLAIM_SQL: &str = "SELECT msg_id, action, state, token, previous, attempts \
-     FROM tasker.worker_claim_steps($1, $2, $3, $4, $5, $6)";
+const CLAIM_SQL: &str = include_str!("../../sql/queries/claim_steps.sql");
 
 /// Claims a batch of messages read from `queue_name`, in one transaction. The outcomes are
 /// in the order of `requests`. Several messages for one step in a batch: at most one claims
@@ -156,7 +155,7 @@ pub struct NextMessage {
     pub outcome: NextOutcome,
 }
 
-/// One round trip: `tasker.worker_claim_next` (migration 20261126000004) reads, checks,
+/// One round trip: `tasker.worker_claim_next` (sql/functions/worker_claim.sql) reads, checks,
 /// claims and returns the hydration columns, in one transaction committed asynchronously.
 const CLAIM_NEXT_SQL: &str = "SELECT * FROM tasker.worker_claim_next($1, $2, $3, $4, $5)";
 

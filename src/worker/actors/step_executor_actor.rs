@@ -426,20 +426,16 @@ impl StepExecutorActor {
         let read_cts: Vec<i32> = poison.iter().map(|(m, _)| m.read_ct).collect();
         let bodies: Vec<Value> = poison.iter().map(|(m, _)| m.message.clone()).collect();
         let reasons: Vec<&str> = poison.iter().map(|(_, r)| r.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO tasker.dead_letters (dead_letter_uuid, queue_name, msg_id, read_ct, message, reason, worker_id) \
-             SELECT d.id, $6, d.msg_id, d.read_ct, d.message, d.reason, $7 \
-               FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::jsonb[], $5::text[]) AS d(id, msg_id, read_ct, message, reason)",
-        )
-        .bind(&ids)
-        .bind(&msg_ids)
-        .bind(&read_cts)
-        .bind(&bodies)
-        .bind(&reasons)
-        .bind(queue.as_ref())
-        .bind(self.worker_id.as_ref())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(include_str!("../../../sql/queries/dead_letter.sql"))
+            .bind(&ids)
+            .bind(&msg_ids)
+            .bind(&read_cts)
+            .bind(&bodies)
+            .bind(&reasons)
+            .bind(queue.as_ref())
+            .bind(self.worker_id.as_ref())
+            .execute(&mut *tx)
+            .await?;
         client::archive(&mut *tx, queue, &msg_ids).await?;
         tx.commit().await?;
         WorkerCounters::add(&self.counters.dead_lettered, poison.len());

@@ -1,93 +1,105 @@
--- The worker's claim in fewer, simpler statements. Inside tasker.worker_claim_next, what
--- costs is the number of statements and the size of their plans (each is started and ended
--- by the executor), not the rows: a one-step claim ran 0.78 ms in PostgreSQL, of which the
--- read through tasker.worker_read took 0.18, the hydration check 0.15, the claim 0.31 and
--- the returned contexts 0.12 (BENCHMARKS.md, session 4). Now:
--- 1. the read runs the prepared statement itself (tasker.worker_prepare_read), not through
---    tasker.worker_read's result set;
--- 2. each message's step is hydrated once, before the claim, and the contexts are kept (as
---    tasker.worker_step_context values) for the result instead of being queried again; the
---    step's inputs, its task's context and its ancestors' results do not change while the
---    step waits to be claimed;
--- 3. tasker.worker_claim_steps decides, retires, inserts and bumps in one statement each,
---    skipping the writes when nothing is claimed and the archive when nothing is a duplicate.
--- Behaviour, arguments and results are as in migration 20261126000004.
+-- The worker's claim: read, check and claim a batch of steps in one call
+-- (tasker.worker_claim_next), and the pieces it is made of. Applied by
+-- src/database/migrate.rs after the migrations; edit the definition here.
+--
+-- Planner settings. The worker's and the orchestrator's functions are declared with
+-- SET plan_cache_mode = force_generic_plan and SET enable_seqscan = off (tests/migrations.rs
+-- checks them; a CREATE OR REPLACE without them drops them).
+-- A plpgsql statement is planned for its parameters (a custom plan) on its first five runs in
+-- a session and afterwards whenever the generic plan does not look cheaper; these statements
+-- reach rows by key through arrays, where a custom plan is never better and planning them
+-- costs about as much as running them (BENCHMARKS.md: pickup 2.0 -> 1.4 ms).
+-- A generic plan is made once per session and kept until the tables' statistics change. Made
+-- while the tables are small (a worker started on a new database), it scans them whole and
+-- joins by hashing, and keeps doing so as they grow, for as long as nothing ANALYZEs them: a
+-- 100k-step drain fell from thousands of steps/s to a few hundred. Every row these functions
+-- touch is reached through an index (primary keys, the most_recent partial index, the edge
+-- indexes), so sequential scans are off for them: their plans are index plans whatever the
+-- tables' size when they were made. The settings apply to the functions they call as well.
+--
+-- What costs inside tasker.worker_claim_next is the number of statements and the size of
+-- their plans, not the rows (BENCHMARKS.md, session 4); hence the read runs the prepared
+-- statement itself, each message's step is hydrated once (kept as a
+-- tasker.worker_step_context value, a type of the baseline migration), and
+-- tasker.worker_claim_steps writes in one statement each, skipping what is not needed.
 
--- Prepares the read of pgmq.q_{p_queue_name} for this session (tasker_read_{p_queue_name},
--- see tasker.worker_read) unless it is prepared already; returns the statement's name.
-CREATE OR REPLACE FUNCTION tasker.worker_prepare_read(p_queue_name text)
-RETURNS text
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    queue_table    text := 'q_' || p_queue_name;
-    read_statement text := 'tasker_read_' || p_queue_name;  -- at most 59 characters
-BEGIN
-    IF p_queue_name IS NULL OR p_queue_name !~ '^[a-z0-9_]{1,47}$' THEN
-        RAISE EXCEPTION 'invalid queue name %', p_queue_name USING ERRCODE = '22023';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_prepared_statements ps WHERE ps.name = read_statement) THEN
-        EXECUTE format(
-            'PREPARE %1$I(integer, double precision) AS '
-            'WITH cte AS (SELECT msg_id FROM pgmq.%2$I WHERE vt <= clock_timestamp() '
-            '               ORDER BY msg_id ASC LIMIT $1 FOR UPDATE SKIP LOCKED), '
-            '     got AS (UPDATE pgmq.%2$I m SET %3$s vt = clock_timestamp() + make_interval(secs => $2), '
-            '                    read_ct = m.read_ct + 1 '
-            '              WHERE m.msg_id = ANY (ARRAY(SELECT msg_id FROM cte)) '
-            '             RETURNING m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message) '
-            'SELECT array_agg(msg_id ORDER BY msg_id), array_agg(read_ct ORDER BY msg_id), '
-            '       array_agg(enqueued_at ORDER BY msg_id), array_agg(vt ORDER BY msg_id), '
-            '       array_agg(message ORDER BY msg_id) FROM got',
-            read_statement,
-            queue_table,
-            CASE WHEN EXISTS (SELECT 1 FROM pg_attribute a
-                               WHERE a.attrelid = to_regclass(format('pgmq.%I', queue_table))
-                                 AND a.attname = 'last_read_at' AND NOT a.attisdropped)
-                 THEN 'last_read_at = clock_timestamp(),' ELSE '' END);
-    END IF;
-    RETURN read_statement;
-END;
-$$;
-
--- tasker.worker_read as in migration 20261126000004, preparing through
--- tasker.worker_prepare_read.
-CREATE OR REPLACE FUNCTION tasker.worker_read(
-    p_queue_name text,
-    p_qty        integer,
-    p_vt_seconds double precision
-)
-RETURNS TABLE (msg_id bigint, read_ct integer, enqueued_at timestamptz, vt timestamptz, message jsonb)
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan
-SET enable_seqscan = off
-AS $$
-DECLARE
-    read_statement text;
-    m_id      bigint[];
-    m_read_ct integer[];
-    m_enq     timestamptz[];
-    m_vt      timestamptz[];
-    m_body    jsonb[];
-BEGIN
-    IF p_qty IS NULL OR p_vt_seconds IS NULL THEN
-        RAISE EXCEPTION 'qty and vt must not be null' USING ERRCODE = '22004';
-    END IF;
-    read_statement := tasker.worker_prepare_read(p_queue_name);
-    PERFORM set_config('synchronous_commit', 'off', true);
-    EXECUTE format('EXECUTE %I(%s, %s)', read_statement, p_qty, p_vt_seconds)
-      INTO m_id, m_read_ct, m_enq, m_vt, m_body;
-    RETURN QUERY SELECT * FROM unnest(m_id, m_read_ct, m_enq, m_vt, m_body);
-END;
-$$;
-
--- One row of tasker.worker_step_contexts, as a value.
-CREATE TYPE tasker.worker_step_context AS (
+-- What a handler gets for each step (src/worker/hydration.rs builds the StepContext from
+-- these columns): the step, its task and template, the template's definition of the step
+-- (by name, or by `__template_step_name` in its inputs) and the stored results of every
+-- ancestor step, by name.
+CREATE OR REPLACE FUNCTION tasker.worker_step_contexts(p_step_uuids uuid[])
+RETURNS TABLE (
     workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
     retryable boolean, step_name text, context jsonb, correlation_id uuid, task_name text,
     task_version text, namespace text, step_definition jsonb, dependency_results jsonb
-);
+)
+LANGUAGE sql STABLE
+AS $$
+    SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, ws.attempts, ws.max_attempts, ws.retryable,
+           ns.name::text, t.context, t.correlation_id, nt.name::text, nt.version::text, tn.name::text,
+           (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
+             WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
+             LIMIT 1),
+           (WITH RECURSIVE ancestors(step_uuid) AS (
+                SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
+                 WHERE e.to_step_uuid = ws.workflow_step_uuid
+                UNION
+                SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
+                  JOIN ancestors a ON e.to_step_uuid = a.step_uuid)
+            SELECT jsonb_object_agg(ans.name, aws.results)
+              FROM ancestors a
+              JOIN tasker.workflow_steps aws ON aws.workflow_step_uuid = a.step_uuid
+              JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
+             WHERE aws.results IS NOT NULL)
+      FROM tasker.workflow_steps ws
+      JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+      JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
+      JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+      JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
+     WHERE ws.workflow_step_uuid = ANY (p_step_uuids)
+$$;
 
--- tasker.worker_claim_steps: the rules, arguments and results of migration 20261126000003.
+-- A StepMessage the SQL side can read: an object whose task_uuid, step_uuid and
+-- correlation_id are canonical (8-4-4-4-12 hex) uuid strings. Anything else is left to the
+-- worker's own parser.
+CREATE OR REPLACE FUNCTION tasker.worker_is_step_message(body jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT jsonb_typeof(body) = 'object'
+       AND coalesce(body ->> 'task_uuid' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+                     AND jsonb_typeof(body -> 'task_uuid') = 'string', false)
+       AND coalesce(body ->> 'step_uuid' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+                     AND jsonb_typeof(body -> 'step_uuid') = 'string', false)
+       AND coalesce(body ->> 'correlation_id' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+                     AND jsonb_typeof(body -> 'correlation_id') = 'string', false)
+$$;
+
+-- A template step definition the worker can run: its handler is an object whose callable
+-- is a string and whose initialization, when present, is an object (HandlerSpec in
+-- src/worker/step_context.rs).
+CREATE OR REPLACE FUNCTION tasker.worker_is_runnable_definition(definition jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT coalesce(jsonb_typeof(definition -> 'handler') = 'object'
+               AND jsonb_typeof(definition -> 'handler' -> 'callable') = 'string'
+               AND (NOT (definition -> 'handler' ? 'initialization')
+                    OR jsonb_typeof(definition -> 'handler' -> 'initialization') = 'object'),
+           false)
+$$;
+
+-- Claims the steps named by messages read from `queue_name` (see src/worker/step_claim.rs
+-- for the rules). Row locks first, in uuid order (completions take them the same way). One
+-- row per input message: action is claim (the step is pending or enqueued, and this is the
+-- batch's lowest msg_id for it), reclaim (the step is in_progress through this very
+-- message), duplicate or missing; a claim row carries its token (the new in_progress
+-- transition) and the step's attempts. Duplicate messages are archived.
+--
+-- The claim commits with synchronous_commit off when this call is its own transaction: a
+-- claim lost in a server crash only means the message is read again after its visibility
+-- timeout, and a result's synchronous commit flushes the claim before it (WAL is flushed in
+-- order), so a committed result never names a lost claim.
 CREATE OR REPLACE FUNCTION tasker.worker_claim_steps(
     p_queue_name      text,
     p_worker_id       text,
@@ -189,7 +201,25 @@ BEGIN
 END;
 $$;
 
--- tasker.worker_claim_next: the steps, arguments and results of migration 20261126000004.
+-- Read, check and claim a batch of steps in one call: one round trip and one transaction
+-- (committed with synchronous_commit off, as tasker.worker_claim_steps explains).
+--
+-- 1. Reads up to p_qty visible messages of pgmq.q_{p_queue_name}, as tasker.worker_read.
+-- 2. A message whose three ids are canonical uuid strings and whose step can be hydrated
+--    (the step exists, belongs to the message's task, and its template has a step of that
+--    name with a handler whose callable is a string and whose initialization, if given, is
+--    an object) is claimed through tasker.worker_claim_steps, with the token p_tokens[n] for
+--    the n-th message read. The checks are those src/worker/hydration.rs makes, so a step
+--    claimed here always hydrates.
+-- 3. Returns one row per message read, in msg_id order, with the message, the action and,
+--    for claimed rows and unhydratable ones, the hydration columns of
+--    src/worker/hydration.rs (the worker builds the StepContext, or the reason a step cannot
+--    be hydrated, from them). Actions:
+--      claim, reclaim, duplicate, missing - as tasker.worker_claim_steps decides;
+--      unhydratable - not claimed; the worker retries it and dead-letters it after
+--                     max_delivery_attempts reads;
+--      unparsed     - the message is not three canonical uuids; not claimed; the worker
+--                     parses it itself (and dead-letters it, or claims it the slow way).
 CREATE OR REPLACE FUNCTION tasker.worker_claim_next(
     p_queue_name text, p_worker_id text, p_qty integer, p_vt_seconds double precision, p_tokens uuid[])
 RETURNS TABLE (

@@ -1,7 +1,8 @@
 -- The `tasker` schema: the subset of tasker-core's schema that a worker and the embedded
 -- orchestrator need, with the same table and column names so the two can share a database.
 -- State lives in the transition tables; the partial unique index on `most_recent` is what
--- makes a claim (a new most-recent transition) atomic.
+-- makes a claim (a new most-recent transition) atomic. DDL only: the functions live in
+-- sql/functions/ and are applied after the migrations (src/database/migrate.rs).
 
 CREATE SCHEMA IF NOT EXISTS tasker;
 
@@ -177,3 +178,20 @@ CREATE TABLE tasker.dead_letters (
     created_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX dead_letters_queue_created_idx ON tasker.dead_letters (queue_name, created_at);
+
+-- One row of tasker.worker_step_contexts as a value: tasker.worker_claim_next keeps each
+-- message's hydrated context in one while it claims.
+CREATE TYPE tasker.worker_step_context AS (
+    workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
+    retryable boolean, step_name text, context jsonb, correlation_id uuid, task_name text,
+    task_version text, namespace text, step_definition jsonb, dependency_results jsonb
+);
+
+-- The function files of sql/functions/ applied to this database, by name: the migration
+-- runner re-applies a file whose checksum (sha256 of its text, hex) differs, and the worker
+-- and orchestrator refuse to start unless every embedded file is recorded with its checksum.
+CREATE TABLE tasker.schema_functions (
+    file_name  text PRIMARY KEY,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);

@@ -1,7 +1,9 @@
 -- The embedded orchestrator's common case in one call: a step result that reports success
 -- (src/orchestration/result_processor.rs). One round trip and one transaction, instead of a
 -- transaction of nine round trips and a durable commit; failed results keep the Rust path
--- (retry policy).
+-- (retry policy, sql/queries/result_failure_*.sql). Applied by src/database/migrate.rs after
+-- the migrations; edit the definition here. Generic plans without sequential scans: see the
+-- header of worker_claim.sql.
 
 -- Moves the task to `error` at its first failed step, or to `complete` when every step is
 -- complete (or resolved manually), given its current state; the new transition is
@@ -14,6 +16,8 @@ CREATE OR REPLACE FUNCTION tasker.orchestrator_settle_task(
 )
 RETURNS text
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     total   bigint;
@@ -82,6 +86,8 @@ CREATE OR REPLACE FUNCTION tasker.orchestrator_complete_step(
 )
 RETURNS TABLE (outcome text, task_state text)
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -177,14 +183,3 @@ BEGIN
     RETURN QUERY SELECT 'completed'::text, tasker.orchestrator_settle_task(p_task_uuid, t_state, p_uuids[2]);
 END;
 $$;
-
--- Generic plans without sequential scans, as for the worker's functions (migration
--- 20261126000004 explains why).
-ALTER FUNCTION tasker.orchestrator_settle_task(uuid, text, uuid)
-    SET plan_cache_mode = force_generic_plan;
-ALTER FUNCTION tasker.orchestrator_settle_task(uuid, text, uuid)
-    SET enable_seqscan = off;
-ALTER FUNCTION tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[])
-    SET plan_cache_mode = force_generic_plan;
-ALTER FUNCTION tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[])
-    SET enable_seqscan = off;

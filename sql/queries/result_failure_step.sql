@@ -1,0 +1,6 @@
+-- A failure result: the step and its current transition (src/orchestration/result_processor.rs: apply).
+SELECT ns.name, ws.attempts, ws.max_attempts, ws.retryable, ws.results, tr.to_state, tr.sort_key
+FROM tasker.workflow_steps ws
+JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent
+WHERE ws.workflow_step_uuid = $1 AND ws.task_uuid = $2

@@ -149,7 +149,7 @@ where
 }
 
 /// Reads up to `qty` visible messages and hides them for `visibility_timeout_seconds`, with
-/// `tasker.worker_read` (migration 20261126000004): what `pgmq.read` does (lowest ids first,
+/// `tasker.worker_read` (sql/functions/queue.sql): what `pgmq.read` does (lowest ids first,
 /// `FOR UPDATE SKIP LOCKED`, `read_ct + 1`, `last_read_at` where the queue table has it),
 /// through a statement prepared once per connection and queue, committed asynchronously (a
 /// lease lost in a server crash only means the message is read again).

@@ -13,7 +13,7 @@ use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// `tasker.worker_step_contexts` (migration 20261126000004): the columns `context_from_row`
+/// `tasker.worker_step_contexts` (sql/functions/worker_claim.sql): the columns `context_from_row`
 /// reads, for every step of the batch.
 const HYDRATE_SQL: &str = "SELECT * FROM tasker.worker_step_contexts($1)";
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// One round trip: `tasker.worker_commit_results` (migration 20261126000003) locks the
+/// One round trip: `tasker.worker_commit_results` (sql/functions/worker_commit.sql) locks the
 /// steps, checks each claim token, records the results, sends the orchestration messages
 /// with their notifications and archives the worker messages, in the caller's transaction
 /// (here: the call's own, committed with the server's synchronous_commit).

@@ -14,7 +14,9 @@
 
 require "rbconfig"
 
-abort "tasker_worker: cargo was not found on PATH; install Rust (https://rustup.rs) first" unless system("cargo --version", out: File::NULL, err: File::NULL)
+abort "tasker_worker: cargo was not found on PATH; install Rust (https://rustup.rs) first" unless system(
+  "cargo --version", out: File::NULL, err: File::NULL
+)
 
 ext_dir = __dir__
 root = File.expand_path("../..", ext_dir)

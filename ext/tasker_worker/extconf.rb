@@ -30,8 +30,8 @@ remove_target = !checkout && !ENV.key?("CARGO_TARGET_DIR")
 dlext = RbConfig::CONFIG["DLEXT"]
 built = File.join(target_dir, profile_dir, "libtasker_worker_ext.#{RbConfig::CONFIG["SOEXT"]}")
 
-# An installed gem gets no debug info (40 of the library's 49 MB, and time to generate) but
-# keeps its symbol table, so a Rust backtrace still names functions for a ~2 MB cost. The
+# An installed gem gets no debug info (38 of the library's 49 MB, and time to generate) but
+# keeps its symbol table, so a Rust backtrace still names functions, for about 2 MB. The
 # checkout keeps the profile's line tables: its build shares target/ with `cargo test`, whose
 # artifacts the same profile settings let cargo reuse, and file:line backtraces help there.
 cargo_env = ""

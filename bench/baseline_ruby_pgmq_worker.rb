@@ -160,7 +160,8 @@ module Bench
       sort_key = Integer(current["sort_key"]) + 1
       metadata = { event: "start", worker_id: @worker_id, queue_name: @queue, msg_id: msg_id.to_s,
                    correlation_id: message["correlation_id"], timestamp: Time.now.utc.iso8601(6) }
-      conn.exec_prepared("claim", [token, message.fetch("step_uuid"), current["to_state"], JSON.generate(metadata), sort_key])
+      conn.exec_prepared("claim",
+                         [token, message.fetch("step_uuid"), current["to_state"], JSON.generate(metadata), sort_key])
       { token: token, sort_key: sort_key, context: JSON.parse(current["context"] || "{}") }
     end
 
@@ -180,7 +181,8 @@ module Bench
 
         conn.exec_prepared("record", [Enqueue.uuid_v7, step_uuid, JSON.generate(metadata), claim[:sort_key] + 1,
                                       JSON.generate(results)])
-        conn.exec_prepared("send", [RESULTS_QUEUE, JSON.generate(message.slice("task_uuid", "step_uuid", "correlation_id"))])
+        conn.exec_prepared("send",
+                           [RESULTS_QUEUE, JSON.generate(message.slice("task_uuid", "step_uuid", "correlation_id"))])
         conn.exec_prepared("archive", [@queue, msg_id])
         true
       end
@@ -214,8 +216,6 @@ module Bench
                      synchronous_commit: sync, cpu_us_per_step: cpu, quick: Bench.quick?)
       end
     end
-
-
   end
 end
 

@@ -53,7 +53,6 @@ module Bench
                    steps_per_commit: counters[:succeeded].fdiv(counters[:commit_batches]).round(2),
                    cpu_us_per_step: cpu, quick: Bench.quick?)
     end
-
   end
 end
 

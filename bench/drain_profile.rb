@@ -27,7 +27,9 @@ module Bench
       concurrencies.each do |c|
         profile(tasks, "tasker_worker", concurrency: c) { |url, measured| drain_worker(url, c, tasks, measured) }
       end
-      profile(tasks, "baseline_ruby_pgmq_worker", concurrency: 10) { |url, measured| drain_baseline(url, tasks, measured) }
+      profile(tasks, "baseline_ruby_pgmq_worker", concurrency: 10) do |url, measured|
+        drain_baseline(url, tasks, measured)
+      end
     end
 
     def profile(tasks, subject, concurrency:)
@@ -59,7 +61,9 @@ module Bench
     end
 
     def drain_baseline(url, tasks, measured)
-      worker = BaselineRubyPgmqWorker.new(url, namespace: Prepared::NAMESPACE, threads: 10, handler: ->(_c) { {} }).start
+      worker = BaselineRubyPgmqWorker.new(url, namespace: Prepared::NAMESPACE, threads: 10, handler: lambda { |_c|
+                                                                                                       {}
+                                                                                                     }).start
       Bench.wait_until(timeout: 3600, what: "#{tasks} steps") { worker.done >= tasks }
       measured.call(worker.done)
     ensure
@@ -115,8 +119,9 @@ module Bench
     end
 
     def report(subject, concurrency, steps, seconds, per_step, cpu)
-      Bench.log(format("%s, concurrency %d: %d steps in %.2f s (%.0f steps/s)", subject, concurrency, steps, seconds, steps / seconds))
-      Bench.log("  per step: transactions #{per_step[:db]['xact_commit']}, rollbacks #{per_step[:db]['xact_rollback']}")
+      Bench.log(format("%s, concurrency %d: %d steps in %.2f s (%.0f steps/s)", subject, concurrency, steps, seconds,
+                       steps / seconds))
+      Bench.log("  per step: transactions #{per_step[:db]["xact_commit"]}, rollbacks #{per_step[:db]["xact_rollback"]}")
       per_step[:tables].sort.each { |name, d| Bench.log("  #{name}: #{d}") }
       per_step[:functions].sort_by { |_, f| -f["total_us"] }.each { |name, f| Bench.log("  #{name}(): #{f}") }
       Bench.log("  CPU µs per step: #{cpu}")

@@ -80,7 +80,9 @@ module Bench
     # The Loopback counts a completion when its feeder task receives it, just after
     # `complete` returns: wait a moment for the last ones.
     def check_completed(loopback, expected)
-      Bench.wait_until(timeout: 5, interval: 0.01, what: "#{expected} completions") { loopback.stats[:completed] >= expected }
+      Bench.wait_until(timeout: 5, interval: 0.01, what: "#{expected} completions") do
+        loopback.stats[:completed] >= expected
+      end
       completed = loopback.stats[:completed]
       raise "Loopback completed #{completed} steps, expected #{expected}" unless completed == expected
     end

@@ -10,6 +10,7 @@
 # starts the worker, waits 3 s and reports its idle RSS. Only then does the parent enqueue
 # the STEPS tasks (Bench::Enqueue, 1,000 per transaction), while the child drains them and
 # samples its RSS at every 10%.
+require "English"
 require_relative "support/common"
 require_relative "support/prepare"
 
@@ -29,11 +30,12 @@ module Bench
           raise "the measured process did not start (got #{line.inspect})" unless line&.start_with?("IDLE")
 
           require_relative "support/enqueue"
-          seconds = Enqueue.single_step_tasks(url, namespace: Prepared::NAMESPACE, name: Prepared::TASK_NAME, count: steps)
+          seconds = Enqueue.single_step_tasks(url, namespace: Prepared::NAMESPACE, name: Prepared::TASK_NAME,
+                                                   count: steps)
           Bench.log(format("enqueued %d tasks in %.1f s while the worker ran", steps, seconds))
           child.each_line { |l| $stdout.print(l) }
         end
-        raise "the measured process failed (exit #{$?.exitstatus})" unless $?.success?
+        raise "the measured process failed (exit #{$CHILD_STATUS.exitstatus})" unless $CHILD_STATUS.success?
       end
     end
 
@@ -59,7 +61,9 @@ module Bench
       second_half = (samples.last[:rss_mb] - half[:rss_mb]).round(1)
       Bench.log(format("RSS: loaded %.1f MB, idle worker %.1f MB, during the run %s, after %d steps %.1f MB " \
                        "(%.1f MB after GC.start); live Ruby threads %d", loaded, idle,
-                       samples.map { |s| "#{s[:pct]}%=#{s[:rss_mb]}" }.join(" "), steps, after, after_gc, Thread.list.size))
+                       samples.map do |s|
+                         "#{s[:pct]}%=#{s[:rss_mb]}"
+                       end.join(" "), steps, after, after_gc, Thread.list.size))
       Bench.result(bench: "memory", concurrency: CONCURRENCY, steps: status[:counters][:succeeded],
                    loaded_rss_mb: loaded, idle_rss_mb: idle, after_rss_mb: after, after_gc_rss_mb: after_gc,
                    growth_from_10pct_mb: growth, growth_second_half_mb: second_half, samples: samples,

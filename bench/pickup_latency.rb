@@ -46,7 +46,9 @@ module Bench
         begin
           warm_up(client, worker)
           sent = send_each(url, unsent)
-          Bench.wait_until(timeout: 60, what: "every sent step's handler to start") { started_at.first(count).none?(&:nil?) }
+          Bench.wait_until(timeout: 60, what: "every sent step's handler to start") do
+            started_at.first(count).none?(&:nil?)
+          end
           sleep 0.2
           before, after = submit(client, count)
           Bench.wait_until(timeout: 60, what: "every handler to start") { started_at.none?(&:nil?) }
@@ -75,7 +77,10 @@ module Bench
 
     # A few tasks first (not recorded): the first create_task connects the client's pool.
     def warm_up(client, worker)
-      5.times { |i| client.create_task(namespace: Prepared::NAMESPACE, name: Prepared::TASK_NAME, context: { seq: -1 - i, warmup: true }) }
+      5.times do |i|
+        client.create_task(namespace: Prepared::NAMESPACE, name: Prepared::TASK_NAME,
+                           context: { seq: -1 - i, warmup: true })
+      end
       Bench.wait_until(timeout: 30, what: "warm-up steps") { worker.status[:counters][:succeeded] >= 5 }
       sleep 1 # idle again
     end

@@ -18,7 +18,8 @@ Dir[File.join(Bench::ROOT, "examples/handlers/*.rb")].sort.each { |f| require f 
 module Bench
   module WorkflowLatency
     SHAPES = {
-      "linear" => { namespace: "linear_workflow", name: "mathematical_sequence", last: "linear_step_4", result: 65_536 },
+      "linear" => { namespace: "linear_workflow", name: "mathematical_sequence", last: "linear_step_4",
+                    result: 65_536 },
       "diamond" => { namespace: "diamond_workflow", name: "parallel_computation", last: "diamond_end", result: 1_024 }
     }.freeze
     CONCURRENCY = 10
@@ -95,7 +96,9 @@ module Bench
       sample = client.task(uuids.last)
       last = sample[:steps].find { |s| s[:name] == shape[:last] }
       raise "#{shape[:name]} ended #{sample[:state]}" unless sample[:state] == "complete"
-      raise "#{shape[:name]}: #{shape[:last]} = #{last[:results]['result'].inspect}" unless last[:results]["result"] == shape[:result]
+      return if last[:results]["result"] == shape[:result]
+
+      raise "#{shape[:name]}: #{shape[:last]} = #{last[:results]["result"].inspect}"
     end
 
     def db_latencies(conn, uuids)

@@ -29,7 +29,8 @@ BATCH = [
   ["tree_workflow", "hierarchical_tree", 60, { even_number: 2 }, "complete"],
   ["mixed_dag_workflow", "complex_dag", 60, { even_number: 2 }, "complete"],
   ["order_fulfillment", "business_workflow", 40, ORDER, "complete"],
-  ["order_fulfillment", "business_workflow", 1, ORDER.merge(payment: { method: "card", token: "tok_declined" }), "error"],
+  ["order_fulfillment", "business_workflow", 1, ORDER.merge(payment: { method: "card", token: "tok_declined" }),
+   "error"],
   ["test_errors", "error_scenarios", 1, {}, "error"]
 ].freeze
 
@@ -62,6 +63,7 @@ loop do
   done = counts[:tasks_completed] + counts[:tasks_failed]
   progress(done, tasks.size, started)
   break if done >= tasks.size
+
   abort "\nthe workflows did not finish within 3 minutes (see tmp/demo.log)" if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
   sleep 0.1
 end
@@ -82,7 +84,9 @@ tasks.group_by { |_, ns, name, expected| [ns, name, expected] }.each do |(ns, na
            else
              "e.g. #{last[:name]} = #{last[:results]["result"].inspect[0, 60]}"
            end
-  puts format("  %-20s %-22s %4d x  %-28s %s", ns, name, group.size, states.map { |s, n| "#{n} #{s}" }.join(", "), detail)
+  puts format("  %-20s %-22s %4d x  %-28s %s", ns, name, group.size, states.map do |s, n|
+                                                                       "#{n} #{s}"
+                                                                     end.join(", "), detail)
 end
 
 conn = PG.connect(URL)
@@ -111,8 +115,10 @@ status = worker.status
 puts "\nsummary"
 puts format("  %d workflows (%d steps) in %.1f s = %.0f workflows/s, %.0f steps/s", tasks.size, latency["steps"].to_i,
             elapsed, tasks.size / elapsed, latency["steps"].to_i / elapsed)
-puts format("  step latency, enqueued -> result committed: p50 %.1f ms, p95 %.1f ms", latency["step_p50"].to_f, latency["step_p95"].to_f)
-puts format("  workflow latency, created -> settled:        p50 %.1f ms, p95 %.1f ms", latency["task_p50"].to_f, latency["task_p95"].to_f)
+puts format("  step latency, enqueued -> result committed: p50 %.1f ms, p95 %.1f ms", latency["step_p50"].to_f,
+            latency["step_p95"].to_f)
+puts format("  workflow latency, created -> settled:        p50 %.1f ms, p95 %.1f ms", latency["task_p50"].to_f,
+            latency["task_p95"].to_f)
 puts "  worker: #{status[:counters].slice(:succeeded, :failed, :duplicates, :dead_lettered, :stale_completions)}"
 puts "  orchestrator: #{status[:orchestrator].slice(:tasks_completed, :tasks_failed, :steps_retried)}"
 

@@ -54,7 +54,7 @@ module Bench
   end
 
   def log(message)
-    warn "[#{File.basename($PROGRAM_NAME, '.rb')}] #{message}"
+    warn "[#{File.basename($PROGRAM_NAME, ".rb")}] #{message}"
   end
 
   # The machine-readable summary bin/bench parses: one line, `RESULT {json}`.

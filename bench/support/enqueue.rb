@@ -70,7 +70,7 @@ module Bench
          WHERE tn.name = $1 AND nt.name = $2 AND nt.version = $3
       SQL
       raise "template #{namespace}/#{name}@#{version} is not registered" if rows.empty?
-      raise "template #{namespace}/#{name} has #{rows[0]['steps']} steps; Bench::Enqueue writes one-step tasks" unless rows[0]["steps"].to_i == 1
+      raise "template #{namespace}/#{name} has #{rows[0]["steps"]} steps; Bench::Enqueue writes one-step tasks" unless rows[0]["steps"].to_i == 1
 
       rows.first
     end
@@ -81,7 +81,7 @@ module Bench
       tasks, correlations, steps, task_tr1, task_tr2, step_tr = ids
       step_tr2 = Array.new(count) { uuid_v7 }
       seqs = Array.new(count) { |i| first_seq + i }
-      arr = ->(values) { "{#{values.join(',')}}" }
+      arr = ->(values) { "{#{values.join(",")}}" }
 
       conn.exec_params(<<~SQL, [arr[tasks], arr[correlations], arr[seqs], template["named_task_uuid"], JSON.generate(context)])
         INSERT INTO tasker.tasks (task_uuid, named_task_uuid, context, identity_hash, correlation_id)
@@ -105,9 +105,7 @@ module Bench
         UNION ALL
         SELECT tr2, s, 'pending', 'enqueued', '{"event": "enqueue"}'::jsonb, 2, true FROM unnest($1::uuid[], $3::uuid[]) AS i(s, tr2)
       SQL
-      unless send
-        return tasks.zip(steps, correlations).map { |t, s, c| { task_uuid: t, step_uuid: s, correlation_id: c } }
-      end
+      return tasks.zip(steps, correlations).map { |t, s, c| { task_uuid: t, step_uuid: s, correlation_id: c } } unless send
 
       conn.exec_params(<<~SQL, [queue, arr[tasks], arr[steps], arr[correlations]])
         SELECT count(tasker.pgmq_send_with_notify($1, jsonb_build_object('task_uuid', t, 'step_uuid', s, 'correlation_id', c), 0))

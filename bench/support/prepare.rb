@@ -8,6 +8,7 @@
 # creates and migrates tw_bench_<random>, registers bench/templates/bench_noop.yaml and
 # enqueues TASKS single-step tasks (Bench::Enqueue). The caller drops the database
 # (Bench::Prepared.database does both).
+require "English"
 require_relative "common"
 
 module Bench
@@ -33,7 +34,7 @@ module Bench
       lib = File.join(Bench::ROOT, "lib")
       out = IO.popen([RbConfig.ruby, "-I", lib, __FILE__, tasks.to_s], &:read)
       url = out[/^URL (\S+)$/, 1]
-      raise "preparing a database failed (exit #{$?.exitstatus}): #{out}" unless $?.success? && url
+      raise "preparing a database failed (exit #{$CHILD_STATUS.exitstatus}): #{out}" unless $CHILD_STATUS.success? && url
 
       url
     end

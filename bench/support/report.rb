@@ -97,23 +97,27 @@ module Bench
       rows = results(bench, **match)
       return "_no results_\n" if rows.empty?
 
-      head = "| metric | #{rows.map { |r| "run #{r[:round]}" }.join(' | ')} | **median** |\n"
-      head += "|---|#{'---:|' * rows.size}---:|\n"
+      head = "| metric | #{rows.map { |r| "run #{r[:round]}" }.join(" | ")} | **median** |\n"
+      head += "|---|#{"---:|" * rows.size}---:|\n"
       body = metrics.map do |label, key, digits|
         vals = rows.map { |r| r[:result][key] }
-        "| #{label} | #{vals.map { |v| fmt(v, digits) }.join(' | ')} | **#{fmt(Bench.median(vals.compact), digits)}** |"
+        "| #{label} | #{vals.map { |v| fmt(v, digits) }.join(" | ")} | **#{fmt(Bench.median(vals.compact), digits)}** |"
       end
-      head + body.join("\n") + "\n"
+      "#{head}#{body.join("\n")}\n"
     end
 
     def ratio_line(label, ratios)
       return "" if ratios.empty?
 
-      "#{label}: per run #{ratios.map { |r| ratio(r) }.join(', ')}; **median #{ratio(Bench.median(ratios))}**\n"
+      "#{label}: per run #{ratios.map { |r| ratio(r) }.join(", ")}; **median #{ratio(Bench.median(ratios))}**\n"
     end
 
-    def met(ok)
-      ok.nil? ? "–" : (ok ? "yes" : "**no**")
+    def met(passed)
+      if passed.nil?
+        "–"
+      else
+        (passed ? "yes" : "**no**")
+      end
     end
 
     # --- sections -------------------------------------------------------------------------
@@ -124,7 +128,7 @@ module Bench
       <<~MD
         # Benchmarks
 
-        Produced by `bin/bench#{quick ? ' --quick' : ''}` — **#{quick ? 'QUICK' : 'full'} mode** — on #{Time.now.utc.strftime('%Y-%m-%d %H:%M UTC')}, in #{(@seconds / 60).round(1)} minutes.
+        Produced by `bin/bench#{quick ? " --quick" : ""}` — **#{quick ? "QUICK" : "full"} mode** — on #{Time.now.utc.strftime("%Y-%m-%d %H:%M UTC")}, in #{(@seconds / 60).round(1)} minutes.
         #{quick ? "Quick mode: fewer tasks and iterations; the drain, its baseline and the memory benchmark ran once, the others #{count} times. Run `bin/bench` for the full numbers.\n" : "Each benchmark ran #{count} times; the tables give every run and the median.\n"}
         `bin/bench` runs `bin/setup` (quietly), then each script below; every script prints a
         `RESULT {json}` line that this file is built from. Ratios are computed inside each run
@@ -156,8 +160,8 @@ module Bench
         | durable one-row commit, p50 | #{m[:commit_p50_ms]} ms |
         | Ruby | #{m[:ruby]}, pg gem #{m[:pg_gem]} |
         | Rust | #{m[:rustc]}, extension built with the #{m[:cargo_profile]} profile at #{m[:extension_built_at]} |
-        | code | git #{m[:git_commit]}#{m[:git_dirty_files].to_i.positive? ? " plus #{m[:git_dirty_files]} uncommitted file(s) in src/ ext/ lib/ migrations/" : ''} |
-        | load average before each script run | #{loads.empty? ? '–' : "#{fmt(loads.min, 2)} – #{fmt(loads.max, 2)} (1-minute)"} |
+        | code | git #{m[:git_commit]}#{m[:git_dirty_files].to_i.positive? ? " plus #{m[:git_dirty_files]} uncommitted file(s) in src/ ext/ lib/ migrations/" : ""} |
+        | load average before each script run | #{loads.empty? ? "–" : "#{fmt(loads.min, 2)} – #{fmt(loads.max, 2)} (1-minute)"} |
       MD
       if busy
         text += "\n**Noisy:** the machine was not idle (1-minute load average up to #{fmt(loads.max, 2)} before a " \
@@ -188,8 +192,8 @@ module Bench
 
         | benchmark | tasker_worker (median) | baseline | ratio | target | met |
         |---|---:|---:|---:|---|---|
-        | 1. FFI hand-off, µs per round trip | #{fmt(median('ffi_handoff', :loopback_us), 2)} | #{fmt(median('ffi_handoff', :queue_us), 2)} (`Thread::Queue` ping-pong, same process) | #{ratio(ffi_ratio)} | ≤ 1.0× | #{met(ffi_ratio && ffi_ratio <= 1.0)} |
-        | 2. Worker drain, steps/s at concurrency 10 | #{fmt(median('drain', :steps_per_s, concurrency: 10), 0)} | #{fmt(median('baseline_ruby_pgmq_worker', :steps_per_s), 0)} (pure-Ruby PGMQ worker, 10 threads, same round) | #{ratio(drain_ratio)} | ≥ 5× | #{met(drain_ratio && drain_ratio >= 5)} |
+        | 1. FFI hand-off, µs per round trip | #{fmt(median("ffi_handoff", :loopback_us), 2)} | #{fmt(median("ffi_handoff", :queue_us), 2)} (`Thread::Queue` ping-pong, same process) | #{ratio(ffi_ratio)} | ≤ 1.0× | #{met(ffi_ratio && ffi_ratio <= 1.0)} |
+        | 2. Worker drain, steps/s at concurrency 10 | #{fmt(median("drain", :steps_per_s, concurrency: 10), 0)} | #{fmt(median("baseline_ruby_pgmq_worker", :steps_per_s), 0)} (pure-Ruby PGMQ worker, 10 threads, same round) | #{ratio(drain_ratio)} | ≥ 5× | #{met(drain_ratio && drain_ratio >= 5)} |
         | 3. Pickup latency p50 (enqueue → handler start), ms | #{fmt(pickup, 2)} | – (no same-run baseline; target shown) | #{ratio(pickup && pickup / 3.0)} of target | ≤ 3 ms | #{met(pickup && pickup <= 3)} |
         | 4. Workflow latency, linear p50, ms | #{fmt(linear, 1)} | #{fmt(LINEAR_REFERENCE_MS, 0)} (tasker-core's published figure, not measured here) | #{ratio(linear && linear / LINEAR_REFERENCE_MS)} | ≤ 25 ms | #{met(linear && linear <= 25)} |
         | 5. Memory, idle RSS (10 threads), MB | #{fmt(idle, 1)} | – | – | ≤ 80 MB, no growth | #{met(idle && growth && idle <= 80 && growth <= 5)} (largest growth from 10% to the end of a run: #{fmt(growth, 1)} MB) |
@@ -200,7 +204,7 @@ module Bench
       <<~MD
         ## 1. FFI hand-off (no database)
 
-        Command: `#{command('ffi_handoff')}`
+        Command: `#{command("ffi_handoff")}`
 
         `queue`: two Ruby threads ping-pong an Integer through two `Thread::Queue`s. `loopback`:
         `TaskerWorker::Native::Loopback#next_step(1.0)` → event Hash, then `#complete(event_id,
@@ -208,8 +212,8 @@ module Bench
         plus what `TaskerWorker::Processor` does per step (StepContext, registry resolve, handler
         call, ResultMapper). All three in one process, back to back.
 
-        #{metric_table('ffi_handoff', [['round trips per variant', :round_trips, 0], ['queue: µs per round trip', :queue_us, 2], ['queue: round trips/s', :queue_per_s, 0], ['loopback: µs per round trip', :loopback_us, 2], ['loopback: round trips/s', :loopback_per_s, 0], ['loopback + processor: µs per round trip', :loopback_processor_us, 2], ['loopback + processor: round trips/s', :loopback_processor_per_s, 0]])}
-        #{ratio_line('Ratio loopback / queue (µs per round trip)', ffi_ratios)}#{ratio_line('Ratio loopback + processor / queue', round_ratios(->(r) { in_round('ffi_handoff', :loopback_processor_us, r) }, ->(r) { in_round('ffi_handoff', :queue_us, r) }))}
+        #{metric_table("ffi_handoff", [["round trips per variant", :round_trips, 0], ["queue: µs per round trip", :queue_us, 2], ["queue: round trips/s", :queue_per_s, 0], ["loopback: µs per round trip", :loopback_us, 2], ["loopback: round trips/s", :loopback_per_s, 0], ["loopback + processor: µs per round trip", :loopback_processor_us, 2], ["loopback + processor: round trips/s", :loopback_processor_per_s, 0]])}
+        #{ratio_line("Ratio loopback / queue (µs per round trip)", ffi_ratios)}#{ratio_line("Ratio loopback + processor / queue", round_ratios(->(r) { in_round("ffi_handoff", :loopback_processor_us, r) }, ->(r) { in_round("ffi_handoff", :queue_us, r) }))}
       MD
     end
 
@@ -217,19 +221,19 @@ module Bench
       concurrencies = values("drain", :concurrency).uniq.sort
       table = drain_table(concurrencies)
       batching = concurrencies.map do |c|
-        "concurrency #{c}: #{fmt(median('drain', :steps_per_read, concurrency: c), 1)} steps per read, " \
-          "#{fmt(median('drain', :steps_per_commit, concurrency: c), 1)} per commit"
+        "concurrency #{c}: #{fmt(median("drain", :steps_per_read, concurrency: c), 1)} steps per read, " \
+          "#{fmt(median("drain", :steps_per_commit, concurrency: c), 1)} per commit"
       end
       <<~MD
-        ## 2. Worker drain (#{fmt(median('drain', :steps), 0)} single-step tasks, no-op Ruby handler)
+        ## 2. Worker drain (#{fmt(median("drain", :steps), 0)} single-step tasks, no-op Ruby handler)
 
-        Commands: `#{command('drain')}`, then `#{command('baseline_ruby_pgmq_worker')}` (each round).
+        Commands: `#{command("drain")}`, then `#{command("baseline_ruby_pgmq_worker")}` (each round).
 
         Each measurement gets a fresh database holding the pre-enqueued tasks (enqueued with `pg`,
         1,000 tasks per transaction, the same rows `Client#create_task` writes; not timed). Timed:
         from `Worker#start` until `status[:counters][:succeeded]` reaches N (polled every 50 ms);
         afterwards every step is checked to be `enqueued_for_orchestration`. Worker alone, no
-        orchestrator; `synchronous_commit=#{values('drain', :synchronous_commit).uniq.join('/')}`.
+        orchestrator; `synchronous_commit=#{values("drain", :synchronous_commit).uniq.join("/")}`.
         The baseline (`bench/baseline_ruby_pgmq_worker.rb`) is a pure-Ruby PGMQ worker on the `pg`
         gem: 10 threads, one connection and prepared statements each, per message `pgmq.read(q, 30, 1)`,
         a claim transaction (lock the step, retire the current transition, insert `in_progress`,
@@ -238,8 +242,8 @@ module Bench
         `orchestration_step_results`, `pgmq.archive`).
 
         #{table}
-        #{ratio_line('Ratio tasker_worker at concurrency 10 / baseline (same round)', drain_ratios)}
-        Batching (median): #{batching.join('; ')}.
+        #{ratio_line("Ratio tasker_worker at concurrency 10 / baseline (same round)", drain_ratios)}
+        Batching (median): #{batching.join("; ")}.
 
         CPU time per step during the drain (median over the runs; µs; from /proc: this process's
         threads by name, and the PostgreSQL backends connected to the benchmark's database —
@@ -252,39 +256,48 @@ module Bench
 
     CPU_COLUMNS = [["Rust runtime threads", "rust runtime threads"], ["Ruby handler threads", "ruby handler threads"],
                    ["Ruby baseline threads", "ruby baseline threads"], ["PostgreSQL backends", "postgres backends"],
-                   ["total", "total"], ["cores busy", "cores busy"]].freeze
+                   %w[total total], ["cores busy", "cores busy"]].freeze
 
     def cpu_table(concurrencies)
       subjects = concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] }
       subjects << ["baseline, 10 threads", results("baseline_ruby_pgmq_worker")]
-      head = "| | #{CPU_COLUMNS.map(&:first).join(' | ')} |\n|---|#{'---:|' * CPU_COLUMNS.size}\n"
+      head = "| | #{CPU_COLUMNS.map(&:first).join(" | ")} |\n|---|#{"---:|" * CPU_COLUMNS.size}\n"
       lines = subjects.map do |label, rows|
         cells = CPU_COLUMNS.map do |_, key|
           vals = rows.map { |r| (r[:result][:cpu_us_per_step] || {})[key.to_sym] }.compact
           fmt(Bench.median(vals), key == "cores busy" ? 2 : 0)
         end
-        "| #{label} | #{cells.join(' | ')} |"
+        "| #{label} | #{cells.join(" | ")} |"
       end
-      head + lines.join("\n") + "\n"
+      "#{head}#{lines.join("\n")}\n"
     end
 
     def drain_table(concurrencies)
-      rs = rounds.select { |r| in_round("drain", :steps_per_s, r, concurrency: concurrencies.first) || in_round("baseline_ruby_pgmq_worker", :steps_per_s, r) }
-      head = "| steps/s | #{rs.map { |r| "run #{r}" }.join(' | ')} | **median** |\n|---|#{'---:|' * rs.size}---:|\n"
+      rs = rounds.select do |r|
+        in_round("drain", :steps_per_s, r,
+                 concurrency: concurrencies.first) || in_round("baseline_ruby_pgmq_worker", :steps_per_s, r)
+      end
+      head = "| steps/s | #{rs.map { |r| "run #{r}" }.join(" | ")} | **median** |\n|---|#{"---:|" * rs.size}---:|\n"
       lines = concurrencies.map do |c|
         vals = rs.map { |r| in_round("drain", :steps_per_s, r, concurrency: c) }
-        "| tasker_worker, concurrency #{c} | #{vals.map { |v| fmt(v, 0) }.join(' | ')} | **#{fmt(Bench.median(vals.compact), 0)}** |"
+        "| tasker_worker, concurrency #{c} | #{vals.map do |v|
+                                                 fmt(v, 0)
+                                               end.join(" | ")} | **#{fmt(Bench.median(vals.compact), 0)}** |"
       end
       base = rs.map { |r| in_round("baseline_ruby_pgmq_worker", :steps_per_s, r) }
-      lines << "| baseline: pure-Ruby PGMQ worker, 10 threads | #{base.map { |v| fmt(v, 0) }.join(' | ')} | **#{fmt(Bench.median(base.compact), 0)}** |"
-      head + lines.join("\n") + "\n"
+      lines << "| baseline: pure-Ruby PGMQ worker, 10 threads | #{base.map do |v|
+                                                                    fmt(v, 0)
+                                                                  end.join(" | ")} | **#{fmt(
+                                                                    Bench.median(base.compact), 0
+                                                                  )}** |"
+      "#{head}#{lines.join("\n")}\n"
     end
 
     def pickup
       <<~MD
         ## 3. Pickup latency (idle worker, concurrency 4)
 
-        Command: `#{command('pickup_latency')}`
+        Command: `#{command("pickup_latency")}`
 
         Single steps, one at a time, 20 ms apart. **enqueue**: the task and step rows are written
         first (not timed), then each step's message is sent on its own with
@@ -295,7 +308,7 @@ module Bench
         (create_task runs) uses the transition timestamps (each the start of its transaction)
         and the handler's wall clock, same host.
 
-        #{metric_table('pickup_latency', [['steps per way', :steps, 0], ['enqueue → handler start p50 (ms)', :p50_ms, 2], ['enqueue → handler start p95 (ms)', :p95_ms, 2], ['enqueue → handler start max (ms)', :max_ms, 2], ['create_task call → handler start p50 (ms)', :create_task_pickup_p50_ms, 2], ['create_task call → handler start p95 (ms)', :create_task_pickup_p95_ms, 2], ['create_task call itself p50 (ms)', :create_task_p50_ms, 2], ['create_task return → handler start p50 (ms)', :from_return_p50_ms, 2], ['create_task return → handler start p95 (ms)', :from_return_p95_ms, 2], ['breakdown: create tx start → claim tx start p50 (ms)', :enqueue_tx_to_claim_tx_p50_ms, 2], ['breakdown: claim tx start → handler start p50 (ms)', :claim_tx_to_handler_p50_ms, 2]])}
+        #{metric_table("pickup_latency", [["steps per way", :steps, 0], ["enqueue → handler start p50 (ms)", :p50_ms, 2], ["enqueue → handler start p95 (ms)", :p95_ms, 2], ["enqueue → handler start max (ms)", :max_ms, 2], ["create_task call → handler start p50 (ms)", :create_task_pickup_p50_ms, 2], ["create_task call → handler start p95 (ms)", :create_task_pickup_p95_ms, 2], ["create_task call itself p50 (ms)", :create_task_p50_ms, 2], ["create_task return → handler start p50 (ms)", :from_return_p50_ms, 2], ["create_task return → handler start p95 (ms)", :from_return_p95_ms, 2], ["breakdown: create tx start → claim tx start p50 (ms)", :enqueue_tx_to_claim_tx_p50_ms, 2], ["breakdown: claim tx start → handler start p50 (ms)", :claim_tx_to_handler_p50_ms, 2]])}
       MD
     end
 
@@ -308,13 +321,14 @@ module Bench
          ["#{shape}: wall clock p95 (ms)", :"#{shape}_wall_p95_ms", 1],
          ["#{shape}, per step: enqueued → claimed p50 (ms)", :"#{shape}_step_enqueued_to_claimed_p50_ms", 2],
          ["#{shape}, per step: claimed → result committed p50 (ms)", :"#{shape}_step_claimed_to_result_p50_ms", 2],
-         ["#{shape}, per step: result → orchestrator marks complete p50 (ms)", :"#{shape}_step_result_to_orchestrated_p50_ms", 2]]
+         ["#{shape}, per step: result → orchestrator marks complete p50 (ms)",
+          :"#{shape}_step_result_to_orchestrated_p50_ms", 2]]
       end
       linear = median("workflow_latency", :linear_p50_ms)
       <<~MD
         ## 4. Workflow latency (embedded orchestrator, concurrency 10)
 
-        Command: `#{command('workflow_latency')}`
+        Command: `#{command("workflow_latency")}`
 
         `examples/tasks/linear_workflow.yaml` (4 steps in a line) and `diamond_workflow.yaml`
         (start → two branches → join) with `examples/handlers/math.rb`, one worker process with
@@ -324,7 +338,7 @@ module Bench
         completed-task counter moving (polled every 1 ms). Every task is checked to be `complete`
         with the right final value.
 
-        #{metric_table('workflow_latency', metrics)}
+        #{metric_table("workflow_latency", metrics)}
         Linear p50 against tasker-core's published ≈#{LINEAR_REFERENCE_MS.round} ms (its Ruby worker; not measured here): #{ratio(linear && linear / LINEAR_REFERENCE_MS)}.
       MD
     end
@@ -337,13 +351,13 @@ module Bench
       <<~MD
         ## 5. Memory (worker with 10 threads, no-op steps)
 
-        Command: `#{command('memory')}`
+        Command: `#{command("memory")}`
 
         VmRSS (`/proc/self/status`) of the measured process: after `require "tasker_worker"`, 3 s
         after the worker started with nothing to do, after each 10% of the steps (enqueued by
         another process while the worker runs), 1 s after the last one, and after `GC.start`.
 
-        #{metric_table('memory', [['steps', :steps, 0], ['RSS after require (MB)', :loaded_rss_mb, 1], ['RSS idle worker (MB)', :idle_rss_mb, 1], ['RSS after the steps (MB)', :after_rss_mb, 1], ['RSS after GC.start (MB)', :after_gc_rss_mb, 1], ['growth from the 10% sample to the end (MB)', :growth_from_10pct_mb, 1], ['growth over the second half of the steps (MB)', :growth_second_half_mb, 1]])}
+        #{metric_table("memory", [["steps", :steps, 0], ["RSS after require (MB)", :loaded_rss_mb, 1], ["RSS idle worker (MB)", :idle_rss_mb, 1], ["RSS after the steps (MB)", :after_rss_mb, 1], ["RSS after GC.start (MB)", :after_gc_rss_mb, 1], ["growth from the 10% sample to the end (MB)", :growth_from_10pct_mb, 1], ["growth over the second half of the steps (MB)", :growth_second_half_mb, 1]])}
         RSS during each run:
         #{samples.join("\n")}
       MD
@@ -356,7 +370,7 @@ module Bench
       return nil if rows.empty?
 
       head = "| | steps/s | transactions | PostgreSQL backends | Rust runtime | Ruby threads | " \
-             "#{FUNCTIONS.map { |f| "`#{f}()`" }.join(' | ')} |\n|---|#{'---:|' * (5 + FUNCTIONS.size)}\n"
+             "#{FUNCTIONS.map { |f| "`#{f}()`" }.join(" | ")} |\n|---|#{"---:|" * (5 + FUNCTIONS.size)}\n"
       lines = rows.map do |row|
         r = row[:result]
         cpu = r[:cpu_us_per_step] || {}
@@ -366,20 +380,24 @@ module Bench
           f ? "#{fmt(f[:total_us], 0)} (#{fmt(f[:calls], 2)} calls)" : "–"
         end
         ruby = (cpu[:"ruby handler threads"] || 0) + (cpu[:"ruby baseline threads"] || 0) + (cpu[:"ruby main thread"] || 0)
-        "| #{r[:subject] == 'tasker_worker' ? "tasker_worker, concurrency #{r[:concurrency]}" : 'baseline, 10 threads'} | " \
-          "#{fmt(r[:steps_per_s], 0)} | #{fmt(r.dig(:per_step, :db, :xact_commit), 2)} | #{fmt(cpu[:"postgres backends"], 0)} | " \
-          "#{fmt(cpu[:"rust runtime threads"], 0)} | #{fmt(ruby, 0)} | #{fn.join(' | ')} |"
+        "| #{r[:subject] == "tasker_worker" ? "tasker_worker, concurrency #{r[:concurrency]}" : "baseline, 10 threads"} | " \
+          "#{fmt(r[:steps_per_s],
+                 0)} | #{fmt(r.dig(:per_step, :db, :xact_commit), 2)} | #{fmt(cpu[:"postgres backends"], 0)} | " \
+          "#{fmt(cpu[:"rust runtime threads"], 0)} | #{fmt(ruby, 0)} | #{fn.join(" | ")} |"
       end
       tables = rows.map do |row|
         r = row[:result]
         scans = (r.dig(:per_step, :tables) || {}).select { |name, _| name.to_s.start_with?("tasker.") }.sort
-                                                  .map { |name, t| "#{name} #{fmt(t[:idx_scan], 1)}/#{fmt(t[:seq_scan], 2)}" }
-        "- #{r[:subject]}#{r[:subject] == 'tasker_worker' ? " (concurrency #{r[:concurrency]})" : ''}: #{scans.join(', ')}"
+                                                 .map do |name, t|
+          "#{name} #{fmt(t[:idx_scan],
+                         1)}/#{fmt(t[:seq_scan], 2)}"
+        end
+        "- #{r[:subject]}#{r[:subject] == "tasker_worker" ? " (concurrency #{r[:concurrency]})" : ""}: #{scans.join(", ")}"
       end
       <<~MD
         ## Where the time goes (diagnostic, one run)
 
-        Command: `#{command('drain_profile')}`
+        Command: `#{command("drain_profile")}`
 
         #{fmt(rows.first[:result][:steps], 0)} no-op steps drained by tasker_worker and by the baseline, each in a fresh
         database with `track_functions = 'all'`; statistics read from `pg_stat_database`,

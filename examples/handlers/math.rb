@@ -7,7 +7,10 @@ module Examples
     def call(context)
       sources = Array(config["from"])
       input = sources.empty? ? context.input(:even_number) : sources.sum { |name| context.dependency_result(name) }
-      raise TaskerWorker::PermanentError, "even_number must be an even Integer" unless input.is_a?(Integer) && input.even?
+      unless input.is_a?(Integer) && input.even?
+        raise TaskerWorker::PermanentError,
+              "even_number must be an even Integer"
+      end
 
       input * input
     end

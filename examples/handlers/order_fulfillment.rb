@@ -18,7 +18,8 @@ module Examples
     class ReserveInventory < TaskerWorker::StepHandler
       def call(context)
         reservations = context.input(:items).map do |item|
-          { "sku" => item["sku"], "quantity" => item["quantity"], "reservation" => "res-#{item["sku"]}-#{context.task_uuid[0, 8]}" }
+          { "sku" => item["sku"], "quantity" => item["quantity"],
+            "reservation" => "res-#{item["sku"]}-#{context.task_uuid[0, 8]}" }
         end
         { "warehouse" => config["warehouse"], "reservations" => reservations }
       end

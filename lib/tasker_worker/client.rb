@@ -17,7 +17,10 @@ module TaskerWorker
     class << self
       # The client for `database_url` (default: the configured one), made once per process.
       def for(database_url = TaskerWorker.configuration.database_url)
-        raise ConfigurationError, "database_url is not set: TaskerWorker.configure { |c| c.database_url = ... } or DATABASE_URL" unless database_url
+        unless database_url
+          raise ConfigurationError,
+                "database_url is not set: TaskerWorker.configure { |c| c.database_url = ... } or DATABASE_URL"
+        end
 
         @mutex.synchronize do
           @clients = {} if @pid != Process.pid

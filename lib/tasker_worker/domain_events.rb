@@ -14,7 +14,10 @@ module TaskerWorker
     class << self
       def subscribe(name, callable = nil, &block)
         handler = callable || block
-        raise ConfigurationError, "subscribe #{name.inspect}: pass a block or something that responds to #call" unless handler.respond_to?(:call)
+        unless handler.respond_to?(:call)
+          raise ConfigurationError,
+                "subscribe #{name.inspect}: pass a block or something that responds to #call"
+        end
 
         @mutex.synchronize { @subscribers[name.to_s] << handler }
         handler

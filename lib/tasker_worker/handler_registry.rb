@@ -6,7 +6,7 @@ module TaskerWorker
   # instances answer #call. Every resolution of a class builds a new instance, so
   # handlers never share state across the worker's threads.
   class HandlerRegistry
-    CONSTANT_SEGMENT = /\A[A-Z]\w*\z/.freeze
+    CONSTANT_SEGMENT = /\A[A-Z]\w*\z/
 
     def initialize
       @mutex = Mutex.new

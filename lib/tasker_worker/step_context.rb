@@ -24,7 +24,7 @@ module TaskerWorker
     # JSON-sourced ones are round-tripped through JSON as the core would deliver them.
     def self.build(**fields)
       unknown = fields.keys - EVENT_DEFAULTS.keys - %i[event_id task_uuid step_uuid correlation_id]
-      raise ArgumentError, "unknown event field(s): #{unknown.join(', ')}" unless unknown.empty?
+      raise ArgumentError, "unknown event field(s): #{unknown.join(", ")}" unless unknown.empty?
 
       new(generated_ids.merge(EVENT_DEFAULTS, as_delivered(fields)))
     end
@@ -88,7 +88,7 @@ module TaskerWorker
 
     # Every ancestor's handler result, by step name.
     def dependency_results
-      (@event[:dependency_results] || {}).to_h { |name, stored| [name, lookup(stored, "result")] }
+      (@event[:dependency_results] || {}).transform_values { |stored| lookup(stored, "result") }
     end
 
     def logger

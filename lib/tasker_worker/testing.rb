@@ -33,7 +33,7 @@ module TaskerWorker
 
       def inspect
         details = success? ? "result=#{result.inspect}" : "#{error_type}: #{message}"
-        "#<#{self.class.name} #{success? ? 'success' : 'failure'} #{details}>"
+        "#<#{self.class.name} #{success? ? "success" : "failure"} #{details}>"
       end
     end
 

@@ -11,7 +11,8 @@ RSpec.describe "domain events", :worker do
                                          "AND task_namespace_uuid = (SELECT task_namespace_uuid FROM tasker.task_namespaces WHERE name = $1)",
                                          [namespace]).getvalue(0, 0))
     template["steps"][0]["publishes_events"] = events
-    db.exec_params("UPDATE tasker.named_tasks SET configuration = $1 WHERE name = 'spec_task'", [JSON.generate(template)])
+    db.exec_params("UPDATE tasker.named_tasks SET configuration = $1 WHERE name = 'spec_task'",
+                   [JSON.generate(template)])
     rows.tap { |r| r.enqueue("ship") }
   end
 

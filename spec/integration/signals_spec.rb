@@ -5,7 +5,7 @@ require "rbconfig"
 
 # A worker process whose threads sit in next_step (GVL released) stops promptly on a signal.
 RSpec.describe "signals", :worker do
-  SCRIPT = <<~RUBY
+  SCRIPT = <<~RUBY # rubocop:disable Lint/ConstantDefinitionInBlock -- the child script every example runs
     require "tasker_worker"
     TaskerWorker.configure { |c| c.logger = Logger.new($stderr) }
     worker = TaskerWorker::Worker.new(concurrency: 3, namespaces: ["signals"], database_url: ARGV[0]).start

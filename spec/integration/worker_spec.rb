@@ -22,7 +22,7 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
 
     result = rows.wait_for_result("only")
     expect(result).to include("success" => true, "status" => "completed",
-                               "result" => { "square" => 144, "attempt" => 1 })
+                              "result" => { "square" => 144, "attempt" => 1 })
     expect(result["metadata"]["custom"]).to eq("by" => "spec")
     expect(rows.state("only")).to eq("enqueued_for_orchestration")
   end
@@ -98,7 +98,10 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
   end
 
   it "fails a handler past the completion timeout with ffi_timeout and rejects its late completion" do
-    registry.register("TooSlow") { |_c| sleep 1.2; { "late" => true } }
+    registry.register("TooSlow") do |_c|
+      sleep 1.2
+      { "late" => true }
+    end
     worker = start_worker(registry: registry, concurrency: 1, namespaces: ["timeout"], completion_timeout: 0.3)
     rows = one_step("timeout", "TooSlow")
 
@@ -110,7 +113,10 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
 
   it "does not lose a step whose thread is killed mid-handler, and replaces the thread" do
     started = Queue.new
-    registry.register("Forever") { |_c| started << Thread.current; sleep }
+    registry.register("Forever") do |_c|
+      started << Thread.current
+      sleep
+    end
     worker = start_worker(registry: registry, concurrency: 2, namespaces: ["killed"], completion_timeout: 0.5)
     rows = one_step("killed", "Forever")
     started.pop.kill

@@ -4,8 +4,11 @@ Dir[File.expand_path("../../examples/handlers/*.rb", __dir__)].sort.each { |f| r
 
 # Every example workflow, end to end: the embedded orchestrator and Ruby handlers on threads.
 RSpec.describe "example workflows", :worker do
+  # rubocop:disable Lint/ConstantDefinitionInBlock -- fixed inputs every example of the file reads
   TEMPLATES = File.expand_path("../../examples/tasks", __dir__)
-  NAMESPACES = %w[linear_workflow diamond_workflow tree_workflow mixed_dag_workflow order_fulfillment test_errors].freeze
+  NAMESPACES = %w[linear_workflow diamond_workflow tree_workflow mixed_dag_workflow order_fulfillment
+                  test_errors].freeze
+  # rubocop:enable Lint/ConstantDefinitionInBlock
 
   let(:client) { TaskerWorker::Client.for(migrated_database_url) }
 
@@ -30,7 +33,8 @@ RSpec.describe "example workflows", :worker do
 
     # A running orchestrator would read this within its 0.1 s poll.
     message = { task_uuid: SecureRandom.uuid, step_uuid: SecureRandom.uuid, correlation_id: SecureRandom.uuid }
-    msg_id = db.exec_params("SELECT pgmq.send('orchestration_step_results', $1::jsonb)", [message.to_json]).getvalue(0, 0)
+    msg_id = db.exec_params("SELECT pgmq.send('orchestration_step_results', $1::jsonb)", [message.to_json]).getvalue(0,
+                                                                                                                     0)
     sleep 0.5
     unread = db.exec_params("SELECT count(*) FROM pgmq.q_orchestration_step_results WHERE msg_id = $1 AND read_ct = 0",
                             [msg_id]).getvalue(0, 0).to_i
@@ -96,7 +100,8 @@ RSpec.describe "example workflows", :worker do
     steps = task[:steps].to_h { |s| [s[:name], s] }
     expect(task[:state]).to eq("error")
     expect(steps["permanent_failure"]).to include(state: "error", attempts: 1)
-    expect(steps["permanent_failure"][:results]["error"]).to include("error_type" => "permanent_error", "retryable" => false)
+    expect(steps["permanent_failure"][:results]["error"]).to include("error_type" => "permanent_error",
+                                                                     "retryable" => false)
     # Let the other two settle (the task is already in error).
     wait_until("the retries to settle") do
       now = client.task(task[:task_uuid])[:steps].to_h { |s| [s[:name], s] }

@@ -27,7 +27,7 @@ class WorkflowRows
       exec("INSERT INTO tasker.tasks (task_uuid, named_task_uuid, context, identity_hash, correlation_id) " \
            "VALUES ($1, $2, $3, $4, $5)", [@task_uuid, named_task, JSON.generate(context), @task_uuid, SecureRandom.uuid])
       steps.each { |s| insert_step(s[:name]) }
-      steps.each { |s| (s[:depends_on] || []).each { |parent| insert_edge(parent, s[:name]) } }
+      steps.each { |s| (s[:depends_on] || []).each { |parent| insert_edge(parent, s[:name]) } } # rubocop:disable Style/CombinableLoops -- every step row must exist before an edge refers to it
     end
   end
 
@@ -46,7 +46,9 @@ class WorkflowRows
   end
 
   def results(name)
-    raw = exec("SELECT results FROM tasker.workflow_steps WHERE workflow_step_uuid = $1", [@steps.fetch(name)]).getvalue(0, 0)
+    raw = exec("SELECT results FROM tasker.workflow_steps WHERE workflow_step_uuid = $1", [@steps.fetch(name)]).getvalue(
+      0, 0
+    )
     raw && JSON.parse(raw)
   end
 

@@ -21,7 +21,12 @@ RSpec.describe TaskerWorker::Database do
     it "lets other Ruby threads run while it works" do
       url = TestDatabase.create
       ticks = 0
-      ticker = Thread.new { loop { ticks += 1; sleep 0.001 } }
+      ticker = Thread.new do
+        loop do
+          ticks += 1
+          sleep 0.001
+        end
+      end
       described_class.migrate!(url)
       ticker.kill
       expect(ticks).to be > 0

@@ -47,14 +47,19 @@ module TaskerWorker
       raise OptionParser::InvalidArgument, "unexpected argument #{@argv.first}" unless @argv.empty?
     end
 
-    def parser # rubocop:disable Metrics/MethodLength,Metrics/AbcSize -- one line per option
+    # One line per option.
+    def parser
       OptionParser.new do |o|
         o.banner = "Usage: tasker_worker [options]"
-        o.on("-c", "--concurrency N", Integer, "Ruby threads running handlers (default: max_concurrent_handlers in worker.toml, 10)") { |v| @options[:concurrency] = v }
+        o.on("-c", "--concurrency N", Integer, "Ruby threads running handlers (default: max_concurrent_handlers in worker.toml, 10)") do |v|
+          @options[:concurrency] = v
+        end
         o.on("-n", "--namespaces A,B", Array, "namespaces to serve (default: worker.namespaces, [\"default\"])") { |v| @options[:namespaces] = v }
         o.on("-r", "--require PATH", "file, or Rails app directory, to load (default ./config/environment.rb if present)") { |v| @require = v }
         o.on("-C", "--config PATH", "TOML configuration file (keys of config/tasker/base/worker.toml)") { |v| @options[:config_path] = v }
-        o.on("-t", "--timeout SECONDS", Float, "graceful-stop wait for running steps (default: worker.shutdown_timeout_ms, 30 s)") { |v| @options[:shutdown_timeout] = v }
+        o.on("-t", "--timeout SECONDS", Float, "graceful-stop wait for running steps (default: worker.shutdown_timeout_ms, 30 s)") do |v|
+          @options[:shutdown_timeout] = v
+        end
         o.on("-T", "--templates DIR", "task templates to register (default ./config/tasks if present)") { |v| @templates = v }
         o.on("--orchestrate", "also run the embedded orchestrator") { @orchestrate = true }
         o.on("-v", "--verbose", "debug logging") { @options[:log_level] = :debug }
@@ -78,7 +83,7 @@ module TaskerWorker
       templates = @templates || ("config/tasks" if Dir.exist?("config/tasks"))
       worker = Worker.new(orchestrate: @orchestrate || false, templates_path: templates, **@options).start
       TaskerWorker.logger.info("tasker_worker #{VERSION}: pid #{Process.pid}, #{worker.concurrency} threads, " \
-                               "namespaces #{worker.namespaces.join(',')}, shutdown timeout #{worker.shutdown_timeout} s" \
+                               "namespaces #{worker.namespaces.join(",")}, shutdown timeout #{worker.shutdown_timeout} s" \
                                "#{", orchestrating" if @orchestrate}; INT/TERM to stop, TSTP to quiet, TTIN to dump")
       worker
     end

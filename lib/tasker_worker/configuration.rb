@@ -125,7 +125,7 @@ module TaskerWorker
 
     def log_level=(value)
       level = value.to_s.to_sym if value.is_a?(String) || value.is_a?(Symbol)
-      reject(:log_level, value, "one of #{LOG_LEVELS.keys.join(', ')}") unless LOG_LEVELS.key?(level)
+      reject(:log_level, value, "one of #{LOG_LEVELS.keys.join(", ")}") unless LOG_LEVELS.key?(level)
       @log_level = level
       @default_logger.level = LOG_LEVELS.fetch(level)
     end
@@ -140,7 +140,7 @@ module TaskerWorker
     def method_missing(name, *args)
       return super unless name.end_with?("=")
 
-      raise ConfigurationError, "unknown option #{name.to_s.chomp('=')} (options: #{OPTIONS.join(', ')})"
+      raise ConfigurationError, "unknown option #{name.to_s.chomp("=")} (options: #{OPTIONS.join(", ")})"
     end
 
     def respond_to_missing?(name, include_private = false) = super
@@ -181,7 +181,7 @@ module TaskerWorker
       return detail unless option
 
       rest = detail.delete_prefix("#{key}: ").delete_suffix(" (set by overrides)")
-      rest.start_with?("must be ") ? "#{option} #{rest} (#{key})" : "#{option} must be valid for #{detail.delete_suffix(' (set by overrides)')}"
+      rest.start_with?("must be ") ? "#{option} #{rest} (#{key})" : "#{option} must be valid for #{detail.delete_suffix(" (set by overrides)")}"
     end
 
     def logger?(value)
@@ -189,33 +189,35 @@ module TaskerWorker
     end
   end
 
-  # The default logger's line: "2026-11-26T10:00:00.123Z INFO  tasker_worker: message key=value".
-  # A Hash message is logged as its :message followed by its other pairs.
-  class Configuration::Formatter < Logger::Formatter
-    def call(severity, time, progname, message)
-      "#{time.getutc.strftime('%Y-%m-%dT%H:%M:%S.%LZ')} #{severity.ljust(5)} #{progname || 'tasker_worker'}: " \
-        "#{text(message)}\n"
-    end
-
-    private
-
-    def text(message)
-      case message
-      when Hash then fields(message)
-      when Exception then "#{message.message} (#{message.class})"
-      else msg2str(message)
+  class Configuration
+    # The default logger's line: "2026-11-26T10:00:00.123Z INFO  tasker_worker: message key=value".
+    # A Hash message is logged as its :message followed by its other pairs.
+    class Formatter < Logger::Formatter
+      def call(severity, time, progname, message)
+        "#{time.getutc.strftime("%Y-%m-%dT%H:%M:%S.%LZ")} #{severity.ljust(5)} #{progname || "tasker_worker"}: " \
+          "#{text(message)}\n"
       end
-    end
 
-    def fields(hash)
-      pairs = hash.reject { |key, _| key.to_s == "message" }.map { |key, value| "#{key}=#{field_value(value)}" }
-      [hash[:message] || hash["message"], *pairs].compact.join(" ")
-    end
+      private
 
-    # Quoted only when needed, so the line stays easy to grep and to parse.
-    def field_value(value)
-      text = value.to_s
-      text.match?(/\A[^\s"=]+\z/) ? text : text.inspect
+      def text(message)
+        case message
+        when Hash then fields(message)
+        when Exception then "#{message.message} (#{message.class})"
+        else msg2str(message)
+        end
+      end
+
+      def fields(hash)
+        pairs = hash.reject { |key, _| key.to_s == "message" }.map { |key, value| "#{key}=#{field_value(value)}" }
+        [hash[:message] || hash["message"], *pairs].compact.join(" ")
+      end
+
+      # Quoted only when needed, so the line stays easy to grep and to parse.
+      def field_value(value)
+        text = value.to_s
+        text.match?(/\A[^\s"=]+\z/) ? text : text.inspect
+      end
     end
   end
 

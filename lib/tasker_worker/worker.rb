@@ -68,7 +68,7 @@ module TaskerWorker
       return { running: false } unless @native
 
       @native.status.merge(threads: alive_threads, subscribers: { delivered: @events.delivered,
-                                                                   errors: @events.subscriber_errors })
+                                                                  errors: @events.subscriber_errors })
     end
 
     def running?

@@ -6,29 +6,30 @@ require "tmpdir"
 # The tasker_worker process: several at once share the work; a killed one loses nothing; a
 # stopped one finishes or releases what it holds.
 RSpec.describe "the tasker_worker process", :worker do
-  ROOT = File.expand_path("../..", __dir__)
+  let(:root) { File.expand_path("../..", __dir__) }
 
   let(:dir) { Dir.mktmpdir("tasker_worker_process") }
   let(:client) { TaskerWorker::Client.for(migrated_database_url) }
 
   before do
     File.write(File.join(dir, "worker.toml"), "[worker]\nvisibility_timeout_seconds = 2\npoll_interval_ms = 100\n")
-    client.register_templates(File.join(ROOT, "spec/fixtures/tasks"))
+    client.register_templates(File.join(root, "spec/fixtures/tasks"))
     @pids = []
   end
 
   after do
     @pids.each { |pid| Process.kill(:KILL, pid) rescue nil } # rubocop:disable Style/RescueModifier
-    @pids.each { |pid| Process.wait(pid) rescue nil } # rubocop:disable Style/RescueModifier
+    # Every process is killed before any is waited for, so they die at once, not one by one.
+    @pids.each { |pid| Process.wait(pid) rescue nil } # rubocop:disable Style/RescueModifier, Style/CombinableLoops
     FileUtils.rm_rf(dir)
   end
 
   def spawn_worker(name, timeout: 10)
     log = File.join(dir, "#{name}.log")
     pid = Process.spawn({ "DATABASE_URL" => migrated_database_url },
-                        RbConfig.ruby, File.join(ROOT, "exe/tasker_worker"), "-c", "3", "-n", "slow_chain",
+                        RbConfig.ruby, File.join(root, "exe/tasker_worker"), "-c", "3", "-n", "slow_chain",
                         "--orchestrate", "-C", File.join(dir, "worker.toml"), "-t", timeout.to_s,
-                        "-r", File.join(ROOT, "spec/fixtures/process_handlers.rb"), out: log, err: log)
+                        "-r", File.join(root, "spec/fixtures/process_handlers.rb"), out: log, err: log)
     @pids << pid
     wait_until("worker #{name} to start") { File.exist?(log) && File.read(log).include?("pid #{pid}") }
     pid
@@ -105,8 +106,8 @@ RSpec.describe "the tasker_worker process", :worker do
       max_concurrent_handlers = 3
     TOML
     log = File.join(dir, "from_file.log")
-    pid = Process.spawn({ "DATABASE_URL" => migrated_database_url }, RbConfig.ruby, File.join(ROOT, "exe/tasker_worker"),
-                        "-C", path, "-v", "-r", File.join(ROOT, "spec/fixtures/process_handlers.rb"), "--orchestrate",
+    pid = Process.spawn({ "DATABASE_URL" => migrated_database_url }, RbConfig.ruby, File.join(root, "exe/tasker_worker"),
+                        "-C", path, "-v", "-r", File.join(root, "spec/fixtures/process_handlers.rb"), "--orchestrate",
                         out: log, err: log)
     @pids << pid
     wait_until("the worker to start") { File.exist?(log) && File.read(log).include?("pid #{pid}") }

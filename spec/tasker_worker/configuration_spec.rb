@@ -149,7 +149,7 @@ RSpec.describe TaskerWorker::Configuration do
       completion_timeout: [0, "30"],
       starvation_warning_threshold: [0, -0.5],
       deployment_mode: ["push", :fast, 1],
-      namespaces: [[], "default", ["Payments"], ["a" * 41], ["ok", "bad-name"], %w[a a], [1]],
+      namespaces: [[], "default", ["Payments"], ["a" * 41], %w[ok bad-name], %w[a a], [1]],
       log_level: [:verbose, nil, 3],
       logger: [nil, "stdout"],
       config_path: [""],

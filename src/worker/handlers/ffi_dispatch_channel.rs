@@ -30,8 +30,11 @@ use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Timeouts and starvation are measured on tokio's clock, which tests can pause and advance;
+// outside a test it is the system's monotonic clock.
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A step handed to a thread: its event id (the key for `complete`) and its context.
@@ -240,7 +243,8 @@ impl FfiDispatchChannel {
     /// Blocks until a step is ready (returns it), `timeout` passes, or the channel stops
     /// (both return `None`).
     pub fn next_step(&self, timeout: Duration) -> Option<FfiStepEvent> {
-        let deadline = Instant::now() + timeout;
+        // The thread's own wait is on the system clock (a condition variable).
+        let deadline = std::time::Instant::now() + timeout;
         let mut state = self.state.lock();
         state.waiting_threads += 1;
         let event = loop {

@@ -167,7 +167,7 @@ module TaskerWorker
     # The core's verdict on this one value over its defaults (no file, no environment: those
     # are read when the worker starts). Returns the value to keep.
     def core_checked(option, value)
-      Native.effective_config({ CORE_KEYS.fetch(option) => core_value(option, value) }, nil, false)
+      Native.check_config({ CORE_KEYS.fetch(option) => core_value(option, value) })
       value
     rescue ConfigurationError => e
       raise ConfigurationError, core_message(e.message)

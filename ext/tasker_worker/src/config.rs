@@ -20,10 +20,7 @@ pub fn init(_ruby: &Ruby, native: RModule) -> Result<(), Error> {
 /// Loads the defaults with `overrides` (no file, no environment); raises `ConfigurationError`
 /// naming the key, else returns nil.
 fn check_config(ruby: &Ruby, overrides: RHash) -> Result<(), Error> {
-    let overrides = conversions::overrides(ruby, overrides)?;
-    TaskerConfig::load_from(None, &|_: &str| None, &overrides)
-        .map(drop)
-        .map_err(|err| errors::to_ruby(ruby, err))
+    load(ruby, overrides, None, false).map(drop)
 }
 
 fn effective_config(
@@ -32,9 +29,17 @@ fn effective_config(
     config_path: Option<String>,
     use_env: bool,
 ) -> Result<Value, Error> {
+    serde_magnus::serialize(ruby, &load(ruby, overrides, config_path, use_env)?)
+}
+
+fn load(
+    ruby: &Ruby,
+    overrides: RHash,
+    config_path: Option<String>,
+    use_env: bool,
+) -> Result<TaskerConfig, Error> {
     let overrides = conversions::overrides(ruby, overrides)?;
     let env = |name: &str| use_env.then(|| std::env::var(name).ok()).flatten();
-    let config = TaskerConfig::load_from(config_path.as_deref().map(Path::new), &env, &overrides)
-        .map_err(|err| errors::to_ruby(ruby, err))?;
-    serde_magnus::serialize(ruby, &config)
+    TaskerConfig::load_from(config_path.as_deref().map(Path::new), &env, &overrides)
+        .map_err(|err| errors::to_ruby(ruby, err))
 }

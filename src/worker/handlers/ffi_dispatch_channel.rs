@@ -351,23 +351,18 @@ impl FfiDispatchChannel {
             context: message.context,
             result,
         };
-        let closed = |completion: StepCompletion| {
-            tracing::warn!(step_uuid = %completion.claim.step_uuid, "the worker is stopping; the result is not committed and the step will be reclaimed after its lease");
-            None
+        // A clone, so the lock is not held across the send.
+        let tx = self.completion_tx.lock().clone();
+        let unsent = match tx {
+            Some(tx) => match tx.try_send(completion) {
+                Ok(()) => return None,
+                Err(mpsc::error::TrySendError::Full(completion)) => return Some((completion, tx)),
+                Err(mpsc::error::TrySendError::Closed(completion)) => completion,
+            },
+            None => completion,
         };
-        let sender = self.completion_tx.lock();
-        let Some(tx) = sender.as_ref() else {
-            drop(sender);
-            return closed(completion);
-        };
-        match tx.try_send(completion) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(completion)) => Some((completion, tx.clone())),
-            Err(mpsc::error::TrySendError::Closed(completion)) => {
-                drop(sender);
-                closed(completion)
-            }
-        }
+        tracing::warn!(step_uuid = %unsent.claim.step_uuid, "the worker is stopping; the result is not committed and the step will be reclaimed after its lease");
+        None
     }
 
     async fn check_timeouts(&self) {

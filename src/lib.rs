@@ -5,6 +5,7 @@
 pub mod config;
 pub mod database;
 pub mod error;
+pub mod limits;
 pub mod messaging;
 pub mod node;
 pub mod orchestration;

@@ -11,7 +11,7 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
                 .tap { |w| w.enqueue("only") }
   end
 
-  it "runs a Ruby handler class with its context and commits the result", :gc_stress do
+  it "runs a Ruby handler class with its context and commits the result" do
     stub_const("SpecSquare", Class.new(TaskerWorker::StepHandler) do
       def call(context)
         success(result: { "square" => context.input(:n)**2, "attempt" => context.attempt }, metadata: { "by" => "spec" })
@@ -49,7 +49,7 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
     expect(results.map { |r| r.dig("result", "saw") }).to all(eq(n))
   end
 
-  it "commits a failure result for every way a handler can fail", :gc_stress do
+  it "commits a failure result for every way a handler can fail" do
     registry.register("Raises") { |_c| raise ArgumentError, "bad input" }
     registry.register("Permanent") { |_c| raise TaskerWorker::PermanentError, "card declined" }
     registry.register("Retryable") { |_c| raise TaskerWorker::RetryableError.new("gateway busy", retry_after: 3) }
@@ -126,7 +126,7 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
     wait_until("the thread to be replaced") { worker.status[:threads] == 2 }
   end
 
-  it "raises ForkError in a forked child and keeps working in the parent", :gc_stress do
+  it "raises ForkError in a forked child and keeps working in the parent" do
     registry.register("Echo") { |c| { "n" => c.input(:n) } }
     worker = start_worker(registry: registry, concurrency: 1, namespaces: ["forked"])
     reader, writer = IO.pipe

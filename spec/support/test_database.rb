@@ -30,7 +30,7 @@ module TestDatabase
     end
 
     def connect(database_url)
-      PG.connect(database_url)
+      GcStress.paused { PG.connect(database_url) }
     rescue PG::Error => e
       raise "these specs need PostgreSQL at #{database_url} and could not connect (#{e.message.strip}). " \
             "Run bin/setup or set DATABASE_URL."
@@ -44,10 +44,12 @@ module TestDatabase
     private
 
     def admin
-      conn = connect(url_for("postgres"))
-      yield conn
-    ensure
-      conn&.close
+      GcStress.paused do
+        conn = connect(url_for("postgres"))
+        yield conn
+      ensure
+        conn&.close
+      end
     end
   end
 end

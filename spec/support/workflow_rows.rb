@@ -10,7 +10,7 @@ class WorkflowRows
 
   # steps: [{ name:, callable:, depends_on: [names], timeout_seconds: }]
   def self.create(conn, namespace:, steps:, context: {}, task_name: "spec_task")
-    new(conn, namespace).tap { |w| w.insert(task_name, steps, context) }
+    GcStress.paused { new(conn, namespace).tap { |w| w.insert(task_name, steps, context) } }
   end
 
   def initialize(conn, namespace)
@@ -107,6 +107,6 @@ class WorkflowRows
   end
 
   def exec(sql, params)
-    @conn.exec_params(sql, params)
+    GcStress.paused { @conn.exec_params(sql, params) }
   end
 end

@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-RSpec.describe TaskerWorker::Native, :gc_stress do
+RSpec.describe TaskerWorker::Native do
   it "is the Rust core, with the gem's version" do
     expect(described_class.core_version).to eq(TaskerWorker::VERSION)
   end
@@ -25,7 +25,7 @@ RSpec.describe TaskerWorker::Native, :gc_stress do
   end
 end
 
-RSpec.describe TaskerWorker::Native::Loopback, :gc_stress do
+RSpec.describe TaskerWorker::Native::Loopback do
   it "hands out synthetic steps and takes their completions, once each" do
     loopback = described_class.new(2)
     event = loopback.next_step(5.0)

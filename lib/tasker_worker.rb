@@ -11,6 +11,7 @@ rescue LoadError => e
 end
 
 require_relative "tasker_worker/database"
+require_relative "tasker_worker/hooks"
 require_relative "tasker_worker/step_handler"
 require_relative "tasker_worker/step_context"
 require_relative "tasker_worker/result_mapper"
@@ -21,6 +22,7 @@ require_relative "tasker_worker/processor"
 require_relative "tasker_worker/domain_events"
 require_relative "tasker_worker/worker"
 require_relative "tasker_worker/client"
+require_relative "tasker_worker/railtie" if defined?(Rails::Railtie)
 
 # Runs the steps of Tasker workflows: a Rust engine claims steps from PostgreSQL PGMQ
 # queues and hands them to Ruby handler classes.

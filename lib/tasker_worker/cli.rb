@@ -73,7 +73,19 @@ module TaskerWorker
       return unless path
 
       path = File.join(path, "config/environment.rb") if File.directory?(path)
+      load_railtie_for(path)
       require File.expand_path(path)
+    end
+
+    # This file was required before the app's Rails, so it could not define the Railtie; a
+    # Rails app's config/application.rb (which requires Rails, then defines the app without
+    # initializing it) is loaded first, then the Railtie, then the environment initializes it.
+    def load_railtie_for(environment)
+      application = File.join(File.dirname(File.expand_path(environment)), "application.rb")
+      return unless File.basename(environment) == "environment.rb" && File.exist?(application)
+
+      require application
+      require_relative "railtie" if defined?(::Rails::Railtie)
     end
 
     def start_worker

@@ -136,6 +136,11 @@ module TaskerWorker
       @logger = value
     end
 
+    # Whether the logger is still the default one (a framework may then put its own in).
+    def default_logger?
+      @logger.equal?(@default_logger)
+    end
+
     # `configure { |c| c.concurency = 5 }` names the misspelt option instead of a NoMethodError.
     def method_missing(name, *args)
       return super unless name.end_with?("=")

@@ -6,10 +6,22 @@ module TaskerWorker
   # processes at once.
   module Database
     # Returns { pgmq_source: "sql" | "extension", pgmq_installed_now: bool, applied: [versions] }.
-    def self.migrate!(url = ENV["DATABASE_URL"])
-      raise ConfigurationError, "database url is not set: pass one or set DATABASE_URL" if url.nil? || url.empty?
+    # Without an argument: the configured database (TaskerWorker.configure, DATABASE_URL; in
+    # Rails, config/tasker_worker.yml or the app's primary database).
+    def self.migrate!(url = TaskerWorker.configuration.database_url)
+      if url.nil? || url.empty?
+        raise ConfigurationError, "database url is not set: pass one, set DATABASE_URL, or " \
+                                  "TaskerWorker.configure { |c| c.database_url = ... }"
+      end
 
       native_migrate(url)
+    end
+
+    # One line for a person: what migrate! did.
+    def self.describe(result)
+      applied = result[:applied]
+      pgmq = result[:pgmq_installed_now] ? "installed PGMQ" : "PGMQ already there (#{result[:pgmq_source]})"
+      "#{applied.empty? ? "schema up to date" : "applied #{applied.size} migration(s)"}, #{pgmq}"
     end
   end
 end

@@ -57,9 +57,12 @@ module TaskerWorker
     end
 
     # Resolution errors (HandlerNotFoundError) and handler exceptions map the same way here
-    # as in TaskerWorker::Testing.
+    # as in TaskerWorker::Testing. The framework's wrapper (Rails: executor or reloader) runs
+    # around resolution too, so a reloaded handler class is the one resolved.
     def outcome(context)
-      ResultMapper.capture { @registry.resolve(context.handler_callable, config: context.config).call(context) }
+      Hooks.wrap_step do
+        ResultMapper.capture { @registry.resolve(context.handler_callable, config: context.config).call(context) }
+      end
     end
 
     def complete(event_id, completion)

@@ -38,6 +38,7 @@ module TaskerWorker
 
     def start
       LogForwarder.start(@config)
+      Hooks.worker_starting&.call(self)
       Client.for(@database_url).register_templates(@templates_path) if @templates_path
       @native = Native::Worker.start(@config.to_core_overrides, @config.config_path, @orchestrate)
       @mutex.synchronize { @concurrency.times { |i| spawn(i) } }

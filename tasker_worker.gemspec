@@ -20,7 +20,7 @@ Gem::Specification.new do |spec|
   # The whole cargo workspace ships: the extension is compiled on install.
   spec.files = Dir[
     "Cargo.toml", "Cargo.lock", "build.rs", "src/**/*.rs", "ext/**/*.{rs,rb,toml}", "migrations/**/*.sql", "sql/**/*.sql",
-    "config/**/*", "lib/**/*.rb", "exe/*", "README.md", "CHANGELOG.md"
+    "config/**/*", "lib/**/*.{rb,rake,tt}", "exe/*", "README.md", "CHANGELOG.md"
   ].reject { |f| File.directory?(f) }
   spec.bindir = "exe"
   spec.executables = Dir["exe/*"].map { |f| File.basename(f) }

@@ -84,6 +84,19 @@ RSpec.describe "tasker_worker in a Rails app", :worker do
     conn&.close
   end
 
+  it "installs with its generators: config, an example workflow with a passing spec, the schema through db:migrate" do
+    expect(app.install_output.scan(/create\s+(\S+)/).flatten).to include(
+      "config/tasker_worker.yml", "config/initializers/tasker_worker.rb", "config/tasks/greeting.yml",
+      "app/handlers/greeting_handler.rb", "spec/handlers/greeting_handler_spec.rb"
+    )
+    expect(app.migrate_output).to match(/InstallTaskerWorker: migrated/)
+    app.run!("bin/rails", "generate", "tasker_worker:handler", "Checkout::ChargeCard", "--force")
+    expect(app.read("app/handlers/checkout/charge_card.rb")).to include("module Checkout\n  class ChargeCard < TaskerWorker::StepHandler")
+
+    output = app.run!("bundle", "exec", "rspec", "spec/handlers")
+    expect(output).to include("3 examples, 0 failures")
+  end
+
   it "runs 100 tasks whose handlers use ActiveRecord, -c 10 over pool: 5, none failing, and warns about the pool" do
     orders_before = app.connect.exec("SELECT count(*) FROM orders").getvalue(0, 0).to_i
     start_worker(concurrency: 10)

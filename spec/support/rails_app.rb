@@ -35,12 +35,19 @@ class RailsApp
       gem "rails", "~> 6.1.7"
       gem "pg"
       gem "tasker_worker", path: #{CHECKOUT.inspect}
+      group :test do
+        gem "rspec"
+      end
     RUBY
     write("config/database.yml", database_yml)
     run!("bundle", "install", "--local", "--quiet")
+    @install_output = run!("bin/rails", "generate", "tasker_worker:install")
     run!("bin/rails", "generate", "model", "Order", "number:integer")
-    run!("bin/rails", "db:migrate")
+    @migrate_output = run!("bin/rails", "db:migrate")
   end
+
+  # What `bin/rails generate tasker_worker:install` and the first `bin/rails db:migrate` printed.
+  attr_reader :install_output, :migrate_output
 
   def write(path, text)
     full = File.join(@root, path)

@@ -81,6 +81,7 @@ module TaskerWorker
 
     private
 
+    # Whatever goes wrong in here is logged and the loop starts again: the thread must not die.
     def run
       Thread.current.name = "tasker_worker.events"
       loop do
@@ -91,6 +92,10 @@ module TaskerWorker
         deliver(raw) if raw
         break if stopped && raw.nil?
       end
+    rescue Exception => e # rubocop:disable Lint/RescueException -- the events thread must not die
+      TaskerWorker.logger.error("tasker_worker: the events thread failed (#{e.class}: #{safe_message(e)}); going on")
+      sleep 0.1
+      retry
     end
 
     # An error from the extension itself is logged and the loop goes on after a pause.

@@ -42,7 +42,7 @@ RSpec.describe "the tasker_worker process's exit status", :worker do
     summary[:steps].first[:results]["error"]
   end
 
-  it "survives `exit 3` and `raise Interrupt` in handlers, then exits 0 on SIGTERM" do
+  it "survives `exit 3` and `raise Interrupt` in handlers, then exits 0 on SIGINT (Ctrl-C)" do
     spawn_worker
     exited = client.create_task(namespace: "hostile", name: "hostile", context: { do: "exit" })
     interrupted = client.create_task(namespace: "hostile", name: "hostile", context: { do: "interrupt" })
@@ -53,7 +53,7 @@ RSpec.describe "the tasker_worker process's exit status", :worker do
     ok = client.create_task(namespace: "hostile", name: "hostile", context: { do: "nothing" })
     expect(client.wait(ok, timeout: 20)[:state]).to eq("complete")
 
-    Process.kill(:TERM, @pid)
+    Process.kill(:INT, @pid)
     expect(wait_exit(15).exitstatus).to eq(0)
     expect(File.read(log)).to include("tasker_worker: stopped")
   end

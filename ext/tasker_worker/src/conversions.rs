@@ -177,6 +177,7 @@ fn describe(path: &[Step], mut at: Option<usize>) -> String {
             {
                 format!("[{}]", key.inspect())
             }
+            // SAFETY: the class name is copied into the String at once.
             Segment::Key(key) => format!("[a {} key]", unsafe { key.classname() }),
         });
         at = step.parent;

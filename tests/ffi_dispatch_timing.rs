@@ -118,6 +118,7 @@ async fn a_polled_step_not_completed_fails_with_ffi_timeout_at_its_deadline_and_
 
     tokio::time::sleep(Duration::from_millis(990)).await;
     assert!(h.completions.try_recv().is_err(), "failed before its deadline");
+    assert!(h.channel.take_timed_out().is_empty());
     assert_eq!(h.channel.metrics().timed_out, 0);
     assert_eq!(h.channel.metrics().running, 1);
 
@@ -143,6 +144,9 @@ async fn a_polled_step_not_completed_fails_with_ffi_timeout_at_its_deadline_and_
     );
     let metrics = h.channel.metrics();
     assert_eq!((metrics.timed_out, metrics.running), (1, 0));
+    // The embedder learns which event's thread is hung, once.
+    assert_eq!(h.channel.take_timed_out(), vec![event.event_id]);
+    assert!(h.channel.take_timed_out().is_empty());
     assert_eq!(
         h.slots.available_permits(),
         10,

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "io/wait"
 require "optparse"
 require_relative "../tasker_worker"
 
@@ -12,12 +13,18 @@ module TaskerWorker
   #    status. Traps only write to a pipe; the main thread acts.
   #
   # Exit codes: 0 stopped gracefully, 1 could not start (configuration, database, template
-  # or application error), 2 bad command line.
+  # or application error), 2 bad command line, 3 crashed after starting (an exception in the
+  # main thread, or the core stopped on its own; logged with its cause). An `exit` in a
+  # handler does not end the process (the step fails with handler_exit); an `exit` elsewhere
+  # in the application stops the worker gracefully and exits with its status.
   class CLI
     EXIT_OK = 0
     EXIT_BOOT_FAILED = 1
     EXIT_USAGE = 2
+    EXIT_CRASHED = 3
     SIGNALS = %w[INT TERM TSTP TTIN].freeze
+    # How often the main thread checks, between signals, that the core still runs.
+    HEALTH_SECONDS = 1.0
 
     def initialize(argv, out: $stdout)
       @argv = argv.dup
@@ -27,11 +34,17 @@ module TaskerWorker
 
     def run
       $stdout.sync = true # log lines reach a pipe or file as they happen
+      worker = start
+      worker.is_a?(Integer) ? worker : serve(worker)
+    end
+
+    private
+
+    # The started worker, or the exit code when it could not start.
+    def start
       parse!
       boot
-      worker = start_worker
-      wait_for_signals(worker)
-      EXIT_OK
+      start_worker
     rescue OptionParser::ParseError => e
       warn "tasker_worker: #{e.message} (see --help)"
       EXIT_USAGE
@@ -40,7 +53,24 @@ module TaskerWorker
       EXIT_BOOT_FAILED
     end
 
-    private
+    def serve(worker)
+      wait_for_signals(worker)
+    rescue SystemExit => e
+      TaskerWorker.logger.warn("tasker_worker: the application called exit(#{e.status}) outside a handler; stopping")
+      stop_after_crash(worker)
+      e.status
+    rescue Exception => e # rubocop:disable Lint/RescueException -- a crash is logged with its cause and exits non-zero
+      TaskerWorker.logger.error("tasker_worker: crashed: #{e.class}: #{e.message}\n  #{Array(e.backtrace).first(20).join("\n  ")}")
+      stop_after_crash(worker)
+      EXIT_CRASHED
+    end
+
+    # Steps in flight are given back rather than waited for; a failure here changes nothing.
+    def stop_after_crash(worker)
+      worker.stop(timeout: 0)
+    rescue Exception => e # rubocop:disable Lint/RescueException -- already exiting non-zero
+      TaskerWorker.logger.error("tasker_worker: stopping after the crash failed: #{e.class}: #{e.message}")
+    end
 
     def parse!
       parser.parse!(@argv)
@@ -100,11 +130,17 @@ module TaskerWorker
       worker
     end
 
+    # Returns EXIT_OK after a graceful stop; raises when the core stopped without being asked.
     def wait_for_signals(worker)
       reader, writer = IO.pipe
       SIGNALS.each { |sig| Signal.trap(sig) { writer.write_nonblock("#{sig}\n", exception: false) } }
-      while (line = reader.gets)
-        break if handle(line.strip, worker) == :stop
+      loop do
+        unless reader.wait_readable(HEALTH_SECONDS)
+          raise Error, "the worker core stopped on its own" unless worker.running?
+
+          next
+        end
+        return EXIT_OK if handle(reader.gets.strip, worker) == :stop
       end
     end
 

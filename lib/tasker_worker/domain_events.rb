@@ -39,15 +39,21 @@ module TaskerWorker
   end
 
   # One thread per worker: pulls fast domain events from the Rust core (GVL released while
-  # waiting) and calls the subscribers. A subscriber that raises is logged and counted; the
-  # others still get the event.
+  # waiting) and calls the subscribers. A subscriber's exception, of any class, is logged and
+  # counted; the others still get the event and the thread goes on. At a graceful stop it
+  # keeps delivering until the core has stopped and the queue is empty, or the stop's
+  # deadline passes (the worker then counts what is left as dropped).
   class EventDispatcher
+    WAIT_SECONDS = 0.1
+
     attr_reader :delivered, :subscriber_errors
 
     def initialize(native)
       @native = native
       @delivered = 0
       @subscriber_errors = 0
+      @deadline = nil
+      @core_stopped = false
     end
 
     def start
@@ -55,28 +61,67 @@ module TaskerWorker
       self
     end
 
+    # Called before the core is stopped: deliver nothing after `deadline` (monotonic seconds).
+    def deliver_until(deadline)
+      @deadline = deadline
+    end
+
+    # Called once the core has stopped: no event is published any more, so an empty queue
+    # means done.
+    def core_stopped!
+      @core_stopped = true
+    end
+
     def join(timeout)
       @thread&.join(timeout)
+    rescue Exception => e # rubocop:disable Lint/RescueException -- stopping never re-raises a subscriber's error
+      TaskerWorker.logger.error("tasker_worker: the events thread ended with #{e.class}: #{e.message}")
+      nil
     end
 
     private
 
+    # Whatever goes wrong in here is logged and the loop starts again: the thread must not die.
     def run
       Thread.current.name = "tasker_worker.events"
-      until @native.stopped?
-        raw = @native.next_event(0.5)
-        deliver(DomainEvent.new(**raw)) if raw
+      loop do
+        break if @deadline && Process.clock_gettime(Process::CLOCK_MONOTONIC) >= @deadline
+
+        stopped = @core_stopped
+        raw = next_raw(stopped ? 0 : WAIT_SECONDS)
+        deliver(raw) if raw
+        break if stopped && raw.nil?
       end
+    rescue Exception => e # rubocop:disable Lint/RescueException -- the events thread must not die
+      TaskerWorker.logger.error("tasker_worker: the events thread failed (#{e.class}: #{safe_message(e)}); going on")
+      sleep 0.1
+      retry
     end
 
-    def deliver(event)
+    # An error from the extension itself is logged and the loop goes on after a pause.
+    def next_raw(timeout)
+      @native.next_event(timeout)
+    rescue StandardError => e
+      TaskerWorker.logger.error("tasker_worker: next_event failed: #{e.class}: #{e.message}")
+      sleep 1
+      nil
+    end
+
+    def deliver(raw)
+      event = DomainEvent.new(**raw)
       DomainEvents.subscribers_for(event.name).each do |subscriber|
         subscriber.call(event)
         @delivered += 1
-      rescue StandardError => e
+      rescue Exception => e # rubocop:disable Lint/RescueException -- no subscriber can stop delivery
         @subscriber_errors += 1
-        TaskerWorker.logger.error("tasker_worker: subscriber of #{event.name} raised #{e.class}: #{e.message}")
+        TaskerWorker.logger.error("tasker_worker: subscriber of #{event.name} raised #{e.class}: #{safe_message(e)}")
       end
+    end
+
+    def safe_message(exception)
+      exception.message.to_s
+    rescue Exception => e # rubocop:disable Lint/RescueException -- a broken #message must not stop delivery
+      "(its #message raised #{e.class})"
     end
   end
 end

@@ -84,3 +84,15 @@ module TaskerWorker
   # `Client.wait` gave up before the task settled.
   class TimeoutError < Error; end
 end
+
+module TaskerWorker
+  # An input is over a documented limit (e.g. a task context nested deeper than 64 levels or
+  # larger than 16 MiB of JSON, or holding NaN); the message names the limit.
+  class InvalidInputError < ArgumentError; end
+
+  # Raised (with Thread#raise) inside a handler that is still running after its step was
+  # failed with ffi_timeout; its thread has already been replaced. Not a StandardError, so a
+  # handler's `rescue => e` does not swallow it; a thread that ignores it is killed after
+  # Processor::ABANDON_GRACE_SECONDS.
+  class HandlerAbandoned < Exception; end # rubocop:disable Lint/InheritException -- must pass a handler's `rescue => e`
+end

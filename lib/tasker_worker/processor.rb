@@ -4,11 +4,17 @@ module TaskerWorker
   # One worker thread. It owns:
   # 1. pulling the next claimed step from the Rust core (`next_step`, GVL released);
   # 2. resolving and running the step's handler;
-  # 3. turning whatever happened into a completion and handing it back (`complete`).
-  # A handler's exception never escapes; a step whose result cannot be converted is
-  # completed as an `invalid_result` failure instead.
+  # 3. turning whatever happened into a completion and handing it back (`complete`), at once,
+  #    whatever the handler did: an exception of any class (SystemExit included) becomes a
+  #    failure result, and a thread killed mid-handler completes its step on its way out;
+  # 4. being abandoned (`abandon`) when its step timed out in the core: HandlerAbandoned is
+  #    raised inside the handler, never elsewhere, and the thread ends instead of taking more.
+  # A step whose result cannot be converted is completed as an `invalid_result` failure.
   class Processor
     POLL_SECONDS = 0.5
+    # How long an abandoned thread has to leave its handler after HandlerAbandoned before the
+    # worker kills it.
+    ABANDON_GRACE_SECONDS = 1.0
 
     attr_reader :thread
 
@@ -18,6 +24,8 @@ module TaskerWorker
       @index = index
       @on_exit = on_exit
       @done = false
+      @lock = Mutex.new
+      @event = nil
     end
 
     def start
@@ -29,14 +37,34 @@ module TaskerWorker
       @done = true
     end
 
+    # If this thread is still running the handler of `event_id`: it takes no more steps and
+    # HandlerAbandoned is raised in the handler. Returns the event (nil when the handler
+    # already returned; then there is nothing to abandon).
+    def abandon(event_id)
+      @lock.synchronize do
+        next unless @event && @event[:event_id] == event_id
+
+        @done = true
+        @thread.raise(HandlerAbandoned, "step #{@event[:step_name]} timed out in the core (ffi_timeout); " \
+                                        "this handler's thread was replaced")
+        @event
+      end
+    end
+
     private
 
+    # Interrupts from `abandon` are held back outside the handler (`outcome` lets them in), so
+    # one can never hit a later step or the completion of this one.
     def run
       Thread.current.name = "tasker_worker.processor.#{@index}"
-      until @done || @native.stopped?
-        event = next_event
-        process(event) if event
+      Thread.handle_interrupt(HandlerAbandoned => :never) do
+        until @done || @native.stopped?
+          event = next_event
+          process(event) if event
+        end
       end
+    rescue Exception => e # rubocop:disable Lint/RescueException -- logged; the thread is replaced
+      TaskerWorker.logger.error("tasker_worker: processor thread #{@index} failed: #{e.class}: #{e.message}")
     ensure
       @on_exit.call(self)
     end
@@ -51,26 +79,48 @@ module TaskerWorker
       nil
     end
 
+    # `ensure` also runs when the thread is killed inside the handler: the step is completed
+    # then, not left to the completion timeout.
     def process(event)
-      context = StepContext.new(event)
-      complete(event[:event_id], outcome(context))
+      @lock.synchronize { @event = event }
+      completed = false
+      completed = complete(event, outcome(StepContext.new(event)))
+    ensure
+      complete(event, ResultMapper.handler_killed) unless completed
+      @lock.synchronize { @event = nil }
     end
 
     # Resolution errors (HandlerNotFoundError) and handler exceptions map the same way here
     # as in TaskerWorker::Testing. The framework's wrapper (Rails: executor or reloader) runs
     # around resolution too, so a reloaded handler class is the one resolved.
     def outcome(context)
-      Hooks.wrap_step do
-        ResultMapper.capture { @registry.resolve(context.handler_callable, config: context.config).call(context) }
+      value = Hooks.wrap_step do
+        Thread.handle_interrupt(HandlerAbandoned => :immediate) do
+          @registry.resolve(context.handler_callable, config: context.config).call(context)
+        end
       end
+      ResultMapper.from_return(value)
+    rescue Exception => e # rubocop:disable Lint/RescueException -- no handler can stop the worker or lose its step
+      log_unusual(context, e) unless e.is_a?(StandardError)
+      ResultMapper.from_exception(e)
     end
 
-    def complete(event_id, completion)
-      @native.complete(event_id, completion)
+    # What a StandardError means is the handler's business; anything else (exit, a signal
+    # class, NoMemoryError, ...) is worth a line naming the step.
+    def log_unusual(context, exception)
+      what = exception.is_a?(SystemExit) ? "called exit(#{exception.status})" : "raised #{exception.class}"
+      TaskerWorker.logger.error("tasker_worker: the handler #{context.handler_callable} of step #{context.step_name} " \
+                                "(#{context.step_uuid}) #{what}; the step fails and the worker keeps running")
+    end
+
+    # True once the core has the completion or has refused it for good.
+    def complete(event, completion)
+      @native.complete(event[:event_id], completion)
     rescue SerializationError => e
-      @native.complete(event_id, ResultMapper.invalid_result(e))
+      @native.complete(event[:event_id], ResultMapper.invalid_result(e))
     rescue CompletionRejected => e
-      TaskerWorker.logger.warn("tasker_worker: completion rejected: #{e.message}")
+      TaskerWorker.logger.warn("tasker_worker: completion of step #{event[:step_name]} rejected: #{e.message}")
+      true
     end
   end
 end

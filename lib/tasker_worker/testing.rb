@@ -72,12 +72,13 @@ module TaskerWorker
       callable.is_a?(Module) ? callable.name : callable.to_s
     end
 
-    # The core refuses what JSON cannot hold. JSON.generate alone would quietly turn any
-    # object into its to_s, so the structure is checked first.
+    # The core refuses what JSON cannot hold, and what is over its limits (depth, size).
+    # JSON.generate alone would quietly turn any object into its to_s, so the structure is
+    # checked first.
     def checked(completion)
-      problem = JsonCheck.problem(completion[:result], "result") ||
-                JsonCheck.problem(completion[:metadata], "metadata") ||
+      problem = %i[result metadata].lazy.filter_map { |part| JsonCheck.problem(completion[part], part.to_s) }.first ||
                 JsonCheck.problem(completion.dig(:error, :context), "error context")
+      problem ||= JsonCheck.too_large(completion[:result], "result")
       JSON.generate(completion) unless problem
       problem ? ResultMapper.invalid_result(problem) : completion
     rescue JSON::JSONError => e
@@ -92,26 +93,39 @@ module TaskerWorker
 
       module_function
 
-      def problem(value, path)
+      # `depth`: the Hashes and Arrays around `value`; past the core's limit the walk stops
+      # (so a self-referencing Array is refused, not a SystemStackError).
+      def problem(value, path, depth = 0)
         case value
         when *SCALARS then nil
         when Float then value.finite? ? nil : "#{path} is #{value}, which JSON cannot represent"
-        when Array then array_problem(value, path)
-        when Hash then hash_problem(value, path)
+        when Array, Hash then container_problem(value, path, depth + 1)
         else "#{path} is #{value.class.name || value.class.inspect} #{value.inspect[0, 80]}, which has no JSON form"
         end
       end
 
-      def array_problem(array, path)
-        array.each_with_index.lazy.filter_map { |item, index| problem(item, "#{path}[#{index}]") }.first
+      def container_problem(value, path, depth)
+        limit = Native::MAX_JSON_DEPTH
+        return "#{path} nests deeper than #{limit} levels of Hashes and Arrays (the limit)" if depth > limit
+
+        value.is_a?(Array) ? array_problem(value, path, depth) : hash_problem(value, path, depth)
       end
 
-      def hash_problem(hash, path)
+      def array_problem(array, path, depth)
+        array.each_with_index.lazy.filter_map { |item, index| problem(item, "#{path}[#{index}]", depth) }.first
+      end
+
+      def hash_problem(hash, path, depth)
         hash.lazy.filter_map do |key, item|
           next "#{path} has the key #{key.inspect}; JSON keys are strings" unless key.is_a?(String) || key.is_a?(Symbol)
 
-          problem(item, "#{path}[#{key.inspect}]")
+          problem(item, "#{path}[#{key.inspect}]", depth)
         end.first
+      end
+
+      def too_large(value, path)
+        bytes = JSON.generate(value, max_nesting: false).bytesize
+        "#{path} is #{bytes} bytes of JSON; the limit is #{Native::MAX_JSON_BYTES} bytes" if bytes > Native::MAX_JSON_BYTES
       end
     end
   end

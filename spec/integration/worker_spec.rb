@@ -111,19 +111,20 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
     expect(rows.results("only")["error"]["error_type"]).to eq("ffi_timeout")
   end
 
-  it "does not lose a step whose thread is killed mid-handler, and replaces the thread" do
+  it "completes at once the step of a thread killed mid-handler, and replaces the thread" do
     started = Queue.new
     registry.register("Forever") do |_c|
       started << Thread.current
       sleep
     end
-    worker = start_worker(registry: registry, concurrency: 2, namespaces: ["killed"], completion_timeout: 0.5)
+    worker = start_worker(registry: registry, concurrency: 2, namespaces: ["killed"], completion_timeout: 30)
     rows = one_step("killed", "Forever")
     started.pop.kill
 
-    result = rows.wait_for_result("only")
-    expect(result["error"]["error_type"]).to eq("ffi_timeout")
+    result = rows.wait_for_result("only", timeout: 10)
+    expect(result["error"]).to include("error_type" => "handler_killed", "retryable" => true)
     wait_until("the thread to be replaced") { worker.status[:threads] == 2 }
+    expect(worker.status[:ffi][:timed_out]).to eq(0)
   end
 
   it "raises ForkError in a forked child and keeps working in the parent" do

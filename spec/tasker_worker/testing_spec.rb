@@ -137,6 +137,15 @@ RSpec.describe TaskerWorker::Testing do
       expect(described_class.run { |_context| { 1 => "one" } }.message).to include("result has the key 1")
     end
 
+    it "refuses what the core's limits refuse: too deep, self-referencing, too large" do
+      deep = ->(levels) { (1..levels).reduce(1) { |inner, _| [inner] } }
+      expect(described_class.run { |_context| deep.call(64) }).to be_success
+      expect(described_class.run { |_context| deep.call(65) }.message).to include("nests deeper than 64 levels")
+      expect(described_class.run { |_context| [].tap { |a| a << a } }.error_type).to eq("invalid_result")
+      huge = described_class.run { |_context| { "blob" => "x" * TaskerWorker::Native::MAX_JSON_BYTES } }
+      expect(huge.message).to include("the limit is 16777216 bytes")
+    end
+
     it "accepts Symbols, which become JSON strings" do
       expect(described_class.run { |_context| { status: :paid } }).to be_success
     end

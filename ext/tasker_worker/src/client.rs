@@ -3,11 +3,12 @@
 //! Fork-aware like `Native::Worker`: it records its pid; the Ruby layer makes a new client
 //! in a forked child, and an inherited one is leaked, never dropped.
 
-use crate::{errors, nogvl, worker};
+use crate::{conversions, errors, nogvl, worker};
 use magnus::{function, method, prelude::*, Error, RHash, RModule, Ruby, Value};
 use std::mem::ManuallyDrop;
 use tasker_worker::config::TaskerConfig;
 use tasker_worker::database::{self, PoolSettings};
+use tasker_worker::limits;
 use tasker_worker::orchestration::{self, TaskRequest, TaskTemplate};
 use tasker_worker::{TaskerError, TaskerResult};
 
@@ -119,6 +120,10 @@ impl NativeClient {
         context: Value,
         idempotency_key: Option<String>,
     ) -> Result<String, Error> {
+        // Over the limits (or NaN / Infinity): InvalidInputError, an ArgumentError, naming
+        // the limit. Checked on the Ruby value first, so conversion never recurses too deep.
+        let invalid = |why: String| errors::named(ruby, "InvalidInputError", why);
+        conversions::check_ruby_json(context, limits::MAX_JSON_DEPTH, "the task context").map_err(invalid)?;
         let context: serde_json::Value = serde_magnus::deserialize(ruby, context).map_err(|err| {
             errors::named(
                 ruby,
@@ -126,6 +131,7 @@ impl NativeClient {
                 format!("the task context could not be converted to JSON: {err}"),
             )
         })?;
+        limits::check_value(&context, "the task context").map_err(|err| invalid(err.to_string()))?;
         let request = TaskRequest {
             namespace,
             name,

@@ -9,6 +9,10 @@ pub fn init(ruby: &Ruby, tasker_worker: RModule) -> Result<RModule, Error> {
     native.define_singleton_method("core_version", function!(core_version, 0))?;
     native.define_singleton_method("queue_namespace", function!(queue_namespace, 1))?;
     native.define_singleton_method("worker_queue_name", function!(worker_queue_name, 1))?;
+    // The limits of `tasker_worker::limits`, for TaskerWorker::Testing to refuse what the
+    // core refuses (the core stays their one owner).
+    native.const_set("MAX_JSON_DEPTH", tasker_worker::limits::MAX_JSON_DEPTH)?;
+    native.const_set("MAX_JSON_BYTES", tasker_worker::limits::MAX_JSON_BYTES)?;
     let _ = ruby;
     Ok(native)
 }

@@ -2,7 +2,7 @@
 //! Ruby object. Each method converts, calls the core, converts back.
 //!
 //! Fork safety: the object remembers the pid that started it. In a forked child every method
-//! raises `TaskerWorker::ForkError`, and the inherited runtime is leaked, never dropped
+//! but `pid` raises `TaskerWorker::ForkError`, and the inherited runtime is leaked, never dropped
 //! (its threads do not exist in the child; dropping it would hang).
 
 use crate::{conversions, errors, nogvl};
@@ -30,6 +30,8 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("quiet", method!(NativeWorker::quiet, 0))?;
     class.define_method("stop", method!(NativeWorker::stop, 1))?;
     class.define_method("stopped?", method!(NativeWorker::is_stopped, 0))?;
+    class.define_method("take_timed_out", method!(NativeWorker::take_timed_out, 0))?;
+    class.define_method("drop_fast_events", method!(NativeWorker::drop_fast_events, 0))?;
     class.define_method("pid", method!(NativeWorker::pid, 0))?;
     Ok(())
 }
@@ -131,19 +133,20 @@ impl NativeWorker {
     }
 
     /// Blocks (without the GVL, in slices) up to `timeout` seconds for the next fast domain
-    /// event; returns its envelope Hash or nil (at once when stopped).
+    /// event; returns its envelope Hash or nil. It waits the same while the worker stops and
+    /// after, so the events still queued (or published while in-flight steps finish) can be
+    /// delivered; `timeout` 0 takes one only if one is queued.
     fn next_event(ruby: &Ruby, rb_self: &Self, timeout: f64) -> Result<Option<RHash>, Error> {
-        let node = rb_self.check_pid(ruby)?;
-        if node.is_stopped() {
-            return Ok(None);
+        let events = rb_self.check_pid(ruby)?.domain_events();
+        if let Some(event) = events.try_next_fast_event() {
+            return serde_magnus::serialize(ruby, &event).map(Some);
         }
-        let events = node.domain_events();
         let event = nogvl::wait_in_slices(
             ruby,
             "next_event",
             timeout,
             |slice| events.next_fast_event(slice),
-            || node.is_stopped(),
+            || false,
         )?;
         event
             .map(|event| serde_magnus::serialize(ruby, &event))
@@ -168,8 +171,14 @@ impl NativeWorker {
     }
 
     fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
-        let status = rb_self.check_pid(ruby)?.status();
+        let node = rb_self.check_pid(ruby)?;
+        let status = node.status();
         let hash = conversions::status(ruby, status.worker.as_ref(), &status.ffi.unwrap_or_default())?;
+        if status.worker.is_none() {
+            // Kept after a stop: what was delivered or dropped while stopping.
+            let events: RHash = serde_magnus::serialize(ruby, &node.domain_events().stats())?;
+            hash.aset(ruby.to_symbol("domain_events"), events)?;
+        }
         if let Some(orchestrator) = status.orchestrator {
             hash.aset(
                 ruby.to_symbol("orchestrator"),
@@ -198,8 +207,25 @@ impl NativeWorker {
             .transpose()
     }
 
-    fn is_stopped(&self) -> bool {
-        self.node.is_stopped()
+    fn is_stopped(ruby: &Ruby, rb_self: &Self) -> Result<bool, Error> {
+        Ok(rb_self.check_pid(ruby)?.is_stopped())
+    }
+
+    /// The event ids (Strings) failed with `ffi_timeout` since the last call: the threads
+    /// running them are hung, for the Ruby layer to replace.
+    fn take_timed_out(ruby: &Ruby, rb_self: &Self) -> Result<Vec<String>, Error> {
+        rb_self.check_pid(ruby)?;
+        Ok(rb_self
+            .channel
+            .take_timed_out()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect())
+    }
+
+    /// Drops the fast events still queued, counting them as dropped; returns how many.
+    fn drop_fast_events(ruby: &Ruby, rb_self: &Self) -> Result<usize, Error> {
+        Ok(rb_self.check_pid(ruby)?.domain_events().drop_queued_fast())
     }
 
     fn pid(&self) -> u32 {

@@ -1,7 +1,9 @@
 //! `DomainEventSystem`: fire-and-forget domain events, published only after the step result
 //! they describe is committed (it is the completion processor's `PostHandlerCallback`). It owns:
 //! 1. matching each committed result against its step's `publishes_events` declarations
-//!    (`condition`: success | failure | retryable_failure | permanent_failure | always);
+//!    (`condition`: success | failure | retryable_failure | permanent_failure | always); a
+//!    failure is `retryable_failure` only when the orchestrator will run the step again
+//!    (`will_retry`), so the last failed attempt is a `permanent_failure`;
 //! 2. checking the payload against the declaration's optional `schema` (a small JSON-schema
 //!    subset: type, required, properties, items, enum); an invalid payload is counted and
 //!    logged, not published;
@@ -67,16 +69,28 @@ pub enum DeliveryMode {
 }
 
 impl EventCondition {
-    pub fn matches(self, result: &StepExecutionResult) -> bool {
-        let retryable = result.metadata.retryable;
+    /// `final_attempt`: no attempt follows this one (see [`will_retry`]), so a failure is
+    /// permanent even when the handler called it retryable.
+    pub fn matches(self, result: &StepExecutionResult, final_attempt: bool) -> bool {
+        let retried = !result.success && result.metadata.retryable && !final_attempt;
         match self {
             Self::Success => result.success,
             Self::Failure => !result.success,
-            Self::RetryableFailure => !result.success && retryable,
-            Self::PermanentFailure => !result.success && !retryable,
+            Self::RetryableFailure => retried,
+            Self::PermanentFailure => !result.success && !retried,
             Self::Always => true,
         }
     }
+}
+
+/// Whether the orchestrator will run the step again after this failed attempt: the result
+/// and the step's template are retryable and attempts are left (`attempts < max_attempts`,
+/// `attempts` counting this one), the same rule as the orchestrator's result processor.
+pub fn will_retry(context: &StepContext, result: &StepExecutionResult) -> bool {
+    !result.success
+        && result.metadata.retryable
+        && context.retryable
+        && context.attempts < context.max_attempts
 }
 
 /// The envelope, on the durable queue and in Ruby.
@@ -206,6 +220,28 @@ impl DomainEventSystem {
         }
     }
 
+    /// The next fast event if one is queued, without waiting (what a stopping subscriber
+    /// thread drains).
+    pub fn try_next_fast_event(&self) -> Option<DomainEvent> {
+        self.fast.lock().pop_front()
+    }
+
+    /// Empties the fast queue, counting its events as dropped (a stop ran out of time to
+    /// deliver them). Returns how many were dropped.
+    pub fn drop_queued_fast(&self) -> usize {
+        let dropped = std::mem::take(&mut *self.fast.lock()).len();
+        if dropped > 0 {
+            self.counters
+                .dropped_fast
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                "the worker stopped before these fast domain events were delivered; dropped (counted in status)"
+            );
+        }
+        dropped
+    }
+
     pub fn stats(&self) -> DomainEventStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DomainEventStats {
@@ -274,6 +310,7 @@ impl PostHandlerCallback for DomainEventSystem {
         else {
             return;
         };
+        let final_attempt = !result.success && !will_retry(context, result);
         // The payload (the stored result) is built once, and only if some declaration matches.
         let mut payload: Option<Value> = None;
         for raw in declarations {
@@ -285,7 +322,7 @@ impl PostHandlerCallback for DomainEventSystem {
                     continue;
                 }
             };
-            if !declaration.condition.matches(result) {
+            if !declaration.condition.matches(result, final_attempt) {
                 continue;
             }
             if payload.is_none() {
@@ -390,9 +427,14 @@ mod tests {
             (Always, [true, true, true]),
         ];
         for (condition, expected) in table {
-            let got = [&ok, &retryable, &permanent].map(|r| condition.matches(r));
+            let got = [&ok, &retryable, &permanent].map(|r| condition.matches(r, false));
             assert_eq!(got, expected, "{condition:?}");
         }
+        // The last attempt of a retryable failure is permanent: nothing will retry it.
+        assert!(!RetryableFailure.matches(&retryable, true));
+        assert!(PermanentFailure.matches(&retryable, true));
+        assert!(Failure.matches(&retryable, true));
+        assert!(!PermanentFailure.matches(&ok, true));
     }
 
     #[test]
@@ -467,5 +509,9 @@ mod tests {
             (2, 3, 2)
         );
         assert!(system.next_fast_event(Duration::from_millis(10)).is_some());
+        assert_eq!(system.drop_queued_fast(), 1);
+        let stats = system.stats();
+        assert_eq!((stats.dropped_fast, stats.fast_queued), (4, 0));
+        assert!(system.try_next_fast_event().is_none());
     }
 }

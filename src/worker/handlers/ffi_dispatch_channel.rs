@@ -6,6 +6,7 @@
 //!    completion is rejected with a reason;
 //! 3. enforcing `completion_timeout_ms` (or the step's `timeout_seconds`) itself: an event
 //!    polled and not completed in time gets an `ffi_timeout` failure and its slot is freed;
+//!    its id is kept for `take_timed_out`, so the embedder can replace the hung thread;
 //! 4. starvation warnings: steps queued and not polled, and steps polled and not completed,
 //!    past `starvation_warning_threshold_ms` (rate-limited, with the number of threads
 //!    waiting in `next_step` and of handlers running).
@@ -157,6 +158,9 @@ struct State {
     waiting_threads: usize,
     stopped: bool,
     last_warning: Option<Instant>,
+    /// Events failed with `ffi_timeout` that `take_timed_out` has not handed out yet
+    /// (bounded like `finished`: the oldest are forgotten first).
+    timed_out: VecDeque<Uuid>,
 }
 
 #[derive(Default)]
@@ -196,6 +200,7 @@ impl FfiDispatchChannel {
                 waiting_threads: 0,
                 stopped: false,
                 last_warning: None,
+                timed_out: VecDeque::new(),
             }),
             ready: Condvar::new(),
             completion_tx: Mutex::new(Some(completion_tx)),
@@ -379,6 +384,10 @@ impl FfiDispatchChannel {
                 .filter_map(|id| {
                     let running = state.running.remove(&id)?;
                     state.finished.record(id, Finished::TimedOut);
+                    if state.timed_out.len() == FINISHED_LOG_SIZE {
+                        state.timed_out.pop_front();
+                    }
+                    state.timed_out.push_back(id);
                     Some((id, running))
                 })
                 .collect()
@@ -499,6 +508,12 @@ impl FfiDispatchChannel {
 
     pub fn is_stopped(&self) -> bool {
         self.state.lock().stopped
+    }
+
+    /// The events failed with `ffi_timeout` since the last call, oldest first: their threads
+    /// are still inside a handler that will never be waited for.
+    pub fn take_timed_out(&self) -> Vec<Uuid> {
+        self.state.lock().timed_out.drain(..).collect()
     }
 }
 

@@ -4,6 +4,7 @@ $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 require "tasker_worker"
 require "fileutils"
 require "timeout"
+require "English"
 
 Dir[File.join(__dir__, "support", "**", "*.rb")].sort.each { |f| require f }
 

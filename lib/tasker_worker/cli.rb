@@ -125,7 +125,8 @@ module TaskerWorker
       templates = @templates || ("config/tasks" if Dir.exist?("config/tasks"))
       worker = Worker.new(orchestrate: @orchestrate || false, templates_path: templates, **@options).start
       TaskerWorker.logger.info("tasker_worker #{VERSION}: pid #{Process.pid}, #{worker.concurrency} threads, " \
-                               "namespaces #{worker.namespaces.join(",")}, shutdown timeout #{worker.shutdown_timeout} s" \
+                               "namespaces #{worker.namespaces.join(",")}, database #{worker.database}, " \
+                               "shutdown timeout #{worker.shutdown_timeout} s" \
                                "#{", orchestrating" if @orchestrate}; INT/TERM to stop, TSTP to quiet, TTIN to dump")
       worker
     end

@@ -17,6 +17,11 @@ module TaskerWorker
       native_migrate(url)
     end
 
+    # The URL without its password, for messages.
+    def self.redact(url)
+      url.to_s.sub(%r{\A([a-z]+://[^:/@]*):[^@/]*@}i, '\1:***@')
+    end
+
     # One line for a person: what migrate! did.
     def self.describe(result)
       applied = result[:applied]

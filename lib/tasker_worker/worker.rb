@@ -24,6 +24,8 @@ module TaskerWorker
     def concurrency = not_forked { @concurrency }
     def namespaces = not_forked { @namespaces }
     def shutdown_timeout = not_forked { @shutdown_timeout }
+    # The database it works on, with any password hidden (for log lines).
+    def database = not_forked { Database.redact(@database_url) }
 
     # Options are those of TaskerWorker::Configuration (concurrency:, namespaces:, ...);
     # they override the global configuration for this worker. `orchestrate: true` also runs
@@ -50,8 +52,7 @@ module TaskerWorker
       not_forked do
         LogForwarder.start(@config)
         Hooks.worker_starting&.call(self)
-        Client.for(@database_url).register_templates(@templates_path) if @templates_path
-        @native = Native::Worker.start(@config.to_core_overrides, @config.config_path, @orchestrate)
+        boot_core
         @pid = Process.pid
         @mutex.synchronize { @concurrency.times { |i| spawn(i) } }
         @events = EventDispatcher.new(@native).start
@@ -144,6 +145,15 @@ module TaskerWorker
     end
 
     # A worker started in another process (this one is a forked child) cannot be used here.
+    # A database error names the database it tried (with no password): a worker started with
+    # no DATABASE_URL and no configuration uses the core's default, which may surprise.
+    def boot_core
+      Client.for(@database_url).register_templates(@templates_path) if @templates_path
+      @native = Native::Worker.start(@config.to_core_overrides, @config.config_path, @orchestrate)
+    rescue DatabaseError => e
+      raise DatabaseError, "#{e.message} (database #{Database.redact(@database_url)})"
+    end
+
     def not_forked
       if @pid && @pid != Process.pid
         raise ForkError, "this worker was started in process #{@pid} and cannot be used in the forked process " \

@@ -58,6 +58,19 @@ RSpec.describe "the tasker_worker process's exit status", :worker do
     expect(File.read(log)).to include("tasker_worker: stopped")
   end
 
+  it "names its database (password hidden) when it starts, and when it cannot reach it exits 1" do
+    spawn_worker
+    expect(File.read(log)).to match(%r{pid #{@pid}, 2 threads, namespaces hostile, database postgres://})
+
+    refused = "postgres://postgres:secret@127.0.0.1:1/nowhere"
+    output = IO.popen({ "DATABASE_URL" => refused }, [RbConfig.ruby, File.join(root, "exe/tasker_worker"), "-n", "hostile"],
+                      err: %i[child out], &:read)
+    expect($CHILD_STATUS.exitstatus).to eq(1) # CLI::EXIT_BOOT_FAILED
+    expect(output).to include("could not start: TaskerWorker::DatabaseError")
+      .and include("(database postgres://postgres:***@127.0.0.1:1/nowhere)")
+    expect(output).not_to include("secret")
+  end
+
   it "exits non-zero, logging the cause, when the process crashes" do
     spawn_worker
     client.create_task(namespace: "hostile", name: "hostile", context: { do: "crash_main" })

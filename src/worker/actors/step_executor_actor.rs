@@ -96,12 +96,14 @@ impl StepExecutorActor {
         let mut batches = JoinSet::new();
         let batch_slots = Arc::new(Semaphore::new(this.concurrent_batches.max(1)));
         let drained_reads = Arc::new(AtomicUsize::new(0));
+        // Pauses between claims that fail while the database is away, shared by the batches.
+        let claim_backoff = Arc::new(parking_lot::Mutex::new(RetryBackoff::default()));
         loop {
             tokio::select! {
                 _ = stop.stopped() => break,
                 _ = this.wake.notified() => {
                     tokio::select! {
-                        _ = this.drain(&mut next_queue, &mut batches, &batch_slots, &drained_reads) => {}
+                        _ = this.drain(&mut next_queue, &mut batches, &batch_slots, &drained_reads, &claim_backoff) => {}
                         _ = stop.stopped() => break,
                     }
                 }
@@ -131,6 +133,7 @@ impl StepExecutorActor {
         batches: &mut JoinSet<()>,
         batch_slots: &Arc<Semaphore>,
         drained_reads: &Arc<AtomicUsize>,
+        claim_backoff: &Arc<parking_lot::Mutex<RetryBackoff>>,
     ) {
         drained_reads.store(0, Ordering::Relaxed);
         let saw_full = Arc::new(AtomicBool::new(false));
@@ -192,6 +195,7 @@ impl StepExecutorActor {
             let this = self.clone();
             let drained_reads = drained_reads.clone();
             let saw_full = saw_full.clone();
+            let claim_backoff = claim_backoff.clone();
             batches.spawn(async move {
                 let _held = slot;
                 let asked = permits.len();
@@ -206,6 +210,18 @@ impl StepExecutorActor {
                         drained_reads.store(0, Ordering::Relaxed);
                         saw_full.store(true, Ordering::Relaxed);
                     }
+                    Err(err) if err.is_transient() => {
+                        drained_reads.fetch_add(1, Ordering::Relaxed);
+                        // The database is away: ask again after a short backoff (not only at
+                        // the next poll or notification), so claiming resumes as soon as it
+                        // is back. Holding the batch slot meanwhile keeps it from being asked
+                        // again at once.
+                        let delay = claim_backoff.lock().next_delay();
+                        tracing::warn!(error = %err, queue = %queue, retry_in_ms = delay.as_millis() as u64, "claiming from the queue failed while the database is away; retrying");
+                        tokio::time::sleep(delay).await;
+                        this.wake.notify_one();
+                        return;
+                    }
                     Err(err) => {
                         drained_reads.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %err, queue = %queue, "claiming from the queue failed");
@@ -214,6 +230,7 @@ impl StepExecutorActor {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
+                claim_backoff.lock().reset();
             });
         }
     }

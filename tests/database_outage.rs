@@ -16,7 +16,9 @@ use tasker_worker::config::TaskerConfig;
 use tasker_worker::database::{self, PoolSettings};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
 use tasker_worker::testing::wait_for;
-use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore};
+use tasker_worker::worker::{
+    handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
+};
 use tokio::sync::Notify;
 
 /// A cluster in a temporary directory, stopped and removed on drop.
@@ -34,7 +36,12 @@ fn server_bin_dir() -> PathBuf {
         }
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     found.retain(|dir| dir.join("initdb").exists());
     found.sort();
@@ -52,7 +59,11 @@ fn free_port() -> u16 {
 
 /// Runs a server binary, as the `postgres` user when this process is root (initdb refuses root).
 fn run(bin: &Path, args: &[&str]) {
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     let mut command = if is_root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
@@ -60,7 +71,10 @@ fn run(bin: &Path, args: &[&str]) {
     } else {
         Command::new(bin)
     };
-    let out = command.args(args).output().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    let out = command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     assert!(
         out.status.success(),
         "{} {args:?} failed: {}{}",
@@ -77,7 +91,10 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         let _ = Command::new("chown").arg("postgres").arg(&dir).status();
         let data = dir.to_str().unwrap();
-        run(&bin.join("initdb"), &["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        run(
+            &bin.join("initdb"),
+            &["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        );
         let cluster = Self {
             bin,
             dir,
@@ -97,12 +114,24 @@ impl Cluster {
         let log = self.dir.join("server.log");
         run(
             &self.bin.join("pg_ctl"),
-            &["-D", data, "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"],
+            &[
+                "-D",
+                data,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
         );
     }
 
     fn stop(&self) {
-        run(&self.bin.join("pg_ctl"), &["-D", self.dir.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        run(
+            &self.bin.join("pg_ctl"),
+            &["-D", self.dir.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
     }
 }
 
@@ -139,7 +168,10 @@ async fn results_claims_and_result_processing_go_through_as_soon_as_the_database
     )
     .await
     .expect("the throw-away cluster");
-    sqlx::query("CREATE DATABASE outage").execute(&admin).await.unwrap();
+    sqlx::query("CREATE DATABASE outage")
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
     let url = cluster.url("outage");
     let pool = database::connect(
@@ -210,15 +242,21 @@ async fn results_claims_and_result_processing_go_through_as_soon_as_the_database
     // away for five failed commits: more than the four tries a result had before it was
     // dropped (and its step re-run after the lease).
     let stopping = cluster.clone();
-    tokio::task::spawn_blocking(move || stopping.stop()).await.unwrap();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
     gate.notify_one();
-    wait_for("five commits to fail while the database is away", Duration::from_secs(30), || async {
-        (worker.status_now().counters.commit_failures >= 5).then_some(())
-    })
+    wait_for(
+        "five commits to fail while the database is away",
+        Duration::from_secs(30),
+        || async { (worker.status_now().counters.commit_failures >= 5).then_some(()) },
+    )
     .await;
 
     let starting = cluster.clone();
-    tokio::task::spawn_blocking(move || starting.start()).await.unwrap();
+    tokio::task::spawn_blocking(move || starting.start())
+        .await
+        .unwrap();
     let back = Instant::now();
     let state = wait_for("the task to complete", Duration::from_secs(15), || async {
         let state: Option<String> = sqlx::query_scalar(
@@ -236,14 +274,22 @@ async fn results_claims_and_result_processing_go_through_as_soon_as_the_database
         state < Duration::from_secs(10),
         "completed {state:?} after the database came back; a lease is 30 s"
     );
-    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM tasker.workflow_steps WHERE task_uuid = $1")
-        .bind(task)
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM tasker.workflow_steps WHERE task_uuid = $1")
+            .bind(task)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(attempts, [1, 1], "no step was re-run after a lease");
     let counters = worker.status_now().counters;
-    assert_eq!((counters.succeeded, counters.completion_failures, counters.reclaimed), (2, 0, 0));
+    assert_eq!(
+        (
+            counters.succeeded,
+            counters.completion_failures,
+            counters.reclaimed
+        ),
+        (2, 0, 0)
+    );
     assert_eq!(started.load(Ordering::SeqCst), 1);
 
     worker.shutdown().await.unwrap();

@@ -14,7 +14,9 @@ use tasker_worker::messaging::{MessageClient, StepMessage, STEP_RESULTS_QUEUE};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
 use tasker_worker::testing::{template, wait_for, worker_config, TestDatabase, TestWorkflow};
 use tasker_worker::worker::step_claim::{self, NextMessage};
-use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore};
+use tasker_worker::worker::{
+    handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
+};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,8 +39,14 @@ fn counting_registry() -> (Arc<InMemoryHandlerRegistry>, Runs) {
         handler_fn(move |ctx: StepContext| {
             *seen.lock().entry(ctx.step_name.clone()).or_default() += 1;
             async move {
-                let parents: Vec<Value> = ctx.dependency_results.values().map(|r| r["result"].clone()).collect();
-                Ok(StepSuccess::new(json!({"n": ctx.task_context["n"], "parents": parents})))
+                let parents: Vec<Value> = ctx
+                    .dependency_results
+                    .values()
+                    .map(|r| r["result"].clone())
+                    .collect();
+                Ok(StepSuccess::new(
+                    json!({"n": ctx.task_context["n"], "parents": parents}),
+                ))
             }
         }),
     );
@@ -57,7 +65,10 @@ fn counting_registry() -> (Arc<InMemoryHandlerRegistry>, Runs) {
 
 /// Sends JSON text as it is (cast by PostgreSQL, never parsed here) to a queue.
 async fn send_raw(pool: &sqlx::PgPool, queue: &str, text: &str) -> i64 {
-    MessageClient::new(pool.clone()).create_queue(queue).await.expect("queue");
+    MessageClient::new(pool.clone())
+        .create_queue(queue)
+        .await
+        .expect("queue");
     sqlx::query_scalar("SELECT tasker.pgmq_send_with_notify($1, $2::jsonb, 0)")
         .bind(queue)
         .bind(text)
@@ -159,7 +170,13 @@ async fn messages_too_deep_to_decode_are_dead_lettered_and_the_rest_of_their_rea
     let queue = "worker_deep_queue";
     let mut workflows = Vec::new();
     for n in 0..3 {
-        let wf = TestWorkflow::create(&db.pool, "deep", template("one", &[("only", "Echo", &[])]), json!({"n": n})).await;
+        let wf = TestWorkflow::create(
+            &db.pool,
+            "deep",
+            template("one", &[("only", "Echo", &[])]),
+            json!({"n": n}),
+        )
+        .await;
         workflows.push(wf);
     }
     // Sent before the worker starts, so all five come back in one read: a message nesting
@@ -201,7 +218,10 @@ async fn messages_too_deep_to_decode_are_dead_lettered_and_the_rest_of_their_rea
     assert_eq!(queue_name, queue);
     assert_eq!(*read_ct, 1, "dead-lettered on its first read");
     assert!(reason.contains("64 levels"), "{reason}");
-    let start = message.as_ref().and_then(Value::as_str).expect("the start of its text");
+    let start = message
+        .as_ref()
+        .and_then(Value::as_str)
+        .expect("the start of its text");
     assert!(deep_text.starts_with(start) && start.len() >= 100, "{start}");
     let (_, _, _, _, reason) = by_msg[&decorated];
     assert!(reason.contains("64 levels"), "{reason}");
@@ -241,7 +261,9 @@ async fn bad_result_messages_are_dead_lettered_by_the_orchestrator_and_real_resu
     let not_a_step = send_raw(&db.pool, STEP_RESULTS_QUEUE, r#"{"hello": "world"}"#).await;
     let (registry, runs) = counting_registry();
     let worker = start_worker(config, registry).await;
-    let task = create_task(&db.pool, &request("orchbad", "chain", json!({"n": 1}))).await.unwrap();
+    let task = create_task(&db.pool, &request("orchbad", "chain", json!({"n": 1})))
+        .await
+        .unwrap();
     assert_eq!(wait_settled(&db.pool, task).await, "complete");
 
     let letters = wait_for("two dead letters", WAIT, || async {
@@ -252,7 +274,11 @@ async fn bad_result_messages_are_dead_lettered_by_the_orchestrator_and_real_resu
     let by_msg: HashMap<i64, _> = letters.iter().map(|l| (l.1, l)).collect();
     assert_eq!(by_msg[&deep].0, STEP_RESULTS_QUEUE);
     assert!(by_msg[&deep].4.contains("64 levels"), "{}", by_msg[&deep].4);
-    assert!(by_msg[&not_a_step].4.contains("not a step result"), "{}", by_msg[&not_a_step].4);
+    assert!(
+        by_msg[&not_a_step].4.contains("not a step result"),
+        "{}",
+        by_msg[&not_a_step].4
+    );
     assert_eq!(by_msg[&not_a_step].3, Some(json!({"hello": "world"})));
     assert_eq!(queue_len(&db.pool, STEP_RESULTS_QUEUE).await, 0);
     assert_eq!(orchestrator.status().dead_lettered, 2);
@@ -269,7 +295,9 @@ async fn a_claimed_step_whose_context_nests_too_deep_fails_as_invalid_input_and_
     let db = TestDatabase::migrated().await;
     register(&db, &ONE_STEP.replace("NS", "ctxdeep")).await;
     let config = worker_config(&db, &["ctxdeep"]);
-    let task = create_task(&db.pool, &request("ctxdeep", "one", json!({"n": 1}))).await.unwrap();
+    let task = create_task(&db.pool, &request("ctxdeep", "one", json!({"n": 1})))
+        .await
+        .unwrap();
     // Written behind create_task's back (it refuses such a context), as any other writer of
     // the tables could: 100 levels, which PostgreSQL stores and serde_json would decode.
     sqlx::query("UPDATE tasker.tasks SET context = $2::jsonb WHERE task_uuid = $1")
@@ -291,7 +319,10 @@ async fn a_claimed_step_whose_context_nests_too_deep_fails_as_invalid_input_and_
     assert_eq!(results["error"]["error_type"], "invalid_input");
     assert_eq!(results["metadata"]["retryable"], false);
     let message = results["error"]["message"].as_str().unwrap();
-    assert!(message.contains("task context") && message.contains("64 levels"), "{message}");
+    assert!(
+        message.contains("task context") && message.contains("64 levels"),
+        "{message}"
+    );
     assert!(runs.lock().is_empty(), "the handler never ran");
     assert_eq!(queue_len(&db.pool, "worker_ctxdeep_queue").await, 0);
     let status = worker.status().await.unwrap();
@@ -314,16 +345,31 @@ async fn create_task_refuses_a_context_over_the_limits_naming_the_limit() {
         .expect("a context at the depth limit is taken");
 
     let too_deep = json!({ "x": at_limit });
-    let err = create_task(&db.pool, &request("limits", "one", too_deep)).await.unwrap_err();
+    let err = create_task(&db.pool, &request("limits", "one", too_deep))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TaskerError::InvalidInput(_)), "{err:?}");
-    assert!(err.to_string().contains("task context nests deeper than 64 levels"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("task context nests deeper than 64 levels"),
+        "{err}"
+    );
 
     let huge = json!({ "blob": "x".repeat(MAX_JSON_BYTES) });
-    let err = create_task(&db.pool, &request("limits", "one", huge)).await.unwrap_err();
+    let err = create_task(&db.pool, &request("limits", "one", huge))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TaskerError::InvalidInput(_)), "{err:?}");
-    assert!(err.to_string().contains(&format!("the limit is {MAX_JSON_BYTES} bytes")), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("the limit is {MAX_JSON_BYTES} bytes")),
+        "{err}"
+    );
 
-    let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasker.tasks").fetch_one(&db.pool).await.unwrap();
+    let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasker.tasks")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(tasks, 1, "nothing is written for a refused context");
     db.drop_database().await;
 }
@@ -334,11 +380,15 @@ async fn a_lapsed_claim_with_no_attempts_left_fails_as_max_attempts_exceeded_and
     register(&db, &ONE_STEP.replace("NS", "lapse")).await;
     let config = worker_config(&db, &["lapse"]);
     let queue: Arc<str> = Arc::from("worker_lapse_queue");
-    let task = create_task(&db.pool, &request("lapse", "one", json!({"n": 1}))).await.unwrap();
+    let task = create_task(&db.pool, &request("lapse", "one", json!({"n": 1})))
+        .await
+        .unwrap();
     // Two claims by a worker that dies at once, each under a lease of 0 s: both lapse.
     let mut lost = Vec::new();
     for _ in 0..2 {
-        let read = step_claim::claim_next(&db.pool, &queue, "worker_ghost", 1, 0).await.unwrap();
+        let read = step_claim::claim_next(&db.pool, &queue, "worker_ghost", 1, 0)
+            .await
+            .unwrap();
         match read.into_iter().next() {
             Some(NextMessage::Claimed { claim, .. }) => lost.push(claim.token.to_string()),
             other => panic!("expected a claim, got {other:?}"),
@@ -352,13 +402,20 @@ async fn a_lapsed_claim_with_no_attempts_left_fails_as_max_attempts_exceeded_and
     let rows = steps(&db.pool, task).await;
     let (_, state, results, attempts, max_attempts) = &rows[0];
     assert_eq!(state, "error");
-    assert_eq!((*attempts, *max_attempts), (2, 2), "attempts never exceed max_attempts");
+    assert_eq!(
+        (*attempts, *max_attempts),
+        (2, 2),
+        "attempts never exceed max_attempts"
+    );
     let results = results.as_ref().expect("a committed failure result");
     assert_eq!(results["error"]["error_type"], "max_attempts_exceeded");
     assert_eq!(results["metadata"]["retryable"], false);
     assert_eq!(results["error"]["context"]["lost_claims"], json!(lost));
     let message = results["error"]["message"].as_str().unwrap();
-    assert!(message.contains(&lost[0]) && message.contains(&lost[1]), "{message}");
+    assert!(
+        message.contains(&lost[0]) && message.contains(&lost[1]),
+        "{message}"
+    );
     assert!(runs.lock().is_empty(), "the handler never ran");
     assert_eq!(queue_len(&db.pool, "worker_lapse_queue").await, 0);
     let status = worker.status().await.unwrap();
@@ -374,8 +431,12 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
     register(&db, &CHAIN.replace("NS", "ready")).await;
     let config = worker_config(&db, &["ready"]);
     let queue = "worker_ready_queue";
-    let task = create_task(&db.pool, &request("ready", "chain", json!({"n": 7}))).await.unwrap();
-    let other = create_task(&db.pool, &request("ready", "chain", json!({"n": 8}))).await.unwrap();
+    let task = create_task(&db.pool, &request("ready", "chain", json!({"n": 7})))
+        .await
+        .unwrap();
+    let other = create_task(&db.pool, &request("ready", "chain", json!({"n": 8})))
+        .await
+        .unwrap();
     let correlation = correlation_id(&db.pool, task).await;
     let first = step_uuid(&db.pool, task, "first").await;
     let second = step_uuid(&db.pool, task, "second").await;
@@ -405,7 +466,10 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
     .await;
 
     let rows = steps(&db.pool, task).await;
-    assert_eq!(rows.iter().map(|r| (r.1.as_str(), r.3)).collect::<Vec<_>>(), [("complete", 1), ("complete", 1)]);
+    assert_eq!(
+        rows.iter().map(|r| (r.1.as_str(), r.3)).collect::<Vec<_>>(),
+        [("complete", 1), ("complete", 1)]
+    );
     let second_result = rows.iter().find(|r| r.0 == "second").unwrap().2.clone().unwrap();
     assert_eq!(
         second_result["result"]["parents"],
@@ -413,8 +477,16 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
         "second ran after first, and saw its result"
     );
     let ran = runs.lock().clone();
-    assert_eq!((ran["first"], ran["second"]), (2, 2), "one run per step of the two tasks");
-    assert_eq!(queue_len(&db.pool, queue).await, 0, "out-of-order messages are archived");
+    assert_eq!(
+        (ran["first"], ran["second"]),
+        (2, 2),
+        "one run per step of the two tasks"
+    );
+    assert_eq!(
+        queue_len(&db.pool, queue).await,
+        0,
+        "out-of-order messages are archived"
+    );
     assert!(dead_letters(&db.pool).await.is_empty());
     let status = worker.status().await.unwrap();
     assert_eq!((status.counters.out_of_order, status.counters.claimed), (3, 4));
@@ -428,7 +500,13 @@ async fn a_rust_handler_result_over_the_limits_is_an_invalid_result_failure() {
     let db = TestDatabase::migrated().await;
     let (registry, _) = counting_registry();
     let worker = start_worker(worker_config(&db, &["deepresult"]), registry).await;
-    let wf = TestWorkflow::create(&db.pool, "deepresult", template("one", &[("only", "Deep", &[])]), json!({})).await;
+    let wf = TestWorkflow::create(
+        &db.pool,
+        "deepresult",
+        template("one", &[("only", "Deep", &[])]),
+        json!({}),
+    )
+    .await;
     wf.enqueue("only").await;
     wait_for("the failure to commit", WAIT, || async {
         (wf.state("only").await == "enqueued_as_error_for_orchestration").then_some(())
@@ -438,7 +516,10 @@ async fn a_rust_handler_result_over_the_limits_is_an_invalid_result_failure() {
     assert_eq!(results["error"]["error_type"], "invalid_result");
     assert_eq!(results["metadata"]["retryable"], false);
     let message = results["error"]["message"].as_str().unwrap();
-    assert!(message.contains("result nests deeper than 64 levels"), "{message}");
+    assert!(
+        message.contains("result nests deeper than 64 levels"),
+        "{message}"
+    );
     worker.shutdown().await.unwrap();
     db.drop_database().await;
 }

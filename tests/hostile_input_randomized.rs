@@ -15,7 +15,9 @@ use tasker_worker::limits::MAX_JSON_BYTES;
 use tasker_worker::messaging::{MessageClient, StepMessage, STEP_RESULTS_QUEUE};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
 use tasker_worker::testing::{wait_for, worker_config, TestDatabase};
-use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore};
+use tasker_worker::worker::{
+    handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
+};
 use uuid::Uuid;
 
 /// Inputs per run, and real tasks running meanwhile.
@@ -41,8 +43,10 @@ impl Rng {
     }
 
     fn uuid(&mut self) -> Uuid {
-        uuid::Builder::from_random_bytes(((u128::from(self.next()) << 64) | u128::from(self.next())).to_be_bytes())
-            .into_uuid()
+        uuid::Builder::from_random_bytes(
+            ((u128::from(self.next()) << 64) | u128::from(self.next())).to_be_bytes(),
+        )
+        .into_uuid()
     }
 }
 
@@ -95,14 +99,21 @@ fn hostile(rng: &mut Rng, real: &[RealStep], huge_sent: &mut bool) -> (&'static 
         }
         2 => {
             let keys = 500 + rng.below(4000);
-            let body: serde_json::Map<String, Value> = (0..keys).map(|i| (format!("k{i}"), json!(i))).collect();
+            let body: serde_json::Map<String, Value> =
+                (0..keys).map(|i| (format!("k{i}"), json!(i))).collect();
             ("wide", Value::Object(body).to_string())
         }
         3 if !*huge_sent => {
             *huge_sent = true;
-            ("huge", json!({ "blob": "x".repeat(MAX_JSON_BYTES + 16) }).to_string())
+            (
+                "huge",
+                json!({ "blob": "x".repeat(MAX_JSON_BYTES + 16) }).to_string(),
+            )
         }
-        3 => ("large", json!({ "blob": "y".repeat(50_000 + rng.below(200_000)) }).to_string()),
+        3 => (
+            "large",
+            json!({ "blob": "y".repeat(50_000 + rng.below(200_000)) }).to_string(),
+        ),
         4 => {
             let shapes = [
                 json!({"task_uuid": 5, "step_uuid": [], "correlation_id": null}),
@@ -128,7 +139,11 @@ fn hostile(rng: &mut Rng, real: &[RealStep], huge_sent: &mut bool) -> (&'static 
         7 => {
             let (a, b) = (pick(rng), pick(rng));
             let body = StepMessage {
-                task_uuid: if a.task_uuid == b.task_uuid { rng.uuid() } else { b.task_uuid },
+                task_uuid: if a.task_uuid == b.task_uuid {
+                    rng.uuid()
+                } else {
+                    b.task_uuid
+                },
                 step_uuid: a.step_uuid,
                 correlation_id: a.correlation_id,
             };
@@ -142,7 +157,10 @@ fn hostile(rng: &mut Rng, real: &[RealStep], huge_sent: &mut bool) -> (&'static 
             };
             ("missing step", serde_json::to_string(&body).unwrap())
         }
-        _ => ("copy of a real message", serde_json::to_string(&pick(rng)).unwrap()),
+        _ => (
+            "copy of a real message",
+            serde_json::to_string(&pick(rng)).unwrap(),
+        ),
     }
 }
 
@@ -269,10 +287,11 @@ async fn hundreds_of_hostile_inputs_end_dead_lettered_or_archived_and_every_real
     .await
     .unwrap();
     assert!(states.iter().all(|s| s == "complete"), "seed {seed}: {states:?}");
-    let over: i64 = sqlx::query_scalar("SELECT count(*) FROM tasker.workflow_steps WHERE attempts > max_attempts")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let over: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tasker.workflow_steps WHERE attempts > max_attempts")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(over, 0, "seed {seed}: attempts above max_attempts");
     // One committed result per step: one enqueued_for_orchestration transition each, and one run.
     let results: Vec<(Uuid, i64, i32)> = sqlx::query_as(
@@ -287,16 +306,25 @@ async fn hundreds_of_hostile_inputs_end_dead_lettered_or_archived_and_every_real
     assert_eq!(results.len(), TASKS * 4);
     let ran = runs.lock().clone();
     for (step, committed, attempts) in results {
-        assert_eq!((committed, attempts, ran.get(&step).copied()), (1, 1, Some(1)), "seed {seed}: step {step}");
+        assert_eq!(
+            (committed, attempts, ran.get(&step).copied()),
+            (1, 1, Some(1)),
+            "seed {seed}: step {step}"
+        );
     }
     // Every input was archived, dead-lettered ones included.
     for (queue, msg_id, kind) in &sent {
-        let archived: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM pgmq.a_{queue} WHERE msg_id = $1)"))
-            .bind(msg_id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        assert!(archived, "seed {seed}: the {kind} input {msg_id} on {queue} was not archived");
+        let archived: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM pgmq.a_{queue} WHERE msg_id = $1)"
+        ))
+        .bind(msg_id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert!(
+            archived,
+            "seed {seed}: the {kind} input {msg_id} on {queue} was not archived"
+        );
     }
     let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM tasker.dead_letters")
         .fetch_one(&db.pool)

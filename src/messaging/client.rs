@@ -73,7 +73,11 @@ pub struct BadJson {
 /// Decodes a json or jsonb column from its text under the JSON limits (`limits::parse`):
 /// never sqlx's own decoder, whose serde_json recursion limit (128) would fail the row with
 /// an error naming no message, and whose depth is not ours (64). NULL is `None`.
-pub(crate) fn json_column(row: &PgRow, column: &str, what: &str) -> Result<Option<serde_json::Value>, BadJson> {
+pub(crate) fn json_column(
+    row: &PgRow,
+    column: &str,
+    what: &str,
+) -> Result<Option<serde_json::Value>, BadJson> {
     let fail = |reason: String| BadJson {
         reason,
         raw_start: String::new(),

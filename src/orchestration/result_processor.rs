@@ -160,7 +160,10 @@ impl ResultProcessor {
                     }
                 };
                 let Ok(step_message) = StepMessage::deserialize(&message.message) else {
-                    poison.push(Poison::of(&message, "not a step result message (task_uuid, step_uuid, correlation_id)".into()));
+                    poison.push(Poison::of(
+                        &message,
+                        "not a step result message (task_uuid, step_uuid, correlation_id)".into(),
+                    ));
                     continue;
                 };
                 if let Err(err) = self.process_retrying(&message, &step_message).await {

@@ -56,7 +56,8 @@ pub async fn hydrate(
     for message in messages {
         let outcome = match found.get(&message.step_uuid) {
             None => Err(format!("step {} does not exist", message.step_uuid).into()),
-            Some(row) => check_task(row, message).and_then(|()| context_from_row(row, message).map_err(Unhydrated::from)),
+            Some(row) => check_task(row, message)
+                .and_then(|()| context_from_row(row, message).map_err(Unhydrated::from)),
         };
         out.insert(message.step_uuid, outcome);
     }

@@ -152,13 +152,25 @@ pub enum NextMessage {
         context: Result<StepContext, String>,
     },
     /// Claimed without a new attempt: its attempts have reached `max_attempts`.
-    Exhausted { claim: Claim, max_attempts: i32 },
-    Duplicate { msg_id: i64, state: String },
+    Exhausted {
+        claim: Claim,
+        max_attempts: i32,
+    },
+    Duplicate {
+        msg_id: i64,
+        state: String,
+    },
     /// Not runnable (see the module comment); archived.
-    OutOfOrder { msg_id: i64, state: String },
+    OutOfOrder {
+        msg_id: i64,
+        state: String,
+    },
     Missing,
     /// Not claimed: the step cannot be hydrated, for this reason.
-    Unhydratable { message: QueuedMessage, reason: String },
+    Unhydratable {
+        message: QueuedMessage,
+        reason: String,
+    },
     /// Not claimed: the message is not exactly three canonical uuids (or the SQL side found
     /// the step unhydratable and this side did not). The caller parses and claims it the
     /// slow way.
@@ -223,13 +235,27 @@ fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage>
     let msg_id = message.msg_id;
     Ok(match action.as_str() {
         "claim" | "reclaim" => {
-            let claim = claim_from_row(row, queue_name, msg_id, &action, state.as_deref(), Some(&step_message))?;
+            let claim = claim_from_row(
+                row,
+                queue_name,
+                msg_id,
+                &action,
+                state.as_deref(),
+                Some(&step_message),
+            )?;
             // Its `attempts` is set from the claim when it is dispatched.
             let context = hydration::context_from_row(row, &step_message);
             NextMessage::Claimed { claim, context }
         }
         "exhausted" => NextMessage::Exhausted {
-            claim: claim_from_row(row, queue_name, msg_id, &action, state.as_deref(), Some(&step_message))?,
+            claim: claim_from_row(
+                row,
+                queue_name,
+                msg_id,
+                &action,
+                state.as_deref(),
+                Some(&step_message),
+            )?,
             max_attempts: row.try_get::<Option<i32>, _>("max_attempts")?.unwrap_or_default(),
         },
         "duplicate" => NextMessage::Duplicate {

@@ -17,7 +17,9 @@
 //! (`process`).
 
 use crate::error::{RetryBackoff, TaskerResult};
-use crate::messaging::{client, ExecutionTiming, Poison, QueuedMessage, StepExecutionResult, StepFailure, StepMessage};
+use crate::messaging::{
+    client, ExecutionTiming, Poison, QueuedMessage, StepExecutionResult, StepFailure, StepMessage,
+};
 use crate::worker::handlers::completion_processor;
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::hydration;
@@ -25,9 +27,9 @@ use crate::worker::in_flight::{InFlight, InFlightEntry};
 use crate::worker::stats::WorkerCounters;
 use crate::worker::step_claim::{self, Claim, ClaimOutcome, ClaimRequest, NextMessage};
 use crate::worker::step_context::{HandlerSpec, StepContext};
-use serde_json::Value;
 use crate::worker::task::StopSignal;
 use serde::Deserialize;
+use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -357,7 +359,9 @@ impl StepExecutorActor {
         let give_up = Instant::now() + Duration::from_secs(u64::from(self.visibility_timeout_seconds));
         let mut backoff = RetryBackoff::default();
         loop {
-            match completion_processor::commit(&self.pool, &self.worker_id, std::slice::from_ref(&completion)).await {
+            match completion_processor::commit(&self.pool, &self.worker_id, std::slice::from_ref(&completion))
+                .await
+            {
                 Ok(committed) => {
                     let counter = if committed.contains(&completion.claim.token) {
                         &self.counters.failed
@@ -529,7 +533,11 @@ impl StepExecutorActor {
                 ClaimOutcome::Claimed(claim) => match context {
                     Some(Ok(context)) => {
                         let Some(permit) = permits.pop() else {
-                            let failure = StepFailure::new("worker_capacity", "no capacity permit was left for a claimed step", true);
+                            let failure = StepFailure::new(
+                                "worker_capacity",
+                                "no capacity permit was left for a claimed step",
+                                true,
+                            );
                             self.fail_claimed(claim, failure).await;
                             continue;
                         };
@@ -538,7 +546,8 @@ impl StepExecutorActor {
                         }
                     }
                     _ => {
-                        let failure = invalid_input(claim.clone(), "its context was lost after the claim".into()).1;
+                        let failure =
+                            invalid_input(claim.clone(), "its context was lost after the claim".into()).1;
                         self.fail_claimed(claim, failure).await;
                     }
                 },

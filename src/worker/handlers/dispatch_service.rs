@@ -10,13 +10,13 @@
 //! steps wait here for a handler slot. Both permits return when the result is handed on.
 
 use crate::error::panic_message;
+use crate::limits;
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
-use crate::limits;
 use crate::worker::handlers::traits::{StepHandlerRegistry, StepResult, StepSuccess};
-use serde_json::Value;
 use crate::worker::step_context::StepContext;
 use chrono::Utc;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};

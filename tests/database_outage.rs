@@ -1,18 +1,20 @@
-//! A database that goes away and comes back, on a throw-away PostgreSQL cluster of this test's
-//! own (initdb on a free port; never the shared server): results, claims and result processing
-//! that fail meanwhile are retried with a short backoff and go through as soon as it is back,
-//! long before a lease (30 s) lapses.
+//! A database that goes away and comes back, on a throw-away PostgreSQL cluster of each test's
+//! own (initdb on a free port; never the shared server): a result commit and an
+//! orchestrator's result processing that fail meanwhile are retried with a short backoff and
+//! go through as soon as it is back, long before a lease (30 s) lapses; the claims after it
+//! go through as well.
 //!
 //! Needs PostgreSQL's server binaries (`pg_config --bindir`, or /usr/lib/postgresql/*/bin);
 //! fails, naming what is missing, without them.
 
 use serde_json::json;
+use sqlx::Connection;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tasker_worker::config::TaskerConfig;
+use tasker_worker::config::{DeploymentMode, TaskerConfig};
 use tasker_worker::database::{self, PoolSettings};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
 use tasker_worker::testing::wait_for;
@@ -156,8 +158,8 @@ steps:
   - { name: second, handler: { callable: Plain }, dependencies: [first] }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_claims_and_result_processing_go_through_as_soon_as_the_database_is_back() {
+/// A started cluster with a migrated database `outage`, `template` registered, and a pool on it.
+async fn cluster_with(template: &str) -> (Arc<Cluster>, String, sqlx::PgPool) {
     let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::init).await.unwrap());
     let admin = database::connect(
         &cluster.url("postgres"),
@@ -184,9 +186,55 @@ async fn results_claims_and_result_processing_go_through_as_soon_as_the_database
     .await
     .unwrap();
     database::migrate(&pool).await.unwrap();
-    register_template(&pool, &TaskTemplate::from_yaml(CHAIN, "test").unwrap())
+    register_template(&pool, &TaskTemplate::from_yaml(template, "test").unwrap())
         .await
         .unwrap();
+    (cluster, url, pool)
+}
+
+fn config(url: &str) -> TaskerConfig {
+    let mut config = TaskerConfig::default();
+    config.database.url = url.to_string();
+    config.database.max_connections = 6;
+    // A refused connection costs an attempt its whole acquire timeout: kept short so the
+    // outages below span many attempts quickly.
+    config.database.acquire_timeout_ms = 250;
+    config.worker.namespaces = vec!["outage".into()];
+    config.worker.visibility_timeout_seconds = 30;
+    config.worker.poll_interval_ms = 5_000;
+    config.worker.shutdown_timeout_ms = 5_000;
+    config
+}
+
+fn request(name: &str) -> TaskRequest {
+    TaskRequest {
+        namespace: "outage".into(),
+        name: name.into(),
+        version: "1.0.0".into(),
+        context: json!({}),
+        idempotency_key: None,
+    }
+}
+
+/// How long after `back` the task reached `complete` (at most 15 s, else the test fails).
+async fn completed_after(pool: &sqlx::PgPool, task: uuid::Uuid, back: Instant) -> Duration {
+    wait_for("the task to complete", Duration::from_secs(15), || async {
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent",
+        )
+        .bind(task)
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten();
+        (state.as_deref() == Some("complete")).then_some(back.elapsed())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_fails_to_commit_while_the_database_is_away_commits_as_soon_as_it_is_back() {
+    let (cluster, url, pool) = cluster_with(CHAIN).await;
 
     let gate = Arc::new(Notify::new());
     let started = Arc::new(AtomicUsize::new(0));
@@ -207,32 +255,12 @@ async fn results_claims_and_result_processing_go_through_as_soon_as_the_database
         "Plain",
         handler_fn(|_ctx: StepContext| async move { Ok(StepSuccess::new(json!(2))) }),
     );
-    let mut config = TaskerConfig::default();
-    config.database.url = url.clone();
-    config.database.max_connections = 6;
-    // A refused connection costs an attempt its whole acquire timeout: kept short so the
-    // outage below spans many attempts quickly.
-    config.database.acquire_timeout_ms = 250;
-    config.worker.namespaces = vec!["outage".into()];
-    config.worker.visibility_timeout_seconds = 30;
-    config.worker.poll_interval_ms = 5_000;
-    config.worker.shutdown_timeout_ms = 5_000;
+    let config = config(&url);
     let worker = WorkerCore::start(config.clone(), DispatchMode::Rust(registry))
         .await
         .unwrap();
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
-    let task = create_task(
-        &pool,
-        &TaskRequest {
-            namespace: "outage".into(),
-            name: "chain".into(),
-            version: "1.0.0".into(),
-            context: json!({}),
-            idempotency_key: None,
-        },
-    )
-    .await
-    .unwrap();
+    let task = create_task(&pool, &request("chain")).await.unwrap();
     wait_for("the first handler to start", Duration::from_secs(20), || async {
         (started.load(Ordering::SeqCst) == 1).then_some(())
     })
@@ -257,22 +285,10 @@ async fn results_claims_and_result_processing_go_through_as_soon_as_the_database
     tokio::task::spawn_blocking(move || starting.start())
         .await
         .unwrap();
-    let back = Instant::now();
-    let state = wait_for("the task to complete", Duration::from_secs(15), || async {
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent",
-        )
-        .bind(task)
-        .fetch_optional(&pool)
-        .await
-        .ok()
-        .flatten();
-        (state.as_deref() == Some("complete")).then_some(back.elapsed())
-    })
-    .await;
+    let after = completed_after(&pool, task, Instant::now()).await;
     assert!(
-        state < Duration::from_secs(10),
-        "completed {state:?} after the database came back; a lease is 30 s"
+        after < Duration::from_secs(10),
+        "completed {after:?} after the database came back; a lease is 30 s"
     );
     let attempts: Vec<i32> =
         sqlx::query_scalar("SELECT attempts FROM tasker.workflow_steps WHERE task_uuid = $1")
@@ -292,6 +308,77 @@ async fn results_claims_and_result_processing_go_through_as_soon_as_the_database
     );
     assert_eq!(started.load(Ordering::SeqCst), 1);
 
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    pool.close().await;
+}
+
+const SOLO: &str = r#"
+name: solo
+namespace_name: outage
+version: 1.0.0
+steps:
+  - { name: only, handler: { callable: Plain } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_processing_fails_while_the_database_is_away_is_processed_as_soon_as_it_is_back() {
+    let (cluster, url, pool) = cluster_with(SOLO).await;
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    registry.register(
+        "Plain",
+        handler_fn(|_ctx: StepContext| async move { Ok(StepSuccess::new(json!(2))) }),
+    );
+    let task = create_task(&pool, &request("solo")).await.unwrap();
+    // The task's row is held, so the orchestrator's processing of the result (read from the
+    // queue under a 30 s lease: polling mode) waits on it; then the database goes away.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM tasker.tasks WHERE task_uuid = $1 FOR UPDATE")
+        .bind(task)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut config = config(&url);
+    config.worker.deployment_mode = DeploymentMode::Polling;
+    config.worker.poll_interval_ms = 100;
+    let worker = WorkerCore::start(config.clone(), DispatchMode::Rust(registry))
+        .await
+        .unwrap();
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    wait_for("the orchestrator to wait on the task's row", Duration::from_secs(20), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%orchestrator_complete_step%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let stopping = cluster.clone();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    drop(holder);
+    wait_for(
+        "result processing to fail while the database is away",
+        Duration::from_secs(30),
+        || async { (orchestrator.status().processing_errors >= 3).then_some(()) },
+    )
+    .await;
+
+    let starting = cluster.clone();
+    tokio::task::spawn_blocking(move || starting.start())
+        .await
+        .unwrap();
+    let after = completed_after(&pool, task, Instant::now()).await;
+    assert!(
+        after < Duration::from_secs(10),
+        "completed {after:?} after the database came back; a lease is 30 s"
+    );
+    let status = orchestrator.status();
+    assert_eq!((status.steps_completed, status.dead_lettered), (1, 0));
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
     pool.close().await;

@@ -113,3 +113,28 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "a non-string panic payload".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_backoff_doubles_from_100_ms_to_2_s_and_resets() {
+        let mut backoff = RetryBackoff::default();
+        let delays: Vec<Duration> = (0..7).map(|_| backoff.next_delay()).collect();
+        let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 2000, 2000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn only_connection_errors_are_transient() {
+        assert!(TaskerError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(TaskerError::Database(sqlx::Error::Io(std::io::Error::other("refused"))).is_transient());
+        assert!(!TaskerError::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(!TaskerError::Database(sqlx::Error::PoolClosed).is_transient());
+        assert!(!TaskerError::InvalidInput("x".into()).is_transient());
+    }
+}

@@ -264,21 +264,27 @@ impl StepExecutorActor {
         let mut poison = Vec::new();
         let mut unchecked = Vec::new();
         let mut failed = Vec::new();
+        let mut closed = false;
         for next in read {
             match next {
                 NextMessage::Claimed {
                     claim,
                     context: Ok(context),
                 } => {
-                    let Some(permit) = permits.pop() else { break };
-                    if !self.dispatch(claim, context, permit).await {
-                        return Ok(count);
+                    // Closed: shutting down; the lease lapses and the step is claimed again.
+                    if closed {
+                        continue;
                     }
+                    let Some(permit) = permits.pop() else { break };
+                    closed = !self.dispatch(claim, context, permit).await;
                 }
                 NextMessage::Claimed {
                     claim,
                     context: Err(reason),
-                } => failed.push(invalid_input(claim, reason)),
+                } => {
+                    let failure = invalid_input(&claim, &reason);
+                    failed.push((claim, failure));
+                }
                 NextMessage::Exhausted { claim, max_attempts } => {
                     let failure = self.exhausted_failure(&claim, max_attempts).await;
                     failed.push((claim, failure));
@@ -546,8 +552,7 @@ impl StepExecutorActor {
                         }
                     }
                     _ => {
-                        let failure =
-                            invalid_input(claim.clone(), "its context was lost after the claim".into()).1;
+                        let failure = invalid_input(&claim, "its context was lost after the claim");
                         self.fail_claimed(claim, failure).await;
                     }
                 },
@@ -602,13 +607,12 @@ fn unrun_context(claim: &Claim) -> StepContext {
 }
 
 /// The failure of a claimed step that cannot be hydrated: its input is bad and stays bad.
-fn invalid_input(claim: Claim, reason: String) -> (Claim, StepFailure) {
-    let failure = StepFailure::new(
+fn invalid_input(claim: &Claim, reason: &str) -> StepFailure {
+    StepFailure::new(
         "invalid_input",
         format!("step {} cannot be run: {reason}", claim.step_uuid),
         false,
-    );
-    (claim, failure)
+    )
 }
 
 #[cfg(test)]

@@ -449,9 +449,16 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
         .unwrap()
     };
     // In the same read as the real message for `first`: `second` while it is pending (its
-    // parent not complete), and `first` named as a step of the other task.
+    // parent not complete), and `first` named as a step of the other task (twice).
     send_raw(&db.pool, queue, &message(task, second)).await;
     send_raw(&db.pool, queue, &message(other, first)).await;
+    // The same in uuid forms the claim call leaves to the worker's own parser (the slow path).
+    let slow = json!({
+        "task_uuid": other.simple().to_string(),
+        "step_uuid": first.braced().to_string(),
+        "correlation_id": correlation.simple().to_string(),
+    });
+    send_raw(&db.pool, queue, &slow.to_string()).await;
 
     let (registry, runs) = counting_registry();
     let worker = start_worker(config.clone(), registry).await;
@@ -460,8 +467,8 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
     assert_eq!(wait_settled(&db.pool, other).await, "complete");
     // After the task completed: `first` again.
     send_raw(&db.pool, queue, &message(task, first)).await;
-    wait_for("three out-of-order messages", WAIT, || async {
-        (worker.status_now().counters.out_of_order == 3).then_some(())
+    wait_for("four out-of-order messages", WAIT, || async {
+        (worker.status_now().counters.out_of_order == 4).then_some(())
     })
     .await;
 
@@ -489,7 +496,7 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
     );
     assert!(dead_letters(&db.pool).await.is_empty());
     let status = worker.status().await.unwrap();
-    assert_eq!((status.counters.out_of_order, status.counters.claimed), (3, 4));
+    assert_eq!((status.counters.out_of_order, status.counters.claimed), (4, 4));
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
     db.drop_database().await;

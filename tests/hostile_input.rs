@@ -530,3 +530,65 @@ async fn a_rust_handler_result_over_the_limits_is_an_invalid_result_failure() {
     worker.shutdown().await.unwrap();
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_stored_failure_result_too_deep_to_decode_fails_its_step_and_the_task_settles() {
+    let db = TestDatabase::migrated().await;
+    register(&db, &ONE_STEP.replace("NS", "deepfail")).await;
+    let config = worker_config(&db, &["deepfail"]);
+    let task = create_task(&db.pool, &request("deepfail", "one", json!({"n": 1})))
+        .await
+        .unwrap();
+    let step = step_uuid(&db.pool, task, "only").await;
+    // Another writer stored a retryable failure whose result nests 200 levels, and sent its
+    // result message; no worker runs.
+    let deep = format!(
+        r#"{{"success": false, "metadata": {{"retryable": true}}, "result": {}}}"#,
+        nested_text(200)
+    );
+    sqlx::query(
+        "WITH retired AS (UPDATE tasker.workflow_step_transitions SET most_recent = false \
+                           WHERE workflow_step_uuid = $1 AND most_recent RETURNING sort_key) \
+         INSERT INTO tasker.workflow_step_transitions (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, sort_key, most_recent) \
+         SELECT $2, $1, 'enqueued', 'enqueued_as_error_for_orchestration', sort_key + 1, true FROM retired",
+    )
+    .bind(step)
+    .bind(Uuid::now_v7())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE tasker.workflow_steps SET results = $2::jsonb, attempts = 1 WHERE workflow_step_uuid = $1",
+    )
+    .bind(step)
+    .bind(&deep)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let message = StepMessage {
+        task_uuid: task,
+        step_uuid: step,
+        correlation_id: correlation_id(&db.pool, task).await,
+    };
+    send_raw(
+        &db.pool,
+        STEP_RESULTS_QUEUE,
+        &serde_json::to_string(&message).unwrap(),
+    )
+    .await;
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+
+    assert_eq!(wait_settled(&db.pool, task).await, "error");
+    let state: String = sqlx::query_scalar(
+        "SELECT to_state FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 AND most_recent",
+    )
+    .bind(step)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "error", "not retried");
+    assert_eq!(queue_len(&db.pool, STEP_RESULTS_QUEUE).await, 0);
+    assert_eq!(orchestrator.status().steps_failed, 1);
+    orchestrator.shutdown().await;
+    db.drop_database().await;
+}

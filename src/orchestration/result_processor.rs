@@ -32,7 +32,7 @@ use crate::orchestration::template::TaskTemplate;
 use crate::worker::event_systems::worker_event_system::NotifiedMessage;
 use crate::worker::task::StopSignal;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -344,7 +344,14 @@ impl ResultProcessor {
                 let attempts: i32 = step.try_get(1)?;
                 let max_attempts: i32 = step.try_get(2)?;
                 let step_retryable: bool = step.try_get(3)?;
-                let results: Option<Value> = step.try_get(4)?;
+                // Decoded under the JSON limits; a result that is not (stored by some other
+                // writer) is not retryable, so the step fails and its task settles instead of
+                // the message failing on every read.
+                let results = messaging::client::json_column(&step, "results", "the step's stored result")
+                    .unwrap_or_else(|bad| {
+                        tracing::warn!(%step_uuid, reason = %bad.reason, "a failure result could not be decoded; the step is not retried");
+                        None
+                    });
                 let result_retryable = results
                     .as_ref()
                     .and_then(|r| r["metadata"]["retryable"].as_bool())

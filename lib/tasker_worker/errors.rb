@@ -19,12 +19,6 @@ module TaskerWorker
   # A value could not be converted to or from JSON.
   class SerializationError < Error; end
 
-  # An input was refused: over the JSON limits (nesting deeper than 64 levels of arrays and
-  # objects, or over 16 MiB of JSON; the message names the limit), for example a task context
-  # given to `create_task`. An ArgumentError, like any bad argument, so it is not a
-  # TaskerWorker::Error.
-  class InvalidInputError < ArgumentError; end
-
   # A defect in the native extension (for example a caught Rust panic). Please report it.
   class InternalError < Error; end
 

@@ -59,9 +59,10 @@ AS $$
      WHERE ws.workflow_step_uuid = ANY (p_step_uuids)
 $$;
 
--- A StepMessage the SQL side can read: an object whose task_uuid, step_uuid and
--- correlation_id are canonical (8-4-4-4-12 hex) uuid strings. Anything else is left to the
--- worker's own parser.
+-- A StepMessage the SQL side can read: an object of exactly three keys, task_uuid, step_uuid
+-- and correlation_id, each a canonical (8-4-4-4-12 hex) uuid string. So a message claimed
+-- here is small and flat, and the worker always decodes it. Anything else (extra keys, deep
+-- or huge values) is left to the worker's own parser, which applies the JSON limits.
 CREATE OR REPLACE FUNCTION tasker.worker_is_step_message(body jsonb)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE
@@ -73,6 +74,7 @@ AS $$
                      AND jsonb_typeof(body -> 'step_uuid') = 'string', false)
        AND coalesce(body ->> 'correlation_id' ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
                      AND jsonb_typeof(body -> 'correlation_id') = 'string', false)
+       AND body - '{task_uuid,step_uuid,correlation_id}'::text[] = '{}'::jsonb
 $$;
 
 -- A template step definition the worker can run: its handler is an object whose callable
@@ -91,10 +93,21 @@ $$;
 
 -- Claims the steps named by messages read from `queue_name` (see src/worker/step_claim.rs
 -- for the rules). Row locks first, in uuid order (completions take them the same way). One
--- row per input message: action is claim (the step is pending or enqueued, and this is the
--- batch's lowest msg_id for it), reclaim (the step is in_progress through this very
--- message), duplicate or missing; a claim row carries its token (the new in_progress
--- transition) and the step's attempts. Duplicate messages are archived.
+-- row per input message, its action:
+--   claim        - the step is enqueued, or pending with every parent complete (or resolved
+--                  manually), and this is the batch's lowest msg_id for it;
+--   reclaim      - the step is in_progress through this very message (its lease lapsed);
+--   exhausted    - claim or reclaim, but the step's attempts have reached max_attempts:
+--                  claimed (a new in_progress transition) WITHOUT a new attempt, for the
+--                  worker to fail it as max_attempts_exceeded; it never runs again;
+--   duplicate    - in_progress through another message, waiting for orchestration, or a
+--                  later message of this batch for the same step;
+--   out_of_order - the step is not runnable: pending with a parent not complete, or
+--                  waiting_for_retry, complete, error, cancelled, resolved_manually;
+--   missing      - no such step, or no transition yet.
+-- A claim row carries its token (the new in_progress transition) and the step's attempts.
+-- Duplicate and out-of-order messages are archived. The readiness check costs nothing for
+-- enqueued steps (the common case); the attempts check reads the step row already locked.
 --
 -- The claim commits with synchronous_commit off when this call is its own transaction: a
 -- claim lost in a server crash only means the message is read again after its visibility
@@ -123,6 +136,7 @@ DECLARE
     d_state   text[];
     d_sort    integer[];
     d_action  text[];
+    d_attempts integer[];
     b_step    uuid[];
     b_attempts integer[];
 BEGIN
@@ -137,44 +151,58 @@ BEGIN
            array_agg(c.workflow_step_transition_uuid ORDER BY i.n), array_agg(c.to_state ORDER BY i.n),
            array_agg(c.sort_key ORDER BY i.n),
            array_agg(CASE WHEN c.to_state IS NULL THEN 'missing'
-                          WHEN c.to_state IN ('pending', 'enqueued')
-                               AND NOT EXISTS (SELECT 1 FROM unnest(p_step_uuids, p_msg_ids) AS o(step_uuid, msg_id)
-                                                WHERE o.step_uuid = i.step_uuid AND o.msg_id < i.msg_id) THEN 'claim'
-                          WHEN c.to_state = 'in_progress'
-                               AND c.metadata ->> 'queue_name' = p_queue_name
-                               AND c.metadata ->> 'msg_id' = i.msg_id::text THEN 'reclaim'
-                          ELSE 'duplicate' END ORDER BY i.n)
-      INTO d_msg, d_step, d_corr, d_token, d_prev, d_state, d_sort, d_action
+                          WHEN c.to_state = 'in_progress' THEN
+                               CASE WHEN c.metadata ->> 'queue_name' = p_queue_name
+                                         AND c.metadata ->> 'msg_id' = i.msg_id::text
+                                    THEN CASE WHEN s.attempts >= s.max_attempts THEN 'exhausted' ELSE 'reclaim' END
+                                    ELSE 'duplicate' END
+                          WHEN c.to_state IN ('enqueued_for_orchestration', 'enqueued_as_error_for_orchestration')
+                               THEN 'duplicate'
+                          WHEN c.to_state NOT IN ('pending', 'enqueued') THEN 'out_of_order'
+                          WHEN EXISTS (SELECT 1 FROM unnest(p_step_uuids, p_msg_ids) AS o(step_uuid, msg_id)
+                                        WHERE o.step_uuid = i.step_uuid AND o.msg_id < i.msg_id) THEN 'duplicate'
+                          WHEN c.to_state = 'pending'
+                               AND EXISTS (SELECT 1 FROM tasker.workflow_step_edges pe
+                                             LEFT JOIN tasker.workflow_step_transitions pt
+                                               ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent
+                                            WHERE pe.to_step_uuid = i.step_uuid
+                                              AND coalesce(pt.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
+                               THEN 'out_of_order'
+                          WHEN s.attempts >= s.max_attempts THEN 'exhausted'
+                          ELSE 'claim' END ORDER BY i.n),
+           array_agg(s.attempts ORDER BY i.n)
+      INTO d_msg, d_step, d_corr, d_token, d_prev, d_state, d_sort, d_action, d_attempts
       FROM unnest(p_step_uuids, p_msg_ids, p_correlation_ids, p_tokens) WITH ORDINALITY
            AS i(step_uuid, msg_id, correlation_id, token, n)
       LEFT JOIN tasker.workflow_step_transitions c
-        ON c.workflow_step_uuid = i.step_uuid AND c.most_recent;
+        ON c.workflow_step_uuid = i.step_uuid AND c.most_recent
+      LEFT JOIN tasker.workflow_steps s ON s.workflow_step_uuid = i.step_uuid;
 
     IF d_msg IS NULL THEN
         RETURN;
     END IF;
 
-    IF 'claim' = ANY(d_action) OR 'reclaim' = ANY(d_action) THEN
+    IF d_action && ARRAY['claim', 'reclaim', 'exhausted'] THEN
         UPDATE tasker.workflow_step_transitions t
            SET most_recent = false, updated_at = now()
           FROM unnest(d_prev, d_action) AS d(prev_uuid, action)
-         WHERE t.workflow_step_transition_uuid = d.prev_uuid AND d.action IN ('claim', 'reclaim');
+         WHERE t.workflow_step_transition_uuid = d.prev_uuid AND d.action IN ('claim', 'reclaim', 'exhausted');
 
         INSERT INTO tasker.workflow_step_transitions
             (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
         SELECT d.token, d.step_uuid, d.to_state, 'in_progress',
                jsonb_build_object(
-                   'event', CASE d.action WHEN 'reclaim' THEN 'reclaim' ELSE 'start' END,
+                   'event', CASE d.action WHEN 'claim' THEN 'start' ELSE d.action END,
                    'worker_id', p_worker_id,
                    'queue_name', p_queue_name,
                    'msg_id', d.msg_id::text,
                    'correlation_id', d.correlation_id,
-                   'reclaimed_from', CASE d.action WHEN 'reclaim' THEN d.prev_uuid END,
+                   'reclaimed_from', CASE WHEN d.to_state = 'in_progress' THEN d.prev_uuid END,
                    'timestamp', clock_timestamp()),
                d.sort_key + 1, true
           FROM unnest(d_msg, d_step, d_corr, d_token, d_prev, d_state, d_sort, d_action)
                AS d(msg_id, step_uuid, correlation_id, token, prev_uuid, to_state, sort_key, action)
-         WHERE d.action IN ('claim', 'reclaim');
+         WHERE d.action IN ('claim', 'reclaim', 'exhausted');
 
         WITH bumped AS (
             UPDATE tasker.workflow_steps s
@@ -186,18 +214,20 @@ BEGIN
         SELECT array_agg(b.workflow_step_uuid), array_agg(b.attempts) INTO b_step, b_attempts FROM bumped b;
     END IF;
 
-    IF 'duplicate' = ANY(d_action) THEN
+    IF d_action && ARRAY['duplicate', 'out_of_order'] THEN
         PERFORM tasker.worker_archive(p_queue_name,
-                    ARRAY(SELECT d.msg_id FROM unnest(d_msg, d_action) AS d(msg_id, action) WHERE d.action = 'duplicate'));
+                    ARRAY(SELECT d.msg_id FROM unnest(d_msg, d_action) AS d(msg_id, action)
+                           WHERE d.action IN ('duplicate', 'out_of_order')));
     END IF;
 
     RETURN QUERY
     SELECT d.msg_id, d.action, d.to_state,
-           CASE WHEN d.action IN ('claim', 'reclaim') THEN d.token END,
+           CASE WHEN d.action IN ('claim', 'reclaim', 'exhausted') THEN d.token END,
            d.prev_uuid,
-           CASE WHEN d.action IN ('claim', 'reclaim') THEN b_attempts[array_position(b_step, d.step_uuid)] END
-      FROM unnest(d_msg, d_step, d_token, d_prev, d_state, d_action)
-           AS d(msg_id, step_uuid, token, prev_uuid, to_state, action);
+           CASE WHEN d.action IN ('claim', 'reclaim') THEN b_attempts[array_position(b_step, d.step_uuid)]
+                WHEN d.action = 'exhausted' THEN d.attempts END
+      FROM unnest(d_msg, d_step, d_token, d_prev, d_state, d_action, d_attempts)
+           AS d(msg_id, step_uuid, token, prev_uuid, to_state, action, attempts);
 END;
 $$;
 
@@ -215,7 +245,10 @@ $$;
 --    for claimed rows and unhydratable ones, the hydration columns of
 --    src/worker/hydration.rs (the worker builds the StepContext, or the reason a step cannot
 --    be hydrated, from them). Actions:
---      claim, reclaim, duplicate, missing - as tasker.worker_claim_steps decides;
+--      claim, reclaim, exhausted, duplicate, out_of_order, missing - as
+--                     tasker.worker_claim_steps decides;
+--      out_of_order - also: the step exists but belongs to another task than the
+--                     message's; archived, not claimed;
 --      unhydratable - not claimed; the worker retries it and dead-letters it after
 --                     max_delivery_attempts reads;
 --      unparsed     - the message is not three canonical uuids; not claimed; the worker
@@ -244,6 +277,7 @@ DECLARE
     h_n       bigint[];
     h_ctx     tasker.worker_step_context[];
     h_ok      boolean[];
+    o_msg     bigint[];
     c_step  uuid[];
     c_msg   bigint[];
     c_corr  uuid[];
@@ -271,12 +305,14 @@ BEGIN
            array_agg(x.step_uuid ORDER BY x.n) FILTER (WHERE x.ok),
            array_agg(x.msg_id ORDER BY x.n) FILTER (WHERE x.ok),
            array_agg(x.correlation_id ORDER BY x.n) FILTER (WHERE x.ok),
-           array_agg(p_tokens[x.n::integer] ORDER BY x.n) FILTER (WHERE x.ok)
-      INTO h_n, h_ctx, h_ok, c_step, c_msg, c_corr, c_token
+           array_agg(p_tokens[x.n::integer] ORDER BY x.n) FILTER (WHERE x.ok),
+           array_agg(x.msg_id) FILTER (WHERE x.other_task)
+      INTO h_n, h_ctx, h_ok, c_step, c_msg, c_corr, c_token, o_msg
       FROM (SELECT p.n, p.msg_id, p.step_uuid, p.correlation_id,
                    ROW(h.*)::tasker.worker_step_context AS h,
                    h.task_uuid IS NOT NULL AND h.task_uuid = p.task_uuid
-                     AND tasker.worker_is_runnable_definition(h.step_definition) AS ok
+                     AND tasker.worker_is_runnable_definition(h.step_definition) AS ok,
+                   coalesce(h.task_uuid <> p.task_uuid, false) AS other_task
               FROM (SELECT m.msg_id, m.n,
                            (m.body ->> 'step_uuid')::uuid AS step_uuid,
                            (m.body ->> 'task_uuid')::uuid AS task_uuid,
@@ -284,6 +320,10 @@ BEGIN
                       FROM unnest(m_id, m_body) WITH ORDINALITY AS m(msg_id, body, n)
                      WHERE tasker.worker_is_step_message(m.body)) p
               LEFT JOIN LATERAL (SELECT * FROM tasker.worker_step_contexts(ARRAY[p.step_uuid]) OFFSET 0) h ON true) x;
+
+    IF o_msg IS NOT NULL THEN
+        PERFORM tasker.worker_archive(p_queue_name, o_msg);
+    END IF;
 
     IF c_step IS NOT NULL THEN
         SELECT array_agg(c.msg_id), array_agg(c.action), array_agg(c.state), array_agg(c.token),
@@ -294,7 +334,9 @@ BEGIN
 
     RETURN QUERY
     SELECT m.msg_id, m.read_ct, m.enqueued_at, m.vt, m.message,
-           CASE WHEN h.n IS NULL THEN 'unparsed' ELSE coalesce(r.action, 'unhydratable') END,
+           CASE WHEN h.n IS NULL THEN 'unparsed'
+                WHEN m.msg_id = ANY(o_msg) THEN 'out_of_order'
+                ELSE coalesce(r.action, 'unhydratable') END,
            r.state, r.token, r.previous,
            (h.ctx).workflow_step_uuid, (h.ctx).task_uuid, (h.ctx).inputs, coalesce(r.attempts, (h.ctx).attempts),
            (h.ctx).max_attempts, (h.ctx).retryable, (h.ctx).step_name, (h.ctx).context, (h.ctx).correlation_id,

@@ -7,7 +7,7 @@ use crate::error::{TaskerError, TaskerResult};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
-use sqlx::{PgExecutor, PgPool, Row};
+use sqlx::{PgExecutor, PgPool, Row, TypeInfo, ValueRef};
 
 /// A message read from a queue; it stays invisible to other readers until `vt`.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,18 +22,155 @@ pub struct QueuedMessage {
 
 impl QueuedMessage {
     /// From a row with PGMQ's message columns (`msg_id`, `read_ct`, `enqueued_at`, `vt`,
-    /// `message`; a NULL message becomes JSON null).
-    pub(crate) fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            msg_id: row.try_get("msg_id")?,
-            read_ct: row.try_get("read_ct")?,
+    /// `message`; a NULL message becomes JSON null). The message is decoded on its own, under
+    /// the JSON limits (`crate::limits`): a message that is over them, or not JSON, is an
+    /// `Undecodable` for this row only, never an error for the whole read.
+    pub(crate) fn decode(row: &PgRow) -> Result<Result<Self, Undecodable>, sqlx::Error> {
+        let msg_id: i64 = row.try_get("msg_id")?;
+        let read_ct: i32 = row.try_get("read_ct")?;
+        let message = match json_column(row, "message", "queue message") {
+            Ok(message) => message.unwrap_or(serde_json::Value::Null),
+            Err(bad) => {
+                return Ok(Err(Undecodable {
+                    msg_id,
+                    read_ct,
+                    reason: bad.reason,
+                    raw_start: bad.raw_start,
+                }))
+            }
+        };
+        Ok(Ok(Self {
+            msg_id,
+            read_ct,
             enqueued_at: row.try_get("enqueued_at")?,
             vt: row.try_get("vt")?,
-            message: row
-                .try_get::<Option<serde_json::Value>, _>("message")?
-                .unwrap_or(serde_json::Value::Null),
-        })
+            message,
+        }))
     }
+}
+
+/// A message read from a queue whose body could not be decoded: over the depth or size
+/// limit, or not JSON. It is dead-lettered with the start of its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecodable {
+    pub msg_id: i64,
+    pub read_ct: i32,
+    pub reason: String,
+    /// The first `RAW_START_CHARS` characters of the message's JSON text.
+    pub raw_start: String,
+}
+
+/// How much of an undecodable message's text a dead letter keeps.
+pub const RAW_START_CHARS: usize = 512;
+
+/// A json or jsonb column that could not be decoded, with the start of its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadJson {
+    pub reason: String,
+    pub raw_start: String,
+}
+
+/// Decodes a json or jsonb column from its text under the JSON limits (`limits::parse`):
+/// never sqlx's own decoder, whose serde_json recursion limit (128) would fail the row with
+/// an error naming no message, and whose depth is not ours (64). NULL is `None`.
+pub(crate) fn json_column(
+    row: &PgRow,
+    column: &str,
+    what: &str,
+) -> Result<Option<serde_json::Value>, BadJson> {
+    let fail = |reason: String| BadJson {
+        reason,
+        raw_start: String::new(),
+    };
+    let raw = row
+        .try_get_raw(column)
+        .map_err(|e| fail(format!("reading {what}: {e}")))?;
+    if raw.is_null() {
+        return Ok(None);
+    }
+    let is_jsonb = raw.type_info().name() == "JSONB";
+    let binary = matches!(raw.format(), sqlx::postgres::PgValueFormat::Binary);
+    let bytes = raw.as_bytes().map_err(|e| fail(format!("reading {what}: {e}")))?;
+    // jsonb's binary form is a version byte (1) and the JSON text; json's is the text.
+    let bytes = match (is_jsonb && binary, bytes.split_first()) {
+        (true, Some((1, text))) => text,
+        (true, _) => return Err(fail(format!("{what}: unknown jsonb format"))),
+        (false, _) => bytes,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| fail(format!("{what} is not UTF-8: {e}")))?;
+    crate::limits::parse(text, what).map(Some).map_err(|e| BadJson {
+        reason: e.to_string(),
+        raw_start: text_start(text),
+    })
+}
+
+/// The first `RAW_START_CHARS` characters of `text`.
+pub fn text_start(text: &str) -> String {
+    text.chars().take(RAW_START_CHARS).collect()
+}
+
+/// A message to dead-letter: what `tasker.dead_letters` keeps of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Poison {
+    pub msg_id: i64,
+    pub read_ct: i32,
+    /// The message, or (undecodable) the start of its text as a JSON string.
+    pub body: serde_json::Value,
+    pub reason: String,
+}
+
+impl Poison {
+    pub fn of(message: &QueuedMessage, reason: String) -> Self {
+        Self {
+            msg_id: message.msg_id,
+            read_ct: message.read_ct,
+            body: message.message.clone(),
+            reason,
+        }
+    }
+}
+
+impl From<Undecodable> for Poison {
+    fn from(bad: Undecodable) -> Self {
+        Self {
+            msg_id: bad.msg_id,
+            read_ct: bad.read_ct,
+            body: serde_json::Value::String(bad.raw_start),
+            reason: format!("undecodable message: {}", bad.reason),
+        }
+    }
+}
+
+/// Records each message in `tasker.dead_letters` (sql/queries/dead_letter.sql) and archives
+/// it from `queue_name`, in one transaction.
+pub async fn dead_letter(
+    pool: &PgPool,
+    queue_name: &str,
+    worker_id: Option<&str>,
+    poison: &[Poison],
+) -> TaskerResult<()> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<uuid::Uuid> = poison.iter().map(|_| uuid::Uuid::now_v7()).collect();
+    let msg_ids: Vec<i64> = poison.iter().map(|p| p.msg_id).collect();
+    let read_cts: Vec<i32> = poison.iter().map(|p| p.read_ct).collect();
+    let bodies: Vec<&serde_json::Value> = poison.iter().map(|p| &p.body).collect();
+    let reasons: Vec<&str> = poison.iter().map(|p| p.reason.as_str()).collect();
+    sqlx::query(include_str!("../../sql/queries/dead_letter.sql"))
+        .bind(&ids)
+        .bind(&msg_ids)
+        .bind(&read_cts)
+        .bind(&bodies)
+        .bind(&reasons)
+        .bind(queue_name)
+        .bind(worker_id)
+        .execute(&mut *tx)
+        .await?;
+    archive(&mut *tx, queue_name, &msg_ids).await?;
+    tx.commit().await?;
+    for p in poison {
+        tracing::error!(msg_id = p.msg_id, queue = %queue_name, read_ct = p.read_ct, reason = %p.reason, "message dead-lettered");
+    }
+    Ok(())
 }
 
 /// Thin handle over the pool for the queue operations; `Clone` is cheap.
@@ -152,7 +289,8 @@ where
 /// `tasker.worker_read` (sql/functions/queue.sql): what `pgmq.read` does (lowest ids first,
 /// `FOR UPDATE SKIP LOCKED`, `read_ct + 1`, `last_read_at` where the queue table has it),
 /// through a statement prepared once per connection and queue, committed asynchronously (a
-/// lease lost in a server crash only means the message is read again).
+/// lease lost in a server crash only means the message is read again). A message that cannot
+/// be decoded fails the call (`InvalidInput`); `read_each` returns it on its own instead.
 pub async fn read(
     pool: &PgPool,
     queue_name: &str,
@@ -169,7 +307,35 @@ pub async fn read(
             .await
             .map_err(|err| queue_error(queue_name, err))?;
     rows.iter()
-        .map(|row| QueuedMessage::from_row(row).map_err(TaskerError::from))
+        .map(|row| match QueuedMessage::decode(row)? {
+            Ok(message) => Ok(message),
+            Err(bad) => Err(TaskerError::InvalidInput(format!(
+                "message {} of queue {queue_name:?}: {}",
+                bad.msg_id, bad.reason
+            ))),
+        })
+        .collect()
+}
+
+/// As `read`, but each message is decoded on its own: one that cannot be (over the JSON
+/// limits, not JSON) comes back as an `Undecodable`, and the others as usual.
+pub async fn read_each(
+    pool: &PgPool,
+    queue_name: &str,
+    visibility_timeout_seconds: i32,
+    qty: i32,
+) -> TaskerResult<Vec<Result<QueuedMessage, Undecodable>>> {
+    validate_queue_name(queue_name)?;
+    let rows =
+        sqlx::query("SELECT msg_id, read_ct, enqueued_at, vt, message FROM tasker.worker_read($1, $2, $3)")
+            .bind(queue_name)
+            .bind(qty)
+            .bind(f64::from(visibility_timeout_seconds))
+            .fetch_all(pool)
+            .await
+            .map_err(|err| queue_error(queue_name, err))?;
+    rows.iter()
+        .map(|row| QueuedMessage::decode(row).map_err(TaskerError::from))
         .collect()
 }
 

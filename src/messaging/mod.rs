@@ -7,7 +7,7 @@ mod message;
 mod queues;
 mod result;
 
-pub use client::{MessageClient, QueuedMessage};
+pub use client::{MessageClient, Poison, QueuedMessage, Undecodable};
 pub use message::{NotifyEvent, StepMessage};
 pub use queues::{
     domain_events_queue_name, extract_namespace, message_ready_channel, validate_namespace,

@@ -67,6 +67,7 @@ impl Orchestrator {
             counters: counters.clone(),
             batch_size: config.worker.claim_batch_size as i32,
             visibility_timeout_seconds: config.worker.visibility_timeout_seconds as i32,
+            max_delivery_attempts: config.worker.max_delivery_attempts,
         };
         let tasks = vec![
             Task::spawn_source(|stop| events.run(stop)),

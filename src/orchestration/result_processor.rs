@@ -9,7 +9,14 @@
 //!    steps are then never enqueued;
 //! 3. the task becomes `complete` when every step is;
 //! 4. the message is archived in the same transaction. A message for a step not waiting for
-//!    orchestration (a duplicate) is archived and changes nothing.
+//!    orchestration (a duplicate) is archived and changes nothing;
+//! 5. each message read is judged alone: one that cannot be decoded (over the JSON limits,
+//!    not JSON) or is not a StepMessage is dead-lettered (`tasker.dead_letters`) at once, and
+//!    one whose processing keeps failing is dead-lettered once it has been read more than
+//!    `max_delivery_attempts` times; nothing is looped on;
+//! 6. processing that fails while the database is away is retried with a short backoff
+//!    (`RetryBackoff`) as soon as it is back, for up to half the visibility timeout, not
+//!    after it.
 //!
 //! A success is the hot path of every workflow: it is one call of
 //! `tasker.orchestrator_complete_step` (sql/functions/orchestrator.sql), one round trip and one
@@ -18,14 +25,14 @@
 //!
 //! Safe to run in every worker process at once.
 
-use crate::error::TaskerResult;
-use crate::messaging::{self, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
+use crate::error::{RetryBackoff, TaskerResult};
+use crate::messaging::{self, Poison, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
 use crate::orchestration::task_initializer::insert_step_transition;
 use crate::orchestration::template::TaskTemplate;
 use crate::worker::event_systems::worker_event_system::NotifiedMessage;
 use crate::worker::task::StopSignal;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,6 +52,8 @@ pub struct OrchestratorCounters {
     pub tasks_failed: AtomicU64,
     pub duplicates: AtomicU64,
     pub processing_errors: AtomicU64,
+    /// Result messages moved to `tasker.dead_letters`.
+    pub dead_lettered: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -58,6 +67,7 @@ pub struct OrchestratorStatus {
     pub tasks_failed: u64,
     pub duplicates: u64,
     pub processing_errors: u64,
+    pub dead_lettered: u64,
 }
 
 impl OrchestratorCounters {
@@ -73,6 +83,7 @@ impl OrchestratorCounters {
             tasks_failed: get(&self.tasks_failed),
             duplicates: get(&self.duplicates),
             processing_errors: get(&self.processing_errors),
+            dead_lettered: get(&self.dead_lettered),
         }
     }
 }
@@ -88,6 +99,8 @@ pub struct ResultProcessor {
     pub batch_size: i32,
     /// How long a read message stays hidden; a processor that dies mid-message frees it then.
     pub visibility_timeout_seconds: i32,
+    /// Reads of a message whose processing failed before it is dead-lettered.
+    pub max_delivery_attempts: u32,
 }
 
 impl ResultProcessor {
@@ -112,8 +125,9 @@ impl ResultProcessor {
     }
 
     async fn drain(&self) {
+        let mut backoff = RetryBackoff::default();
         loop {
-            let read = messaging::client::read(
+            let read = messaging::client::read_each(
                 &self.pool,
                 STEP_RESULTS_QUEUE,
                 self.visibility_timeout_seconds,
@@ -123,31 +137,84 @@ impl ResultProcessor {
             let messages = match read {
                 Ok(messages) if messages.is_empty() => return,
                 Ok(messages) => messages,
+                Err(err) if err.is_transient() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "reading step results failed while the database is away; retrying");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "reading step results failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     return;
                 }
             };
+            backoff.reset();
+            let mut poison = Vec::new();
             for message in messages {
-                if let Err(err) = self.process(&message).await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(bad) => {
+                        poison.push(Poison::from(bad));
+                        continue;
+                    }
+                };
+                let Ok(step_message) = StepMessage::deserialize(&message.message) else {
+                    poison.push(Poison::of(
+                        &message,
+                        "not a step result message (task_uuid, step_uuid, correlation_id)".into(),
+                    ));
+                    continue;
+                };
+                if let Err(err) = self.process_retrying(&message, &step_message).await {
                     bump(&self.counters.processing_errors);
-                    tracing::warn!(error = %err, msg_id = message.msg_id, "processing a step result failed; it is retried after its visibility timeout");
+                    if message.read_ct as u32 > self.max_delivery_attempts {
+                        poison.push(Poison::of(
+                            &message,
+                            format!("processing failed in {} deliveries: {err}", message.read_ct),
+                        ));
+                    } else {
+                        tracing::warn!(error = %err, msg_id = message.msg_id, read_ct = message.read_ct, "processing a step result failed; it is retried after its visibility timeout");
+                    }
+                }
+            }
+            if !poison.is_empty() {
+                match messaging::client::dead_letter(&self.pool, STEP_RESULTS_QUEUE, None, &poison).await {
+                    Ok(()) => {
+                        self.counters
+                            .dead_lettered
+                            .fetch_add(poison.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "dead-lettering step result messages failed; they are read again after their visibility timeout")
+                    }
                 }
             }
         }
     }
 
-    async fn process(&self, queued: &QueuedMessage) -> TaskerResult<()> {
-        let Ok(message) = StepMessage::deserialize(&queued.message) else {
-            tracing::error!(msg_id = queued.msg_id, message = %queued.message, "unparseable step result message archived");
-            messaging::client::archive(&self.pool, STEP_RESULTS_QUEUE, &[queued.msg_id]).await?;
-            return Ok(());
-        };
-        let outcome = self
-            .complete_step(COMPLETE_READ_SQL, queued.msg_id, &message)
-            .await?;
-        self.settle_outcome(outcome, queued.msg_id, &message).await
+    /// `process`, retried with `RetryBackoff` while it fails because the database is away, for
+    /// up to half the visibility timeout (the message stays leased to this processor).
+    async fn process_retrying(&self, queued: &QueuedMessage, message: &StepMessage) -> TaskerResult<()> {
+        let give_up = tokio::time::Instant::now()
+            + Duration::from_secs(self.visibility_timeout_seconds.max(0) as u64 / 2);
+        let mut backoff = RetryBackoff::default();
+        loop {
+            match self.process(queued.msg_id, message).await {
+                Err(err) if err.is_transient() && tokio::time::Instant::now() < give_up => {
+                    bump(&self.counters.processing_errors);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, msg_id = queued.msg_id, retry_in_ms = delay.as_millis() as u64, "processing a step result failed while the database is away; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn process(&self, msg_id: i64, message: &StepMessage) -> TaskerResult<()> {
+        let outcome = self.complete_step(COMPLETE_READ_SQL, msg_id, message).await?;
+        self.settle_outcome(outcome, msg_id, message).await
     }
 
     /// A message known from its notification: processed at once if no one else has it (a
@@ -277,7 +344,14 @@ impl ResultProcessor {
                 let attempts: i32 = step.try_get(1)?;
                 let max_attempts: i32 = step.try_get(2)?;
                 let step_retryable: bool = step.try_get(3)?;
-                let results: Option<Value> = step.try_get(4)?;
+                // Decoded under the JSON limits; a result that is not (stored by some other
+                // writer) is not retryable, so the step fails and its task settles instead of
+                // the message failing on every read.
+                let results = messaging::client::json_column(&step, "results", "the step's stored result")
+                    .unwrap_or_else(|bad| {
+                        tracing::warn!(%step_uuid, reason = %bad.reason, "a failure result could not be decoded; the step is not retried");
+                        None
+                    });
                 let result_retryable = results
                     .as_ref()
                     .and_then(|r| r["metadata"]["retryable"].as_bool())

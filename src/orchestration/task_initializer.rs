@@ -31,8 +31,13 @@ pub struct TaskRequest {
 const CREATE_TASK_SQL: &str = include_str!("../../sql/queries/create_task.sql");
 
 /// Returns the new task's uuid (or, for a repeated idempotency key, the existing one's).
+/// A context over the JSON limits (`crate::limits`) is refused with `InvalidInput`, naming
+/// the limit.
 /// Two round trips: the template, then `CREATE_TASK_SQL`.
 pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Uuid> {
+    // Refused before anything is written: a context the worker could not decode would leave
+    // every step of the task failing as invalid_input.
+    crate::limits::check_value(&request.context, "the task context")?;
     let row = sqlx::query(
         "SELECT nt.named_task_uuid, nt.configuration FROM tasker.named_tasks nt \
          JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \

@@ -3,12 +3,17 @@
 //! of all ancestor steps). `tasker.worker_claim_next` returns them with each claim; `hydrate`
 //! reads them for a batch of messages read elsewhere.
 //! A step that cannot be hydrated gets a reason; its message is retried and, past
-//! `max_delivery_attempts`, dead-lettered.
+//! `max_delivery_attempts`, dead-lettered. A step of another task than its message names is
+//! marked so (`Unhydrated::other_task`): the message is archived as out of order.
+//! The JSON columns are decoded from their text under the JSON limits (`crate::limits`), so a
+//! context that nests too deep is a reason for this step, not an error for the batch.
 
 use crate::error::TaskerResult;
+use crate::messaging::client::json_column;
 use crate::messaging::StepMessage;
 use crate::worker::step_context::{HandlerSpec, StepContext};
 use serde_json::{Map, Value};
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -17,12 +22,29 @@ use uuid::Uuid;
 /// reads, for every step of the batch.
 const HYDRATE_SQL: &str = "SELECT * FROM tasker.worker_step_contexts($1)";
 
+/// Why a step could not be hydrated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unhydrated {
+    pub reason: String,
+    /// The step exists but belongs to another task than the message's.
+    pub other_task: bool,
+}
+
+impl From<String> for Unhydrated {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            other_task: false,
+        }
+    }
+}
+
 /// Hydrates every message's step. The map holds, per step uuid, the context or the reason
 /// it could not be built.
 pub async fn hydrate(
     pool: &PgPool,
     messages: &[StepMessage],
-) -> TaskerResult<HashMap<Uuid, Result<StepContext, String>>> {
+) -> TaskerResult<HashMap<Uuid, Result<StepContext, Unhydrated>>> {
     let step_uuids: Vec<Uuid> = messages.iter().map(|m| m.step_uuid).collect();
     let rows = sqlx::query(HYDRATE_SQL).bind(&step_uuids).fetch_all(pool).await?;
     let mut found = HashMap::with_capacity(rows.len());
@@ -33,18 +55,32 @@ pub async fn hydrate(
     let mut out = HashMap::with_capacity(messages.len());
     for message in messages {
         let outcome = match found.get(&message.step_uuid) {
-            None => Err(format!("step {} does not exist", message.step_uuid)),
-            Some(row) => context_from_row(row, message),
+            None => Err(format!("step {} does not exist", message.step_uuid).into()),
+            Some(row) => check_task(row, message)
+                .and_then(|()| context_from_row(row, message).map_err(Unhydrated::from)),
         };
         out.insert(message.step_uuid, outcome);
     }
     Ok(out)
 }
 
-pub(crate) fn context_from_row(
-    row: &sqlx::postgres::PgRow,
-    message: &StepMessage,
-) -> Result<StepContext, String> {
+fn check_task(row: &PgRow, message: &StepMessage) -> Result<(), Unhydrated> {
+    let task_uuid: Uuid = row
+        .try_get("task_uuid")
+        .map_err(|e| Unhydrated::from(format!("reading step {}: {e}", message.step_uuid)))?;
+    if task_uuid != message.task_uuid {
+        return Err(Unhydrated {
+            reason: format!(
+                "step {} belongs to task {task_uuid}, not {}",
+                message.step_uuid, message.task_uuid
+            ),
+            other_task: true,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn context_from_row(row: &PgRow, message: &StepMessage) -> Result<StepContext, String> {
     let get = |e: sqlx::Error| format!("reading step {}: {e}", message.step_uuid);
     let task_uuid: Uuid = row.try_get("task_uuid").map_err(get)?;
     if task_uuid != message.task_uuid {
@@ -53,9 +89,12 @@ pub(crate) fn context_from_row(
             message.step_uuid, message.task_uuid
         ));
     }
+    let json = |column: &str, what: &str| {
+        json_column(row, column, what).map_err(|bad| format!("step {}: {}", message.step_uuid, bad.reason))
+    };
     let step_name: String = row.try_get("step_name").map_err(get)?;
     let task_name: String = row.try_get("task_name").map_err(get)?;
-    let step_definition: Option<Value> = row.try_get("step_definition").map_err(get)?;
+    let step_definition = json("step_definition", "the step's template definition")?;
     let step_definition = step_definition
         .ok_or_else(|| format!("the template of task {task_name:?} has no step named {step_name:?}"))?;
     let handler: HandlerSpec = step_definition
@@ -66,7 +105,7 @@ pub(crate) fn context_from_row(
             serde_json::from_value(h)
                 .map_err(|e| format!("step {step_name:?} of template {task_name:?}: bad handler: {e}"))
         })?;
-    let dependency_results: Option<Value> = row.try_get("dependency_results").map_err(get)?;
+    let dependency_results = json("dependency_results", "the parents' results")?;
     let dependency_results = match dependency_results {
         Some(Value::Object(map)) => map,
         _ => Map::new(),
@@ -80,14 +119,8 @@ pub(crate) fn context_from_row(
         task_name,
         task_version: row.try_get("task_version").map_err(get)?,
         step_name,
-        task_context: row
-            .try_get::<Option<Value>, _>("context")
-            .map_err(get)?
-            .unwrap_or(Value::Null),
-        inputs: row
-            .try_get::<Option<Value>, _>("inputs")
-            .map_err(get)?
-            .unwrap_or(Value::Null),
+        task_context: json("context", "task context")?.unwrap_or(Value::Null),
+        inputs: json("inputs", "the step's inputs")?.unwrap_or(Value::Null),
         handler,
         dependency_results,
         attempts: row.try_get("attempts").map_err(get)?,

@@ -6,15 +6,20 @@
 //! does) so a claim never races a completion of the same step.
 //!
 //! For each message the current state decides:
-//! - `pending` / `enqueued` → claim (attempts + 1);
+//! - `enqueued`, or `pending` with every parent complete → claim (attempts + 1);
 //! - `in_progress` claimed through this same message → its lease lapsed: reclaim (attempts + 1,
 //!   the new transition names the previous claim);
-//! - `in_progress` through another message, or any later state → duplicate: archive it, run
-//!   nothing.
+//! - either of those when `attempts` has reached `max_attempts` → exhausted: claimed without
+//!   a new attempt, and failed by the worker as `max_attempts_exceeded`; never run again;
+//! - `in_progress` through another message, or waiting for orchestration → duplicate;
+//! - `pending` with a parent not complete, or a later state (`complete`, `error`,
+//!   `waiting_for_retry`, ...), or a step of another task → out of order.
+//!
+//! Duplicate and out-of-order messages are archived; nothing runs for them.
 
 use crate::error::TaskerResult;
 use crate::messaging::client::{queue_error, validate_queue_name};
-use crate::messaging::{QueuedMessage, StepMessage};
+use crate::messaging::{QueuedMessage, StepMessage, Undecodable};
 use crate::worker::hydration;
 use crate::worker::step_context::StepContext;
 use serde::Deserialize;
@@ -48,6 +53,12 @@ pub enum ClaimOutcome {
     Duplicate {
         state: String,
     },
+    /// The step is not runnable (see the module comment); the message was archived.
+    OutOfOrder {
+        state: String,
+    },
+    /// Claimed, but the step has no attempts left: to be failed as `max_attempts_exceeded`.
+    Exhausted(Claim),
     /// No such step (or no transition yet); the message is left for a later read.
     Missing,
 }
@@ -96,8 +107,8 @@ pub async fn claim_batch(
         let Some(request) = by_msg.get(&msg_id) else {
             continue;
         };
-        let outcome = match action {
-            "claim" | "reclaim" => ClaimOutcome::Claimed(Claim {
+        let claim = || -> Result<Claim, sqlx::Error> {
+            Ok(Claim {
                 token: row.try_get("token")?,
                 step_uuid: request.message.step_uuid,
                 task_uuid: request.message.task_uuid,
@@ -105,13 +116,16 @@ pub async fn claim_batch(
                 queue_name: queue_name.clone(),
                 msg_id,
                 attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
-                reclaimed_from: if action == "reclaim" {
-                    row.try_get("previous")?
-                } else {
-                    None
-                },
-            }),
+                reclaimed_from: reclaimed_from(row, action, state.as_deref())?,
+            })
+        };
+        let outcome = match action {
+            "claim" | "reclaim" => ClaimOutcome::Claimed(claim()?),
+            "exhausted" => ClaimOutcome::Exhausted(claim()?),
             "duplicate" => ClaimOutcome::Duplicate {
+                state: state.unwrap_or_default(),
+            },
+            "out_of_order" => ClaimOutcome::OutOfOrder {
                 state: state.unwrap_or_default(),
             },
             _ => ClaimOutcome::Missing,
@@ -130,29 +144,39 @@ pub async fn claim_batch(
 // One short-lived value per message read, moved straight on: boxing the context would
 // only add an allocation per step.
 #[allow(clippy::large_enum_variant)]
-pub enum NextOutcome {
-    /// Claimed, with the step's context (always `Ok` when the SQL and Rust checks agree; an
-    /// `Err` is treated as a hydration failure).
+pub enum NextMessage {
+    /// Claimed, with the step's context, or the reason it could not be built (a task context
+    /// over the JSON limits, say): the step is then failed as `invalid_input`.
     Claimed {
         claim: Claim,
         context: Result<StepContext, String>,
     },
+    /// Claimed without a new attempt: its attempts have reached `max_attempts`.
+    Exhausted {
+        claim: Claim,
+        max_attempts: i32,
+    },
     Duplicate {
+        msg_id: i64,
+        state: String,
+    },
+    /// Not runnable (see the module comment); archived.
+    OutOfOrder {
+        msg_id: i64,
         state: String,
     },
     Missing,
     /// Not claimed: the step cannot be hydrated, for this reason.
-    Unhydratable(String),
-    /// Not claimed: the message is not three canonical uuids (or the SQL side found the step
-    /// unhydratable and this side did not). The caller parses and claims it the slow way.
-    Unchecked,
-}
-
-/// A message `claim_next` read, and what became of it.
-#[derive(Debug)]
-pub struct NextMessage {
-    pub message: QueuedMessage,
-    pub outcome: NextOutcome,
+    Unhydratable {
+        message: QueuedMessage,
+        reason: String,
+    },
+    /// Not claimed: the message is not exactly three canonical uuids (or the SQL side found
+    /// the step unhydratable and this side did not). The caller parses and claims it the
+    /// slow way.
+    Unchecked(QueuedMessage),
+    /// Not claimed: the message itself could not be decoded (over the JSON limits, not JSON).
+    Undecodable(Undecodable),
 }
 
 /// One round trip: `tasker.worker_claim_next` (sql/functions/worker_claim.sql) reads, checks,
@@ -183,53 +207,117 @@ pub async fn claim_next(
 }
 
 fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage> {
-    let message = QueuedMessage::from_row(row)?;
     let action: String = row.try_get("action")?;
+    let state: Option<String> = row.try_get("state")?;
+    let decoded = QueuedMessage::decode(row)?;
+    let claimed = matches!(action.as_str(), "claim" | "reclaim" | "exhausted");
+    let message = match decoded {
+        Ok(message) => message,
+        // Not expected for a claimed row (the SQL side claims only flat three-uuid messages),
+        // but a claimed step must get an outcome: its ids come from the hydration columns.
+        Err(bad) if claimed => {
+            let claim = claim_from_row(row, queue_name, bad.msg_id, &action, state.as_deref(), None)?;
+            return Ok(NextMessage::Claimed {
+                claim,
+                context: Err(format!("its message could not be decoded: {}", bad.reason)),
+            });
+        }
+        Err(bad) => return Ok(NextMessage::Undecodable(bad)),
+    };
     // Every action but `unparsed` is for a message the SQL side read as a StepMessage.
     let step_message = match action.as_str() {
         "unparsed" => None,
         _ => StepMessage::deserialize(&message.message).ok(),
     };
     let Some(step_message) = step_message else {
-        return Ok(NextMessage {
-            message,
-            outcome: NextOutcome::Unchecked,
-        });
+        return Ok(NextMessage::Unchecked(message));
     };
-    let outcome = match action.as_str() {
+    let msg_id = message.msg_id;
+    Ok(match action.as_str() {
         "claim" | "reclaim" => {
-            let claim = Claim {
-                token: row.try_get("token")?,
-                step_uuid: step_message.step_uuid,
-                task_uuid: step_message.task_uuid,
-                correlation_id: step_message.correlation_id,
-                queue_name: queue_name.clone(),
-                msg_id: message.msg_id,
-                attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
-                reclaimed_from: if action == "reclaim" {
-                    row.try_get("previous")?
-                } else {
-                    None
-                },
-            };
+            let claim = claim_from_row(
+                row,
+                queue_name,
+                msg_id,
+                &action,
+                state.as_deref(),
+                Some(&step_message),
+            )?;
             // Its `attempts` is set from the claim when it is dispatched.
             let context = hydration::context_from_row(row, &step_message);
-            NextOutcome::Claimed { claim, context }
+            NextMessage::Claimed { claim, context }
         }
-        "duplicate" => NextOutcome::Duplicate {
-            state: row.try_get::<Option<String>, _>("state")?.unwrap_or_default(),
+        "exhausted" => NextMessage::Exhausted {
+            claim: claim_from_row(
+                row,
+                queue_name,
+                msg_id,
+                &action,
+                state.as_deref(),
+                Some(&step_message),
+            )?,
+            max_attempts: row.try_get::<Option<i32>, _>("max_attempts")?.unwrap_or_default(),
+        },
+        "duplicate" => NextMessage::Duplicate {
+            msg_id,
+            state: state.unwrap_or_default(),
+        },
+        "out_of_order" => NextMessage::OutOfOrder {
+            msg_id,
+            state: state.unwrap_or_default(),
         },
         "unhydratable" => {
             if row.try_get::<Option<Uuid>, _>("workflow_step_uuid")?.is_none() {
-                NextOutcome::Unhydratable(format!("step {} does not exist", step_message.step_uuid))
+                NextMessage::Unhydratable {
+                    message,
+                    reason: format!("step {} does not exist", step_message.step_uuid),
+                }
             } else {
                 match hydration::context_from_row(row, &step_message) {
-                    Err(reason) => NextOutcome::Unhydratable(reason),
-                    Ok(_) => NextOutcome::Unchecked,
+                    Err(reason) => NextMessage::Unhydratable { message, reason },
+                    Ok(_) => NextMessage::Unchecked(message),
                 }
             }
         }
-        _ => NextOutcome::Missing,
+        _ => NextMessage::Missing,
+    })
+}
+
+/// The claim a claimed row stands for; the ids from the message, or (when it could not be
+/// decoded) from the hydration columns.
+fn claim_from_row(
+    row: &PgRow,
+    queue_name: &Arc<str>,
+    msg_id: i64,
+    action: &str,
+    state: Option<&str>,
+    message: Option<&StepMessage>,
+) -> Result<Claim, sqlx::Error> {
+    let (step_uuid, task_uuid, correlation_id) = match message {
+        Some(m) => (m.step_uuid, m.task_uuid, m.correlation_id),
+        None => (
+            row.try_get("workflow_step_uuid")?,
+            row.try_get("task_uuid")?,
+            row.try_get("correlation_id")?,
+        ),
     };
-    Ok(NextMessage { message, outcome })
+    Ok(Claim {
+        token: row.try_get("token")?,
+        step_uuid,
+        task_uuid,
+        correlation_id,
+        queue_name: queue_name.clone(),
+        msg_id,
+        attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
+        reclaimed_from: reclaimed_from(row, action, state)?,
+    })
+}
+
+/// The lapsed claim a reclaim (or an exhausted reclaim) replaced.
+fn reclaimed_from(row: &PgRow, action: &str, state: Option<&str>) -> Result<Option<Uuid>, sqlx::Error> {
+    if action == "reclaim" || (action == "exhausted" && state == Some("in_progress")) {
+        row.try_get("previous")
+    } else {
+        Ok(None)
+    }
 }

@@ -16,14 +16,17 @@
 //! over already read, take the slow way: parse here, one hydration query, one claim call
 //! (`process`).
 
-use crate::error::TaskerResult;
-use crate::messaging::{client, QueuedMessage, StepMessage};
-use crate::worker::handlers::pipeline::DispatchHandlerMessage;
+use crate::error::{RetryBackoff, TaskerResult};
+use crate::messaging::{
+    client, ExecutionTiming, Poison, QueuedMessage, StepExecutionResult, StepFailure, StepMessage,
+};
+use crate::worker::handlers::completion_processor;
+use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::hydration;
 use crate::worker::in_flight::{InFlight, InFlightEntry};
 use crate::worker::stats::WorkerCounters;
-use crate::worker::step_claim::{self, Claim, ClaimOutcome, ClaimRequest, NextMessage, NextOutcome};
-use crate::worker::step_context::StepContext;
+use crate::worker::step_claim::{self, Claim, ClaimOutcome, ClaimRequest, NextMessage};
+use crate::worker::step_context::{HandlerSpec, StepContext};
 use crate::worker::task::StopSignal;
 use serde::Deserialize;
 use serde_json::Value;
@@ -95,12 +98,14 @@ impl StepExecutorActor {
         let mut batches = JoinSet::new();
         let batch_slots = Arc::new(Semaphore::new(this.concurrent_batches.max(1)));
         let drained_reads = Arc::new(AtomicUsize::new(0));
+        // Pauses between claims that fail while the database is away, shared by the batches.
+        let claim_backoff = Arc::new(parking_lot::Mutex::new(RetryBackoff::default()));
         loop {
             tokio::select! {
                 _ = stop.stopped() => break,
                 _ = this.wake.notified() => {
                     tokio::select! {
-                        _ = this.drain(&mut next_queue, &mut batches, &batch_slots, &drained_reads) => {}
+                        _ = this.drain(&mut next_queue, &mut batches, &batch_slots, &drained_reads, &claim_backoff) => {}
                         _ = stop.stopped() => break,
                     }
                 }
@@ -130,6 +135,7 @@ impl StepExecutorActor {
         batches: &mut JoinSet<()>,
         batch_slots: &Arc<Semaphore>,
         drained_reads: &Arc<AtomicUsize>,
+        claim_backoff: &Arc<parking_lot::Mutex<RetryBackoff>>,
     ) {
         drained_reads.store(0, Ordering::Relaxed);
         let saw_full = Arc::new(AtomicBool::new(false));
@@ -191,6 +197,7 @@ impl StepExecutorActor {
             let this = self.clone();
             let drained_reads = drained_reads.clone();
             let saw_full = saw_full.clone();
+            let claim_backoff = claim_backoff.clone();
             batches.spawn(async move {
                 let _held = slot;
                 let asked = permits.len();
@@ -205,6 +212,18 @@ impl StepExecutorActor {
                         drained_reads.store(0, Ordering::Relaxed);
                         saw_full.store(true, Ordering::Relaxed);
                     }
+                    Err(err) if err.is_transient() => {
+                        drained_reads.fetch_add(1, Ordering::Relaxed);
+                        // The database is away: ask again after a short backoff (not only at
+                        // the next poll or notification), so claiming resumes as soon as it
+                        // is back. Holding the batch slot meanwhile keeps it from being asked
+                        // again at once.
+                        let delay = claim_backoff.lock().next_delay();
+                        tracing::warn!(error = %err, queue = %queue, retry_in_ms = delay.as_millis() as u64, "claiming from the queue failed while the database is away; retrying");
+                        tokio::time::sleep(delay).await;
+                        this.wake.notify_one();
+                        return;
+                    }
                     Err(err) => {
                         drained_reads.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %err, queue = %queue, "claiming from the queue failed");
@@ -213,13 +232,15 @@ impl StepExecutorActor {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
+                claim_backoff.lock().reset();
             });
         }
     }
 
     /// One batch: reads, checks and claims up to one message per permit in one call, then
     /// dispatches the claimed steps. Messages the SQL side left unchecked take the slow way
-    /// (`process`). Returns how many messages were read.
+    /// (`process`). Returns how many messages were read. Each message is judged alone: one
+    /// that cannot be decoded is dead-lettered, the rest of the read goes on.
     async fn claim_and_dispatch(
         &self,
         queue: &Arc<str>,
@@ -242,34 +263,44 @@ impl StepExecutorActor {
         WorkerCounters::add(&self.counters.read_batches, 1);
         let mut poison = Vec::new();
         let mut unchecked = Vec::new();
-        for NextMessage { message, outcome } in read {
-            match outcome {
-                NextOutcome::Claimed {
+        let mut failed = Vec::new();
+        let mut closed = false;
+        for next in read {
+            match next {
+                NextMessage::Claimed {
                     claim,
                     context: Ok(context),
                 } => {
-                    let Some(permit) = permits.pop() else { break };
-                    if !self.dispatch(claim, context, permit).await {
-                        return Ok(count);
+                    // Closed: shutting down; the lease lapses and the step is claimed again.
+                    if closed {
+                        continue;
                     }
+                    let Some(permit) = permits.pop() else { break };
+                    closed = !self.dispatch(claim, context, permit).await;
                 }
-                NextOutcome::Claimed {
+                NextMessage::Claimed {
                     claim,
                     context: Err(reason),
                 } => {
-                    // Not expected: the SQL side claims only steps that hydrate. The claim
-                    // lapses with the lease and the message is read again.
-                    tracing::error!(step_uuid = %claim.step_uuid, %reason, "a claimed step could not be hydrated");
-                    self.unhydratable(queue, &message, reason, &mut poison);
+                    let failure = invalid_input(&claim, &reason);
+                    failed.push((claim, failure));
                 }
-                NextOutcome::Duplicate { state } => {
-                    WorkerCounters::add(&self.counters.duplicates, 1);
-                    tracing::debug!(msg_id = message.msg_id, %state, "duplicate message archived");
+                NextMessage::Exhausted { claim, max_attempts } => {
+                    let failure = self.exhausted_failure(&claim, max_attempts).await;
+                    failed.push((claim, failure));
                 }
-                NextOutcome::Missing => {}
-                NextOutcome::Unhydratable(reason) => self.unhydratable(queue, &message, reason, &mut poison),
-                NextOutcome::Unchecked => unchecked.push(message),
+                NextMessage::Duplicate { msg_id, state } => self.duplicate(msg_id, &state),
+                NextMessage::OutOfOrder { msg_id, state } => self.out_of_order(msg_id, &state),
+                NextMessage::Missing => {}
+                NextMessage::Unhydratable { message, reason } => {
+                    self.unhydratable(queue, &message, reason, &mut poison)
+                }
+                NextMessage::Unchecked(message) => unchecked.push(message),
+                NextMessage::Undecodable(bad) => poison.push(Poison::from(bad)),
             }
+        }
+        for (claim, failure) in failed {
+            self.fail_claimed(claim, failure).await;
         }
         if !poison.is_empty() {
             self.dead_letter(queue, &poison).await?;
@@ -281,6 +312,16 @@ impl StepExecutorActor {
         Ok(count)
     }
 
+    fn duplicate(&self, msg_id: i64, state: &str) {
+        WorkerCounters::add(&self.counters.duplicates, 1);
+        tracing::debug!(msg_id, %state, "duplicate message archived");
+    }
+
+    fn out_of_order(&self, msg_id: i64, state: &str) {
+        WorkerCounters::add(&self.counters.out_of_order, 1);
+        tracing::warn!(msg_id, %state, "message for a step that is not ready to run archived; nothing ran");
+    }
+
     /// A step that cannot be hydrated: retried after its lease, dead-lettered once it has been
     /// read more than `max_delivery_attempts` times.
     fn unhydratable(
@@ -288,17 +329,94 @@ impl StepExecutorActor {
         queue: &Arc<str>,
         queued: &QueuedMessage,
         reason: String,
-        poison: &mut Vec<(QueuedMessage, String)>,
+        poison: &mut Vec<Poison>,
     ) {
         WorkerCounters::add(&self.counters.hydration_failures, 1);
         if queued.read_ct as u32 > self.max_delivery_attempts {
-            poison.push((
-                queued.clone(),
+            poison.push(Poison::of(
+                queued,
                 format!("could not be hydrated in {} deliveries: {reason}", queued.read_ct),
             ));
         } else {
             tracing::warn!(msg_id = queued.msg_id, queue = %queue, read_ct = queued.read_ct, %reason, "step could not be hydrated; retrying after the lease");
         }
+    }
+
+    /// A claimed step that will not run gets its failure result committed here (as the
+    /// completion processor commits any result: the token checked, the orchestration message
+    /// sent, the worker message archived), so the orchestrator settles it and its task. A
+    /// commit that fails while the database is away is retried (`RetryBackoff`) for up to a
+    /// lease; past that, or for any other error, the lease lapses and the step is claimed
+    /// again, and fails again.
+    async fn fail_claimed(&self, claim: Claim, failure: StepFailure) {
+        let step_uuid = claim.step_uuid;
+        tracing::error!(%step_uuid, error_type = %failure.error_type, reason = %failure.message, "a claimed step will not run; committing its failure");
+        let now = chrono::Utc::now();
+        let timing = ExecutionTiming {
+            started_at: now,
+            completed_at: now,
+            worker_id: self.worker_id.to_string(),
+        };
+        let completion = StepCompletion {
+            context: Arc::new(unrun_context(&claim)),
+            result: StepExecutionResult::failure(step_uuid, failure, &timing),
+            claim,
+        };
+        let give_up = Instant::now() + Duration::from_secs(u64::from(self.visibility_timeout_seconds));
+        let mut backoff = RetryBackoff::default();
+        loop {
+            match completion_processor::commit(&self.pool, &self.worker_id, std::slice::from_ref(&completion))
+                .await
+            {
+                Ok(committed) => {
+                    let counter = if committed.contains(&completion.claim.token) {
+                        &self.counters.failed
+                    } else {
+                        &self.counters.stale_completions
+                    };
+                    WorkerCounters::add(counter, 1);
+                    return;
+                }
+                Err(err) if err.is_transient() && Instant::now() < give_up => {
+                    WorkerCounters::add(&self.counters.commit_failures, 1);
+                    tracing::warn!(error = %err, %step_uuid, "committing a failure failed while the database is away; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(err) => {
+                    WorkerCounters::add(&self.counters.completion_failures, 1);
+                    tracing::error!(error = %err, %step_uuid, "committing a failure failed; the step is claimed again after its lease");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The failure of a step whose claim found no attempts left, naming the claims it lost
+    /// (those a reclaim replaced: their leases lapsed before a result).
+    async fn exhausted_failure(&self, claim: &Claim, max_attempts: i32) -> StepFailure {
+        let lost: Vec<String> = sqlx::query_scalar(
+            "SELECT metadata ->> 'reclaimed_from' FROM tasker.workflow_step_transitions \
+             WHERE workflow_step_uuid = $1 AND metadata ->> 'reclaimed_from' IS NOT NULL ORDER BY sort_key",
+        )
+        .bind(claim.step_uuid)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default();
+        StepFailure::new(
+            "max_attempts_exceeded",
+            format!(
+                "step {} has used {} of its {} attempts; its lease lapsed with no result on {} claim(s) ({}), so it is not run again",
+                claim.step_uuid,
+                claim.attempts,
+                max_attempts,
+                lost.len(),
+                lost.join(", ")
+            ),
+            false,
+        )
+        .with_context("attempts", claim.attempts)
+        .with_context("max_attempts", max_attempts)
+        .with_context("lost_claims", lost)
     }
 
     /// Records a claimed step as in flight and hands it to the dispatch channel. False when
@@ -366,9 +484,14 @@ impl StepExecutorActor {
         let mut poison = Vec::new();
         let mut parsed = Vec::with_capacity(messages.len());
         for message in messages {
-            match StepMessage::deserialize(&message.message) {
+            // A message handed over was decoded by its reader; its size and depth are checked
+            // here all the same, as the claim path's are.
+            let parsed_message = crate::limits::check_value(&message.message, "queue message")
+                .map_err(|e| e.to_string())
+                .and_then(|()| StepMessage::deserialize(&message.message).map_err(|e| e.to_string()));
+            match parsed_message {
                 Ok(step_message) => parsed.push((message, step_message)),
-                Err(err) => poison.push((message, format!("unparseable step message: {err}"))),
+                Err(err) => poison.push(Poison::of(&message, format!("unparseable step message: {err}"))),
             }
         }
 
@@ -379,14 +502,27 @@ impl StepExecutorActor {
             hydration::hydrate(&self.pool, &step_messages).await?
         };
         let mut requests = Vec::with_capacity(parsed.len());
+        let mut other_task = Vec::new();
         for (queued, step_message) in &parsed {
             match contexts.get(&step_message.step_uuid) {
                 Some(Ok(_)) => requests.push(ClaimRequest {
                     msg_id: queued.msg_id,
                     message: *step_message,
                 }),
-                Some(Err(reason)) => self.unhydratable(queue, queued, reason.clone(), &mut poison),
+                Some(Err(unhydrated)) if unhydrated.other_task => {
+                    tracing::debug!(reason = %unhydrated.reason, "message names a step of another task");
+                    other_task.push(queued.msg_id);
+                }
+                Some(Err(unhydrated)) => {
+                    self.unhydratable(queue, queued, unhydrated.reason.clone(), &mut poison)
+                }
                 None => {}
+            }
+        }
+        if !other_task.is_empty() {
+            client::archive(&self.pool, queue, &other_task).await?;
+            for msg_id in other_task {
+                self.out_of_order(msg_id, "of another task");
             }
         }
         if !poison.is_empty() {
@@ -398,20 +534,38 @@ impl StepExecutorActor {
 
         let outcomes = step_claim::claim_batch(&self.pool, queue, &self.worker_id, &requests).await?;
         for (request, outcome) in requests.iter().zip(outcomes) {
+            let context = contexts.remove(&request.message.step_uuid);
             match outcome {
-                ClaimOutcome::Claimed(claim) => {
-                    let Some(Ok(context)) = contexts.remove(&request.message.step_uuid) else {
-                        continue;
-                    };
-                    let Some(permit) = permits.pop() else { break };
-                    if !self.dispatch(claim, context, permit).await {
-                        return Ok(());
+                ClaimOutcome::Claimed(claim) => match context {
+                    Some(Ok(context)) => {
+                        let Some(permit) = permits.pop() else {
+                            let failure = StepFailure::new(
+                                "worker_capacity",
+                                "no capacity permit was left for a claimed step",
+                                true,
+                            );
+                            self.fail_claimed(claim, failure).await;
+                            continue;
+                        };
+                        if !self.dispatch(claim, context, permit).await {
+                            return Ok(());
+                        }
                     }
+                    _ => {
+                        let failure = invalid_input(&claim, "its context was lost after the claim");
+                        self.fail_claimed(claim, failure).await;
+                    }
+                },
+                ClaimOutcome::Exhausted(claim) => {
+                    let max_attempts = match &context {
+                        Some(Ok(context)) => context.max_attempts,
+                        _ => claim.attempts,
+                    };
+                    let failure = self.exhausted_failure(&claim, max_attempts).await;
+                    self.fail_claimed(claim, failure).await;
                 }
-                ClaimOutcome::Duplicate { state } => {
-                    WorkerCounters::add(&self.counters.duplicates, 1);
-                    tracing::debug!(step_uuid = %request.message.step_uuid, %state, "duplicate message archived");
-                }
+                ClaimOutcome::Duplicate { state } => self.duplicate(request.msg_id, &state),
+                ClaimOutcome::OutOfOrder { state } => self.out_of_order(request.msg_id, &state),
                 ClaimOutcome::Missing => {}
             }
         }
@@ -419,31 +573,46 @@ impl StepExecutorActor {
     }
 
     /// Records each message in `tasker.dead_letters` and archives it, in one transaction.
-    async fn dead_letter(&self, queue: &Arc<str>, poison: &[(QueuedMessage, String)]) -> TaskerResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = poison.iter().map(|_| Uuid::now_v7()).collect();
-        let msg_ids: Vec<i64> = poison.iter().map(|(m, _)| m.msg_id).collect();
-        let read_cts: Vec<i32> = poison.iter().map(|(m, _)| m.read_ct).collect();
-        let bodies: Vec<Value> = poison.iter().map(|(m, _)| m.message.clone()).collect();
-        let reasons: Vec<&str> = poison.iter().map(|(_, r)| r.as_str()).collect();
-        sqlx::query(include_str!("../../../sql/queries/dead_letter.sql"))
-            .bind(&ids)
-            .bind(&msg_ids)
-            .bind(&read_cts)
-            .bind(&bodies)
-            .bind(&reasons)
-            .bind(queue.as_ref())
-            .bind(self.worker_id.as_ref())
-            .execute(&mut *tx)
-            .await?;
-        client::archive(&mut *tx, queue, &msg_ids).await?;
-        tx.commit().await?;
+    async fn dead_letter(&self, queue: &Arc<str>, poison: &[Poison]) -> TaskerResult<()> {
+        client::dead_letter(&self.pool, queue, Some(&self.worker_id), poison).await?;
         WorkerCounters::add(&self.counters.dead_lettered, poison.len());
-        for (message, reason) in poison {
-            tracing::error!(msg_id = message.msg_id, queue = %queue, %reason, "message dead-lettered");
-        }
         Ok(())
     }
+}
+
+/// What a failure result of a step that never ran is committed with: only its ids are known
+/// (the commit reads the correlation id; the post-commit callback is not called for it).
+fn unrun_context(claim: &Claim) -> StepContext {
+    StepContext {
+        task_uuid: claim.task_uuid,
+        step_uuid: claim.step_uuid,
+        correlation_id: claim.correlation_id,
+        namespace: String::new(),
+        task_name: String::new(),
+        task_version: String::new(),
+        step_name: String::new(),
+        task_context: Value::Null,
+        inputs: Value::Null,
+        handler: HandlerSpec {
+            callable: String::new(),
+            initialization: Default::default(),
+        },
+        dependency_results: Default::default(),
+        attempts: claim.attempts,
+        max_attempts: claim.attempts,
+        retryable: false,
+        timeout_seconds: None,
+        step_definition: Value::Null,
+    }
+}
+
+/// The failure of a claimed step that cannot be hydrated: its input is bad and stays bad.
+fn invalid_input(claim: &Claim, reason: &str) -> StepFailure {
+    StepFailure::new(
+        "invalid_input",
+        format!("step {} cannot be run: {reason}", claim.step_uuid),
+        false,
+    )
 }
 
 #[cfg(test)]

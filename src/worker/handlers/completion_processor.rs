@@ -9,12 +9,15 @@
 //! 4. stale results (the step was reclaimed meanwhile) are discarded and counted, and do not
 //!    archive anything.
 //!
-//! When a batch fails it is retried one result at a time, so one bad result cannot block the
-//! others. A result the database rejects as data (e.g. a NUL character in a string) becomes
-//! an `invalid_result` failure. A result that still cannot be committed is dropped: its lease
-//! is no longer renewed, so the step is re-run after the lease lapses.
+//! A commit that fails while the database is away (`TaskerError::is_transient`) is retried
+//! with a short backoff (`RetryBackoff`: 100 ms doubling to 2 s) for up to
+//! `TRANSIENT_RETRY_FOR`, so it commits as soon as the database is back, not after a lease.
+//! When a batch fails otherwise it is retried one result at a time, so one bad result cannot
+//! block the others. A result the database rejects as data (e.g. a NUL character in a string)
+//! becomes an `invalid_result` failure. A result that still cannot be committed is dropped:
+//! its lease is no longer renewed, so the step is re-run after the lease lapses.
 
-use crate::error::{TaskerError, TaskerResult};
+use crate::error::{RetryBackoff, TaskerError, TaskerResult};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure, StepMessage};
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
 use crate::worker::handlers::pipeline::StepCompletion;
@@ -35,12 +38,18 @@ use uuid::Uuid;
 /// (here: the call's own, committed with the server's synchronous_commit).
 const COMMIT_SQL: &str = "SELECT * FROM tasker.worker_commit_results($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
-/// Retry pauses for a result that failed to commit on its own, before it is dropped.
+/// Retry pauses for a result that failed to commit on its own (not for the database being
+/// away), before it is dropped.
 const SINGLE_RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(100),
     Duration::from_millis(500),
     Duration::from_secs(2),
 ];
+
+/// How long a commit is retried while the database is away. Past a lease the step may have
+/// been claimed again elsewhere; the commit then finds its token stale and changes nothing,
+/// so retrying longer is safe, and bounded only so that a database gone for good is given up.
+const TRANSIENT_RETRY_FOR: Duration = Duration::from_secs(600);
 
 pub struct CompletionProcessorService {
     pub pool: PgPool,
@@ -90,7 +99,7 @@ impl CompletionProcessorService {
             return self.process_single(only).await;
         }
         let size = batch.len();
-        match commit(&self.pool, &self.worker_id, &batch).await {
+        match self.commit_while_away(&batch).await {
             Ok(committed) => self.finish(split(batch, &committed)),
             Err(err) => {
                 WorkerCounters::add(&self.counters.commit_failures, 1);
@@ -112,7 +121,7 @@ impl CompletionProcessorService {
                 tokio::time::sleep(*delay).await;
             }
             let one = std::slice::from_ref(&completion);
-            let outcome = commit(&self.pool, &self.worker_id, one).await;
+            let outcome = self.commit_while_away(one).await;
             if outcome.is_err() {
                 WorkerCounters::add(&self.counters.commit_failures, 1);
             }
@@ -131,6 +140,24 @@ impl CompletionProcessorService {
         tracing::error!(step_uuid = %completion.claim.step_uuid, "giving up on committing a result; the step will be re-run after its lease lapses");
         WorkerCounters::add(&self.counters.completion_failures, 1);
         self.in_flight.remove(&completion.claim.token);
+    }
+
+    /// `commit`, retried with `RetryBackoff` while the error says the database is away (for
+    /// up to `TRANSIENT_RETRY_FOR`); any other error is returned at once.
+    async fn commit_while_away(&self, batch: &[StepCompletion]) -> TaskerResult<HashSet<Uuid>> {
+        let give_up = tokio::time::Instant::now() + TRANSIENT_RETRY_FOR;
+        let mut backoff = RetryBackoff::default();
+        loop {
+            match commit(&self.pool, &self.worker_id, batch).await {
+                Err(err) if err.is_transient() && tokio::time::Instant::now() < give_up => {
+                    WorkerCounters::add(&self.counters.commit_failures, 1);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, size = batch.len(), retry_in_ms = delay.as_millis() as u64, "committing results failed while the database is away; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     fn finish(&self, outcome: CommitOutcome) {

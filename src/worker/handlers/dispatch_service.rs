@@ -2,6 +2,7 @@
 //! 1. taking claimed steps off the dispatch channel and spawning one task each (it never
 //!    waits for a handler before taking the next step);
 //! 2. the handler timeout, and catching panics (a panicking handler is a failure result);
+//!    a result over the JSON limits is an `invalid_result` failure;
 //! 3. sending every outcome, success or failure, to the completion channel.
 //!
 //! The capacity permit each message carries bounds the steps claimed (handlers + prefetch);
@@ -9,11 +10,13 @@
 //! steps wait here for a handler slot. Both permits return when the result is handed on.
 
 use crate::error::panic_message;
+use crate::limits;
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
-use crate::worker::handlers::traits::{StepHandlerRegistry, StepResult};
+use crate::worker::handlers::traits::{StepHandlerRegistry, StepResult, StepSuccess};
 use crate::worker::step_context::StepContext;
 use chrono::Utc;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -76,7 +79,7 @@ impl HandlerDispatchService {
             completed_at: Utc::now(),
             worker_id: self.worker_id.to_string(),
         };
-        let result = match outcome {
+        let result = match outcome.and_then(|success| within_limits(success, &context)) {
             Ok(success) => {
                 StepExecutionResult::success(context.step_uuid, success.result, success.metadata, &timing)
             }
@@ -143,6 +146,23 @@ impl HandlerDispatchService {
                 .with_context("timeout_ms", timeout.as_millis() as u64))
             }
         }
+    }
+}
+
+/// A success whose result (or custom metadata) is over the JSON limits (`crate::limits`) is
+/// an `invalid_result` failure, not retryable: the handler would return the same again.
+fn within_limits(success: StepSuccess, context: &StepContext) -> StepResult {
+    let checked = limits::check_value(&success.result, "the handler's result").and_then(|()| {
+        if success.metadata.is_empty() {
+            return Ok(());
+        }
+        let custom = Value::Object(success.metadata.clone());
+        limits::check_value(&custom, "the handler's result metadata")
+    });
+    match checked {
+        Ok(()) => Ok(success),
+        Err(err) => Err(StepFailure::new("invalid_result", err.to_string(), false)
+            .with_context("handler_name", context.handler.callable.as_str())),
     }
 }
 

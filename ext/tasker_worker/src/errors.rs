@@ -12,6 +12,7 @@ pub fn to_ruby(ruby: &Ruby, err: TaskerError) -> Error {
         TaskerError::Migration(_) => "MigrationError",
         TaskerError::Queue(_) => "QueueError",
         TaskerError::Serialization(_) => "SerializationError",
+        TaskerError::InvalidInput(_) => "InvalidInputError",
     };
     Error::new(error_class(ruby, class_name), err.to_string())
 }

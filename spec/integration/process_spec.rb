@@ -112,7 +112,7 @@ RSpec.describe "the tasker_worker process", :worker do
     @pids << pid
     wait_until("the worker to start") { File.exist?(log) && File.read(log).include?("pid #{pid}") }
 
-    expect(File.read(log)).to include("3 threads, namespaces slow_chain, shutdown timeout 7.0 s")
+    expect(File.read(log)).to include("3 threads, namespaces slow_chain, database #{migrated_database_url}, shutdown timeout 7.0 s")
     tasks = create_tasks(1, 0.01)
     expect(client.wait(tasks.first, timeout: 30)[:state]).to eq("complete")
     Process.kill(:TTIN, pid)

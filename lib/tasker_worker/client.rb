@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "json"
+
 module TaskerWorker
   # Creating and inspecting tasks, and registering task templates, with or without a worker
   # in this process. One connection pool per database URL per process (a forked child makes
@@ -25,7 +27,7 @@ module TaskerWorker
         @mutex.synchronize do
           @clients = {} if @pid != Process.pid
           @pid = Process.pid
-          @clients[database_url] ||= new(Native::Client.connect(database_url, POOL_SIZE))
+          @clients[database_url] ||= new(Native::Client.connect(database_url, POOL_SIZE), database_url)
         end
       end
 
@@ -34,12 +36,24 @@ module TaskerWorker
       end
     end
 
-    def initialize(native)
+    # The database this client works on.
+    attr_reader :database_url
+
+    def initialize(native, database_url = nil)
       @native = native
+      @database_url = database_url
     end
 
+    # Inside an open ActiveRecord transaction on the same database (Rails), the task is written
+    # on that transaction's connection: it commits or rolls back with the app's rows, and its
+    # steps are announced only on commit. Otherwise it is created at once, in a transaction
+    # of its own. Returns the task's uuid (for a repeated idempotency_key, the first task's).
     def create_task(namespace:, name:, version: "1.0.0", context: {}, idempotency_key: nil)
-      @native.create_task(namespace.to_s, name.to_s, version.to_s, context, idempotency_key&.to_s)
+      args = [namespace.to_s, name.to_s, version.to_s, context, idempotency_key&.to_s]
+      connection = Hooks.transaction_connection&.call(self)
+      return @native.create_task(*args) unless connection
+
+      create_on(connection, @native.task_plan(*args))
     end
 
     # { task_uuid:, namespace:, name:, version:, state:, complete:, context:, created_at:,
@@ -73,6 +87,13 @@ module TaskerWorker
     end
 
     private
+
+    # `connection` answers exec_params (a PG::Connection); the plan is the core's, as JSON.
+    def create_on(connection, plan)
+      created = connection.exec_params("SELECT tasker.create_task($1::jsonb)", [plan]).getvalue(0, 0)
+      created || connection.exec_params("SELECT task_uuid FROM tasker.tasks WHERE identity_hash = $1",
+                                        [JSON.parse(plan).fetch("identity_hash")]).getvalue(0, 0)
+    end
 
     def past?(deadline)
       Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline

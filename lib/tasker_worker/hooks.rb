@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
 module TaskerWorker
-  # Where a framework plugs into the worker (the Railtie sets both). One of each, nil by default.
+  # Where a framework plugs into the worker and the client (the Railtie sets them all). One of each, nil by default.
   module Hooks
     class << self
       # Runs around every step's handler, given the block to run: `step_wrapper.call { ... }`.
@@ -10,6 +10,11 @@ module TaskerWorker
 
       # Called with each Worker as it starts, before its threads (Rails: the pool-size warning).
       attr_accessor :worker_starting
+
+      # Called with a Client by its create_task; returns a connection (answering exec_params)
+      # whose open transaction the task should be written in, or nil to create it at once.
+      # Rails: the ActiveRecord connection, inside a transaction on the same database.
+      attr_accessor :transaction_connection
 
       def wrap_step(&block)
         step_wrapper ? step_wrapper.call(&block) : yield

@@ -2,6 +2,7 @@
 
 require "erb"
 require "yaml"
+require "uri"
 require "rails/railtie"
 
 module TaskerWorker
@@ -13,13 +14,16 @@ module TaskerWorker
   #    step, query cache, CurrentAttributes reset), or its reloader where code reloading is on,
   #    so an edited handler is used by the next step;
   # 3. a warning when the worker's threads outnumber the ActiveRecord pool;
-  # 4. rake tasks (tasker_worker:migrate, tasker_worker:status) and keeping the tasker schema in
-  #    databases that db:test:prepare / db:schema:load rebuild.
+  # 4. create_task inside an ActiveRecord transaction writes on its connection (it commits or
+  #    rolls back with the app's rows);
+  # 5. the rake task tasker_worker:migrate, and keeping the tasker schema in databases that
+  #    db:test:prepare / db:schema:load rebuild.
   class Railtie < ::Rails::Railtie
     initializer "tasker_worker.configuration", before: :load_config_initializers do |app|
       RailsSupport.configure_from(app)
       Hooks.step_wrapper = RailsSupport.step_wrapper(app)
       Hooks.worker_starting = ->(worker) { RailsSupport.check_pool(worker.concurrency) }
+      Hooks.transaction_connection = ->(client) { RailsSupport.transaction_connection(client) }
     end
 
     # The tasker and pgmq schemas are the gem's, installed by migrate!: neither schema dump
@@ -113,7 +117,47 @@ module TaskerWorker
                                  "(or more) in config/database.yml")
       end
 
+      # The ActiveRecord connection when it holds an open transaction on the client's
+      # database, else nil (create_task then makes its own transaction). A transaction on
+      # another database is named in a warning once: the task cannot be part of it.
+      def transaction_connection(client)
+        return unless defined?(::ActiveRecord::Base) && ::ActiveRecord::Base.connection_pool.active_connection?
+
+        connection = ::ActiveRecord::Base.connection
+        return unless connection.transaction_open? && connection.adapter_name.match?(/postg/i)
+        return connection.raw_connection if same_database?(client.database_url, connection.pool.db_config.configuration_hash)
+
+        warn_other_database_once(client.database_url)
+        nil
+      end
+
+      # Host (any spelling of this machine counts as one), port and database name.
+      def same_database?(url, config)
+        return false unless url
+
+        uri = URI.parse(url)
+        place(uri.host, uri.port, uri.path.delete_prefix("/")) == place(config[:host], config[:port], config[:database])
+      rescue URI::InvalidURIError
+        false
+      end
+
       private
+
+      LOCAL_HOSTS = [nil, "", "localhost", "127.0.0.1", "::1", "[::1]"].freeze
+      private_constant :LOCAL_HOSTS
+
+      def place(host, port, database)
+        host = host.to_s
+        [LOCAL_HOSTS.include?(host) || host.start_with?("/") ? :local : host.downcase, (port || 5432).to_i, database.to_s]
+      end
+
+      def warn_other_database_once(url)
+        return if @warned_other_database
+
+        @warned_other_database = true
+        TaskerWorker.logger.warn("tasker_worker: create_task inside an ActiveRecord transaction, but the tasker database " \
+                                 "(#{Database.redact(url)}) is not the app's: the task is created at once, outside it")
+      end
 
       def reloading?(app)
         config = app.config

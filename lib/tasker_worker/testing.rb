@@ -79,13 +79,20 @@ module TaskerWorker
       problem = %i[result metadata].lazy.filter_map { |part| JsonCheck.problem(completion[part], part.to_s) }.first ||
                 JsonCheck.problem(completion.dig(:error, :context), "error context")
       problem ||= JsonCheck.too_large(completion[:result], "result")
-      JSON.generate(completion) unless problem
-      problem ? ResultMapper.invalid_result(problem) : completion
+      problem ? ResultMapper.invalid_result(problem) : as_stored(completion)
     rescue JSON::JSONError => e
       ResultMapper.invalid_result(e)
     end
 
-    private_class_method :resolve, :stored_results, :callable_name, :checked
+    # What the core stores, and so what a child step and the task's readers see: the result,
+    # metadata and error context through JSON (Symbol keys become Strings, Symbols Strings).
+    def as_stored(completion)
+      stored = ->(value) { JSON.parse(JSON.generate(value)) }
+      completion.merge(result: stored.call(completion[:result]), metadata: stored.call(completion[:metadata]))
+                .tap { |c| c[:error] = c[:error].merge(context: stored.call(c[:error][:context])) if c[:error]&.key?(:context) }
+    end
+
+    private_class_method :resolve, :stored_results, :callable_name, :checked, :as_stored
 
     # Finds the first value JSON cannot represent, and says where it is.
     module JsonCheck

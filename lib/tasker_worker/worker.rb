@@ -144,7 +144,6 @@ module TaskerWorker
       @processors.count { |p| p.thread&.alive? }
     end
 
-    # A worker started in another process (this one is a forked child) cannot be used here.
     # A database error names the database it tried (with no password): a worker started with
     # no DATABASE_URL and no configuration uses the core's default, which may surprise.
     def boot_core
@@ -154,6 +153,7 @@ module TaskerWorker
       raise DatabaseError, "#{e.message} (database #{Database.redact(@database_url)})"
     end
 
+    # A worker started in another process (this one is a forked child) cannot be used here.
     def not_forked
       if @pid && @pid != Process.pid
         raise ForkError, "this worker was started in process #{@pid} and cannot be used in the forked process " \

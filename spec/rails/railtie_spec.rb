@@ -116,6 +116,39 @@ RSpec.describe "tasker_worker in a Rails app", :worker do
     expect(run_tasks(1, first_number: 1)["versions"]).to eq([2])
   end
 
+  it "creates a task inside an ActiveRecord transaction on its connection: rolled back, nothing; committed, it runs" do
+    start_worker(concurrency: 2)
+    output = app.runner(<<~RUBY)
+      written = -> { ActiveRecord::Base.connection.select_value(
+        "SELECT (SELECT count(*) FROM tasker.tasks) + (SELECT count(*) FROM pgmq.q_worker_orders_queue) + " \\
+        "(SELECT count(*) FROM pgmq.a_worker_orders_queue)").to_i }
+      create = ->(number) { TaskerWorker::Client.create_task(namespace: "orders", name: "place_order", context: { number: number }) }
+      before = written.call
+      ActiveRecord::Base.transaction do
+        create.call(-1)
+        raise ActiveRecord::Rollback
+      end
+      rolled_back = written.call - before
+      uuid = seen_inside = nil
+      ActiveRecord::Base.transaction do
+        uuid = create.call(-2)
+        seen_inside = begin
+          TaskerWorker::Client.task(uuid)
+          "seen by another connection"
+        rescue TaskerWorker::Error
+          "not seen by another connection"
+        end
+      end
+      task = TaskerWorker::Client.wait(uuid, timeout: 60)
+      puts JSON.generate("rolled_back" => rolled_back, "seen_inside" => seen_inside, "state" => task[:state],
+                         "number" => Order.find(task[:steps].first[:results].dig("result", "order_id")).number)
+    RUBY
+    outcome = JSON.parse(output.lines.last)
+
+    expect(outcome).to eq("rolled_back" => 0, "seen_inside" => "not seen by another connection", "state" => "complete",
+                          "number" => -2)
+  end
+
   it "installs the schema with tasker_worker:migrate and keeps it through db:test:prepare, in both schema formats" do
     expect(app.run!("bin/rails", "tasker_worker:migrate")).to include("schema up to date")
     expect(app.read("db/schema.rb")).not_to include("sqlx")

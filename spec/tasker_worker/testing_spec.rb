@@ -60,6 +60,16 @@ RSpec.describe TaskerWorker::Testing do
     expect(seen.result).to eq(["charge", true, { "a" => 1 }])
   end
 
+  it "gives the result as the core stores it, with String keys, as a child step would read it" do
+    outcome = described_class.run(context: {}) { |_context| { total: 10, lines: [{ sku: :a1 }] } }
+
+    expect(outcome.result).to eq("total" => 10, "lines" => [{ "sku" => "a1" }])
+    child = described_class.run(dependency_results: { "totals" => outcome.result }) do |context|
+      context.dependency_result("totals").fetch("total")
+    end
+    expect(child.result).to eq(10)
+  end
+
   it "runs a block handler" do
     outcome = described_class.run(context: { n: 2 }) { |context| context.input(:n) * 21 }
 

@@ -12,7 +12,7 @@ mod template;
 
 pub use registry::register_template;
 pub use result_processor::{OrchestratorCounters, OrchestratorStatus, ResultProcessor};
-pub use task_initializer::{create_task, TaskRequest};
+pub use task_initializer::{create_task, plan_task, PlannedEdge, PlannedStep, TaskPlan, TaskRequest};
 pub use task_summary::{task_summary, StepSummary, TaskSummary};
 pub use template::{RetryPolicy, StepTemplate, TaskTemplate};
 

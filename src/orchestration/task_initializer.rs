@@ -1,11 +1,13 @@
 //! Creates a task from a registered template: the task, one step per template step, the
 //! dependency edges, and the root steps enqueued (state and message in one transaction, so a
-//! message never names a step that is not `enqueued`). Two round trips: the template is read,
-//! then everything is written by one statement.
+//! message never names a step that is not `enqueued`). Two round trips: the template is read
+//! and the task planned in Rust (`plan_task`), then the SQL function `tasker.create_task`
+//! writes the plan, in whichever transaction its caller is in.
 
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging;
 use crate::orchestration::template::TaskTemplate;
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::HashMap;
@@ -21,20 +23,68 @@ pub struct TaskRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// Everything a task is made of, in one statement (its own transaction). `pending` below is
-/// tasker-core's first task and step state, not a test marker. The task and its
-/// `pending` -> `steps_in_process` transitions, the steps with their `pending` transitions
-/// (root steps: then `enqueued`), the dependency edges, and the root steps' messages, sent
-/// with tasker.pgmq_send_with_notify. Nothing is written when the idempotency key (identity
-/// hash) is taken; the statement then returns no task. The data-modifying CTEs all run,
-/// each joined to the inserted task; the sends are counted in the final SELECT so they run.
-const CREATE_TASK_SQL: &str = include_str!("../../sql/queries/create_task.sql");
-
 /// Returns the new task's uuid (or, for a repeated idempotency key, the existing one's).
 /// A context over the JSON limits (`crate::limits`) is refused with `InvalidInput`, naming
-/// the limit.
-/// Two round trips: the template, then `CREATE_TASK_SQL`.
+/// the limit. Two round trips: the template (`plan_task`), then `tasker.create_task` (its own
+/// transaction; sql/functions/tasks.sql).
 pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Uuid> {
+    let plan = plan_task(pool, request).await?;
+    let created: Option<Uuid> = sqlx::query_scalar("SELECT tasker.create_task($1)")
+        .bind(sqlx::types::Json(&plan))
+        .fetch_one(pool)
+        .await?;
+    match created {
+        Some(task) => Ok(task),
+        // The key is taken (possibly by a task committed after the statement's snapshot, so
+        // it is looked up in a statement of its own).
+        None => Ok(
+            sqlx::query_scalar("SELECT task_uuid FROM tasker.tasks WHERE identity_hash = $1")
+                .bind(&plan.identity_hash)
+                .fetch_one(pool)
+                .await?,
+        ),
+    }
+}
+
+/// What `tasker.create_task` writes for one task (sql/functions/tasks.sql documents the
+/// shape), made from the registered template: every uuid (UUIDv7, so rows sort by creation),
+/// the steps in template order with their retry settings, the root steps (an `enqueued_uuid`),
+/// the edges, and the namespace's queue. Anyone may execute it, in any transaction: the Ruby
+/// client runs it on an ActiveRecord connection inside the app's transaction.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskPlan {
+    pub task_uuid: Uuid,
+    pub named_task_uuid: Uuid,
+    pub context: Value,
+    pub identity_hash: String,
+    pub correlation_id: Uuid,
+    pub queue: String,
+    pub task_transitions: [Uuid; 2],
+    pub steps: Vec<PlannedStep>,
+    pub edges: Vec<PlannedEdge>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    pub step_uuid: Uuid,
+    pub name: String,
+    pub retryable: bool,
+    pub max_attempts: i32,
+    pub pending_uuid: Uuid,
+    /// Root steps only: the `enqueued` transition (and a message is sent).
+    pub enqueued_uuid: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedEdge {
+    pub edge_uuid: Uuid,
+    pub from_step: Uuid,
+    pub to_step: Uuid,
+}
+
+/// Reads the template and plans the task; writes nothing. Refuses a context over the JSON
+/// limits (`InvalidInput`) and an unknown template (`Configuration`).
+pub async fn plan_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<TaskPlan> {
     // Refused before anything is written: a context the worker could not decode would leave
     // every step of the task failing as invalid_input.
     crate::limits::check_value(&request.context, "the task context")?;
@@ -54,100 +104,52 @@ pub async fn create_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<U
             request.namespace, request.name, request.version
         ))
     })?;
-    let named_task_uuid: Uuid = row.try_get(0)?;
     let template: TaskTemplate = serde_json::from_value(row.try_get(1)?)?;
-    let queue = messaging::worker_queue_name(&template.namespace_name)?;
-
     let task_uuid = Uuid::now_v7();
-    let correlation_id = Uuid::now_v7();
-    let identity = request
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| task_uuid.to_string());
-    let task_transitions = [Uuid::now_v7(), Uuid::now_v7()];
-    let rows = StepRows::of(&template);
-    let created: Option<Uuid> = sqlx::query_scalar(CREATE_TASK_SQL)
-        .bind(task_uuid)
-        .bind(named_task_uuid)
-        .bind(&request.context)
-        .bind(&identity)
-        .bind(correlation_id)
-        .bind(&task_transitions[..])
-        .bind(&rows.step_uuids)
-        .bind(&rows.names)
-        .bind(&rows.retryable)
-        .bind(&rows.max_attempts)
-        .bind(&rows.pending_uuids)
-        .bind(&rows.enqueued_uuids)
-        .bind(&rows.edge_uuids)
-        .bind(&rows.edge_from)
-        .bind(&rows.edge_to)
-        .bind(&queue)
-        .fetch_optional(pool)
-        .await?;
-    match created {
-        Some(task) => Ok(task),
-        // The key is taken (possibly by a task committed after the statement's snapshot, so
-        // it is looked up in a statement of its own).
-        None => Ok(
-            sqlx::query_scalar("SELECT task_uuid FROM tasker.tasks WHERE identity_hash = $1")
-                .bind(&identity)
-                .fetch_one(pool)
-                .await?,
-        ),
-    }
+    let (steps, edges) = planned_steps(&template);
+    Ok(TaskPlan {
+        task_uuid,
+        named_task_uuid: row.try_get(0)?,
+        context: request.context.clone(),
+        identity_hash: request
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| task_uuid.to_string()),
+        correlation_id: Uuid::now_v7(),
+        queue: messaging::worker_queue_name(&template.namespace_name)?,
+        task_transitions: [Uuid::now_v7(), Uuid::now_v7()],
+        steps,
+        edges,
+    })
 }
 
-/// The rows of a template's steps, as parallel arrays in template order: each step's uuid,
-/// name, retry settings and `pending` transition; the `enqueued` transition of each root step
-/// (None for the others); and the dependency edges.
-struct StepRows {
-    step_uuids: Vec<Uuid>,
-    names: Vec<String>,
-    retryable: Vec<bool>,
-    max_attempts: Vec<i32>,
-    pending_uuids: Vec<Uuid>,
-    enqueued_uuids: Vec<Option<Uuid>>,
-    edge_uuids: Vec<Uuid>,
-    edge_from: Vec<Uuid>,
-    edge_to: Vec<Uuid>,
-}
-
-impl StepRows {
-    fn of(template: &TaskTemplate) -> Self {
-        let by_name: HashMap<&str, Uuid> = template
-            .steps
-            .iter()
-            .map(|step| (step.name.as_str(), Uuid::now_v7()))
-            .collect();
-        let mut rows = StepRows {
-            step_uuids: Vec::new(),
-            names: Vec::new(),
-            retryable: Vec::new(),
-            max_attempts: Vec::new(),
-            pending_uuids: Vec::new(),
-            enqueued_uuids: Vec::new(),
-            edge_uuids: Vec::new(),
-            edge_from: Vec::new(),
-            edge_to: Vec::new(),
-        };
-        for step in &template.steps {
-            let uuid = by_name[step.name.as_str()];
-            rows.step_uuids.push(uuid);
-            rows.names.push(step.name.clone());
-            rows.retryable.push(step.retry.retryable);
-            rows.max_attempts.push(step.retry.max_attempts as i32);
-            rows.pending_uuids.push(Uuid::now_v7());
-            rows.enqueued_uuids
-                .push(step.dependencies.is_empty().then(Uuid::now_v7));
-            for parent in &step.dependencies {
-                rows.edge_uuids.push(Uuid::now_v7());
-                rows.edge_from.push(by_name[parent.as_str()]);
-                rows.edge_to.push(uuid);
-            }
+fn planned_steps(template: &TaskTemplate) -> (Vec<PlannedStep>, Vec<PlannedEdge>) {
+    let by_name: HashMap<&str, Uuid> = template
+        .steps
+        .iter()
+        .map(|step| (step.name.as_str(), Uuid::now_v7()))
+        .collect();
+    let mut steps = Vec::with_capacity(template.steps.len());
+    let mut edges = Vec::new();
+    for step in &template.steps {
+        let uuid = by_name[step.name.as_str()];
+        steps.push(PlannedStep {
+            step_uuid: uuid,
+            name: step.name.clone(),
+            retryable: step.retry.retryable,
+            max_attempts: step.retry.max_attempts as i32,
+            pending_uuid: Uuid::now_v7(),
+            enqueued_uuid: step.dependencies.is_empty().then(Uuid::now_v7),
+        });
+        for parent in &step.dependencies {
+            edges.push(PlannedEdge {
+                edge_uuid: Uuid::now_v7(),
+                from_step: by_name[parent.as_str()],
+                to_step: uuid,
+            });
         }
-        rows
     }
+    (steps, edges)
 }
 
 /// Appends a step transition; the previous one (if any) stops being most recent. One

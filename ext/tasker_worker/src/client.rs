@@ -43,6 +43,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_singleton_method("connect", function!(NativeClient::connect, 2))?;
     class.define_method("register_template", method!(NativeClient::register_template, 2))?;
     class.define_method("create_task", method!(NativeClient::create_task, 5))?;
+    class.define_method("task_plan", method!(NativeClient::task_plan, 5))?;
     class.define_method("task", method!(NativeClient::task, 1))?;
     class.define_method("pid", method!(NativeClient::pid, 0))?;
     Ok(())
@@ -120,6 +121,39 @@ impl NativeClient {
         context: Value,
         idempotency_key: Option<String>,
     ) -> Result<String, Error> {
+        let request = Self::task_request(ruby, namespace, name, version, context, idempotency_key)?;
+        let uuid = rb_self.run(ruby, move |pool| async move {
+            orchestration::create_task(&pool, &request).await
+        })?;
+        Ok(uuid.to_string())
+    }
+
+    /// The task's plan as JSON, for `SELECT tasker.create_task($1::jsonb)` on a connection of
+    /// the caller's (Client#create_task inside an ActiveRecord transaction). Writes nothing.
+    fn task_plan(
+        ruby: &Ruby,
+        rb_self: &Self,
+        namespace: String,
+        name: String,
+        version: String,
+        context: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<String, Error> {
+        let request = Self::task_request(ruby, namespace, name, version, context, idempotency_key)?;
+        let plan = rb_self.run(ruby, move |pool| async move {
+            orchestration::plan_task(&pool, &request).await
+        })?;
+        serde_json::to_string(&plan).map_err(|err| errors::to_ruby(ruby, TaskerError::Serialization(err)))
+    }
+
+    fn task_request(
+        ruby: &Ruby,
+        namespace: String,
+        name: String,
+        version: String,
+        context: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<TaskRequest, Error> {
         // Over the limits (or NaN / Infinity): InvalidInputError, an ArgumentError, naming
         // the limit. Checked on the Ruby value first, so conversion never recurses too deep.
         let invalid = |why: String| errors::named(ruby, "InvalidInputError", why);
@@ -132,17 +166,13 @@ impl NativeClient {
             )
         })?;
         limits::check_value(&context, "the task context").map_err(|err| invalid(err.to_string()))?;
-        let request = TaskRequest {
+        Ok(TaskRequest {
             namespace,
             name,
             version,
             context,
             idempotency_key,
-        };
-        let uuid = rb_self.run(ruby, move |pool| async move {
-            orchestration::create_task(&pool, &request).await
-        })?;
-        Ok(uuid.to_string())
+        })
     }
 
     fn task(ruby: &Ruby, rb_self: &Self, task_uuid: String) -> Result<RHash, Error> {

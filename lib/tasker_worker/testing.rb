@@ -2,6 +2,7 @@
 
 require "json"
 require "tasker_worker"
+require_relative "testing/task_run"
 
 module TaskerWorker
   # Runs one handler in a spec, without a database or a worker: it resolves, calls and maps
@@ -56,6 +57,32 @@ module TaskerWorker
       Outcome.new(checked(ResultMapper.capture { resolve(callable, step.config).call(step) }))
     end
 
+    # Runs a whole task from its template in this process, step by step (TaskRun says how),
+    # and returns a TaskOutcome. The template is found in `templates` (a directory of YAML
+    # templates, default config/tasks) by namespace and name (and version, when several).
+    #
+    #   task = TaskerWorker::Testing.run_task(namespace: "orders", name: "fulfill", context: { order_id: 7 })
+    #   expect(task).to be_complete
+    #   expect(task.result(:ship)).to include("tracking" => String)
+    def run_task(namespace:, name:, context: {}, version: nil, templates: "config/tasks")
+      TaskRun.new(find_template(templates, namespace.to_s, name.to_s, version&.to_s), context).run
+    end
+
+    def find_template(dir, namespace, name, version)
+      files = Dir[File.join(dir, "*.{yml,yaml}")]
+      raise ConfigurationError, "no task templates (*.yml, *.yaml) in #{dir}" if files.empty?
+
+      found = files.map { |path| JSON.parse(Native.parse_template(File.read(path), path)) }.select do |t|
+        t["namespace_name"] == namespace && t["name"] == name && (version.nil? || t["version"] == version)
+      end
+      return found.first if found.size == 1
+
+      wanted = "#{namespace}/#{name}#{"@#{version}" if version}"
+      raise ConfigurationError, "no task template #{wanted} in #{dir}" if found.empty?
+
+      raise ConfigurationError, "#{found.size} templates #{wanted} in #{dir} (versions #{found.map { |t| t["version"] }.join(", ")}): pass version:"
+    end
+
     # Built the way the worker builds handlers: through a registry, a new instance per run.
     def resolve(callable, config)
       return TaskerWorker.handler_registry.resolve(callable, config: config) if callable.is_a?(String)
@@ -92,7 +119,7 @@ module TaskerWorker
                 .tap { |c| c[:error] = c[:error].merge(context: stored.call(c[:error][:context])) if c[:error]&.key?(:context) }
     end
 
-    private_class_method :resolve, :stored_results, :callable_name, :checked, :as_stored
+    private_class_method :resolve, :stored_results, :callable_name, :checked, :as_stored, :find_template
 
     # Finds the first value JSON cannot represent, and says where it is.
     module JsonCheck

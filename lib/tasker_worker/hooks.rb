@@ -16,6 +16,10 @@ module TaskerWorker
       # Rails: the ActiveRecord connection, inside a transaction on the same database.
       attr_accessor :transaction_connection
 
+      # Called with every exception a handler raises (any class) and its StepContext, before the
+      # step's failure is committed. Rails >= 7: Rails.error.report (handled, with the step).
+      attr_accessor :error_reporter
+
       def wrap_step(&block)
         step_wrapper ? step_wrapper.call(&block) : yield
       end

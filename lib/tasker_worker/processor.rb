@@ -102,7 +102,16 @@ module TaskerWorker
       ResultMapper.from_return(value)
     rescue Exception => e # rubocop:disable Lint/RescueException -- no handler can stop the worker or lose its step
       log_unusual(context, e) unless e.is_a?(StandardError)
+      report(e, context)
       ResultMapper.from_exception(e)
+    end
+
+    # The framework's error reporter (Rails >= 7: Rails.error) hears of every handler
+    # exception; a reporter that raises is logged and changes nothing.
+    def report(exception, context)
+      Hooks.error_reporter&.call(exception, context)
+    rescue Exception => e # rubocop:disable Lint/RescueException -- the step's failure must still be committed
+      TaskerWorker.logger.error("tasker_worker: the error reporter raised #{e.class}: #{e.message}")
     end
 
     # What a StandardError means is the handler's business; anything else (exit, a signal

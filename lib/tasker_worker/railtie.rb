@@ -2,8 +2,8 @@
 
 require "erb"
 require "yaml"
-require "uri"
 require "rails/railtie"
+require_relative "rails_transactions"
 
 module TaskerWorker
   # Loaded when Rails is (lib/tasker_worker.rb, and the CLI before it boots an app). It owns:
@@ -23,7 +23,8 @@ module TaskerWorker
       RailsSupport.configure_from(app)
       Hooks.step_wrapper = RailsSupport.step_wrapper(app)
       Hooks.worker_starting = ->(worker) { RailsSupport.check_pool(worker.concurrency) }
-      Hooks.transaction_connection = ->(client) { RailsSupport.transaction_connection(client) }
+      Hooks.transaction_connection = ->(client) { RailsTransactions.connection_for(client) }
+      Hooks.error_reporter = RailsSupport.error_reporter
     end
 
     # The tasker and pgmq schemas are the gem's, installed by migrate!: neither schema dump
@@ -117,47 +118,20 @@ module TaskerWorker
                                  "(or more) in config/database.yml")
       end
 
-      # The ActiveRecord connection when it holds an open transaction on the client's
-      # database, else nil (create_task then makes its own transaction). A transaction on
-      # another database is named in a warning once: the task cannot be part of it.
-      def transaction_connection(client)
-        return unless defined?(::ActiveRecord::Base) && ::ActiveRecord::Base.connection_pool.active_connection?
+      # Rails.error (Rails >= 7) hears of each handler exception, handled, with the step in
+      # its context; nil on Rails 6.1, which has no error reporter.
+      def error_reporter
+        return unless ::Rails.respond_to?(:error)
 
-        connection = ::ActiveRecord::Base.connection
-        return unless connection.transaction_open? && connection.adapter_name.match?(/postg/i)
-        return connection.raw_connection if same_database?(client.database_url, connection.pool.db_config.configuration_hash)
-
-        warn_other_database_once(client.database_url)
-        nil
-      end
-
-      # Host (any spelling of this machine counts as one), port and database name.
-      def same_database?(url, config)
-        return false unless url
-
-        uri = URI.parse(url)
-        place(uri.host, uri.port, uri.path.delete_prefix("/")) == place(config[:host], config[:port], config[:database])
-      rescue URI::InvalidURIError
-        false
+        lambda do |exception, context|
+          ::Rails.error.report(exception, handled: true, severity: :error, source: "tasker_worker",
+                                          context: { tasker_step: context.step_name, tasker_step_uuid: context.step_uuid,
+                                                     tasker_task_uuid: context.task_uuid,
+                                                     tasker_handler: context.handler_callable })
+        end
       end
 
       private
-
-      LOCAL_HOSTS = [nil, "", "localhost", "127.0.0.1", "::1", "[::1]"].freeze
-      private_constant :LOCAL_HOSTS
-
-      def place(host, port, database)
-        host = host.to_s
-        [LOCAL_HOSTS.include?(host) || host.start_with?("/") ? :local : host.downcase, (port || 5432).to_i, database.to_s]
-      end
-
-      def warn_other_database_once(url)
-        return if @warned_other_database
-
-        @warned_other_database = true
-        TaskerWorker.logger.warn("tasker_worker: create_task inside an ActiveRecord transaction, but the tasker database " \
-                                 "(#{Database.redact(url)}) is not the app's: the task is created at once, outside it")
-      end
 
       def reloading?(app)
         config = app.config

@@ -14,6 +14,6 @@ pub use queues::{
     worker_queue_name, ORCHESTRATION_NAMESPACE, STEP_RESULTS_QUEUE,
 };
 pub use result::{
-    BackoffHint, ExecutionTiming, OrchestrationMetadata, StepExecutionError, StepExecutionMetadata,
-    StepExecutionResult, StepFailure,
+    BackoffHint, BackoffType, ExecutionTiming, OrchestrationMetadata, StepExecutionError,
+    StepExecutionMetadata, StepExecutionResult, StepFailure,
 };

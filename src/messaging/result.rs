@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,20 +51,51 @@ pub struct StepExecutionError {
     pub context: Option<Map<String, Value>>,
 }
 
+/// What the orchestrator should know beyond the result. tasker-core's orchestrator requires
+/// `headers` and `custom` whenever this object is present, applies a `retry-after` header
+/// (any case, seconds) as the retry delay, and only logs `backoff_hint`; the embedded
+/// orchestrator reads `backoff_hint.delay_seconds`. So a retry hint is written both ways.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OrchestrationMetadata {
+    pub headers: BTreeMap<String, String>,
+    pub custom: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_hint: Option<BackoffHint>,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    pub custom: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackoffHint {
-    pub backoff_type: String,
+    pub backoff_type: BackoffType,
     pub delay_seconds: u32,
+}
+
+/// tasker-core's spellings (PascalCase). Results stored before this spelling was fixed say
+/// `server_requested`; they still read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackoffType {
+    #[serde(alias = "server_requested")]
+    ServerRequested,
+    RateLimit,
+    ServiceUnavailable,
+    Custom,
+}
+
+/// The header tasker-core's orchestrator takes a retry delay from.
+pub const RETRY_AFTER_HEADER: &str = "retry-after";
+
+impl OrchestrationMetadata {
+    /// A handler's request to be retried after `delay_seconds`.
+    pub fn retry_after(delay_seconds: u32) -> Self {
+        Self {
+            headers: BTreeMap::from([(RETRY_AFTER_HEADER.to_string(), delay_seconds.to_string())]),
+            custom: Map::new(),
+            backoff_hint: Some(BackoffHint {
+                backoff_type: BackoffType::ServerRequested,
+                delay_seconds,
+            }),
+        }
+    }
 }
 
 impl Default for StepExecutionResult {
@@ -171,13 +203,7 @@ impl StepExecutionResult {
         metadata.context = failure.context.clone();
         let orchestration_metadata = failure
             .retry_after_seconds
-            .map(|delay_seconds| OrchestrationMetadata {
-                backoff_hint: Some(BackoffHint {
-                    backoff_type: "server_requested".into(),
-                    delay_seconds,
-                }),
-                custom: Map::new(),
-            });
+            .map(OrchestrationMetadata::retry_after);
         Self {
             step_uuid,
             success: false,
@@ -244,6 +270,12 @@ mod tests {
         assert_eq!(json["metadata"]["error_type"], "handler_error");
         assert_eq!(json["error"]["context"]["handler_name"], "h");
         assert_eq!(json["orchestration_metadata"]["backoff_hint"]["delay_seconds"], 5);
+        assert_eq!(
+            json["orchestration_metadata"]["backoff_hint"]["backoff_type"],
+            "ServerRequested"
+        );
+        assert_eq!(json["orchestration_metadata"]["headers"]["retry-after"], "5");
+        assert_eq!(json["orchestration_metadata"]["custom"], serde_json::json!({}));
 
         let permanent =
             StepExecutionResult::failure(Uuid::nil(), StepFailure::new("x", "y", false), &timing());

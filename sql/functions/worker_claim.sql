@@ -26,7 +26,10 @@
 -- What a handler gets for each step (src/worker/hydration.rs builds the StepContext from
 -- these columns): the step, its task and template, the template's definition of the step
 -- (by name, or by `__template_step_name` in its inputs) and the stored results of every
--- ancestor step, by name.
+-- ancestor step, by name. tasker-core's schema lets attempts and max_attempts be NULL (a step
+-- starts with attempts NULL; max_attempts defaults to 3 there): NULL attempts count as 0, a
+-- NULL max_attempts as that default. The claim counts attempts the same way, and a NULL
+-- max_attempts sets no limit on claims.
 CREATE OR REPLACE FUNCTION tasker.worker_step_contexts(p_step_uuids uuid[])
 RETURNS TABLE (
     workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
@@ -35,7 +38,8 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE
 AS $$
-    SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, ws.attempts, ws.max_attempts, ws.retryable,
+    SELECT ws.workflow_step_uuid, ws.task_uuid, ws.inputs, coalesce(ws.attempts, 0), coalesce(ws.max_attempts, 3),
+           ws.retryable,
            ns.name::text, t.context, t.correlation_id, nt.name::text, nt.version::text, tn.name::text,
            (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
              WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
@@ -154,7 +158,7 @@ BEGIN
                           WHEN c.to_state = 'in_progress' THEN
                                CASE WHEN c.metadata ->> 'queue_name' = p_queue_name
                                          AND c.metadata ->> 'msg_id' = i.msg_id::text
-                                    THEN CASE WHEN s.attempts >= s.max_attempts THEN 'exhausted' ELSE 'reclaim' END
+                                    THEN CASE WHEN coalesce(s.attempts, 0) >= s.max_attempts THEN 'exhausted' ELSE 'reclaim' END
                                     ELSE 'duplicate' END
                           WHEN c.to_state IN ('enqueued_for_orchestration', 'enqueued_as_error_for_orchestration')
                                THEN 'duplicate'
@@ -168,9 +172,9 @@ BEGIN
                                             WHERE pe.to_step_uuid = i.step_uuid
                                               AND coalesce(pt.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
                                THEN 'out_of_order'
-                          WHEN s.attempts >= s.max_attempts THEN 'exhausted'
+                          WHEN coalesce(s.attempts, 0) >= s.max_attempts THEN 'exhausted'
                           ELSE 'claim' END ORDER BY i.n),
-           array_agg(s.attempts ORDER BY i.n)
+           array_agg(coalesce(s.attempts, 0) ORDER BY i.n)
       INTO d_msg, d_step, d_corr, d_token, d_prev, d_state, d_sort, d_action, d_attempts
       FROM unnest(p_step_uuids, p_msg_ids, p_correlation_ids, p_tokens) WITH ORDINALITY
            AS i(step_uuid, msg_id, correlation_id, token, n)
@@ -206,7 +210,7 @@ BEGIN
 
         WITH bumped AS (
             UPDATE tasker.workflow_steps s
-               SET attempts = s.attempts + 1, in_process = true, last_attempted_at = now(), updated_at = now()
+               SET attempts = coalesce(s.attempts, 0) + 1, in_process = true, last_attempted_at = now(), updated_at = now()
               FROM unnest(d_step, d_action) AS d(step_uuid, action)
              WHERE s.workflow_step_uuid = d.step_uuid AND d.action IN ('claim', 'reclaim')
             RETURNING s.workflow_step_uuid, s.attempts

@@ -1,5 +1,7 @@
 -- A failure result: the step and its current transition (src/orchestration/result_processor.rs: apply).
-SELECT ns.name, ws.attempts, ws.max_attempts, ws.retryable, ws.results, tr.to_state, tr.sort_key
+-- NULL attempts / max_attempts (tasker-core's schema allows both) count as 0, as their
+-- orchestrator's retry rule counts them (COALESCE(attempts,0) >= COALESCE(max_attempts,0)).
+SELECT ns.name, coalesce(ws.attempts, 0), coalesce(ws.max_attempts, 0), ws.retryable, ws.results, tr.to_state, tr.sort_key
 FROM tasker.workflow_steps ws
 JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
 JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent

@@ -1,0 +1,100 @@
+//! Where tasker-core's schema differs from ours in what the worker reads and writes (the
+//! project's tasker-core-compat notes): there `workflow_steps.attempts` is nullable with no
+//! default, so every step starts with attempts NULL, and `max_attempts` is nullable.
+
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tasker_worker::messaging::StepFailure;
+use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
+use tasker_worker::testing::{wait_for, worker_config, TestDatabase};
+use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepSuccess, WorkerCore};
+
+const FLAKY: &str = r#"
+name: flaky
+namespace_name: nullattempts
+version: 1.0.0
+steps:
+  - { name: first, handler: { callable: Flaky }, retry: { max_attempts: 3, backoff_base_ms: 10 } }
+  - { name: second, handler: { callable: Flaky }, dependencies: [first], retry: { max_attempts: 3, backoff_base_ms: 10 } }
+"#;
+
+#[tokio::test]
+async fn steps_created_with_null_attempts_are_claimed_counted_from_one_and_retried() {
+    let db = TestDatabase::migrated().await;
+    // As tasker-core's migrations declare the columns.
+    sqlx::query(
+        "ALTER TABLE tasker.workflow_steps ALTER COLUMN attempts DROP NOT NULL, ALTER COLUMN attempts DROP DEFAULT, \
+         ALTER COLUMN max_attempts DROP NOT NULL",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let template = TaskTemplate::from_yaml(FLAKY, "test").unwrap();
+    register_template(&db.pool, &template).await.unwrap();
+    // Each step fails its first attempt (retryable), then succeeds, saying which attempt it was.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    let seen = calls.clone();
+    registry.register(
+        "Flaky",
+        handler_fn(move |ctx| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if ctx.attempts == 1 {
+                    return Err(StepFailure::new("", "first attempt fails", true));
+                }
+                Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
+            }
+        }),
+    );
+    let config = worker_config(&db, &["nullattempts"]);
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
+        .await
+        .unwrap();
+    let request = TaskRequest {
+        namespace: "nullattempts".into(),
+        name: "flaky".into(),
+        version: "1.0.0".into(),
+        context: json!({}),
+        idempotency_key: None,
+    };
+    let task = create_task(&db.pool, &request).await.unwrap();
+    let nulls: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tasker.workflow_steps WHERE task_uuid = $1 AND attempts IS NULL",
+    )
+    .bind(task)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(nulls, 2, "the steps start as tasker-core's do");
+
+    let state: String = wait_for("the task to settle", Duration::from_secs(30), || async {
+        let state: String = sqlx::query_scalar(
+            "SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent",
+        )
+        .bind(task)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (state == "complete" || state == "error").then_some(state)
+    })
+    .await;
+    assert_eq!(state, "complete");
+    let rows: Vec<(Option<i32>, serde_json::Value)> =
+        sqlx::query_as("SELECT attempts, results FROM tasker.workflow_steps WHERE task_uuid = $1")
+            .bind(task)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    for (attempts, results) in rows {
+        assert_eq!(attempts, Some(2), "{results}");
+        assert_eq!(results["result"]["attempt"], 2);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    db.drop_database().await;
+}

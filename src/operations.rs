@@ -125,6 +125,13 @@ pub struct Status {
     pub steps_by_state: BTreeMap<String, i64>,
 }
 
+/// `text` as an RFC 3339 time (`what` names it in the error).
+pub fn parse_time(text: &str, what: &str) -> TaskerResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|err| TaskerError::InvalidInput(format!("{what} {text:?} is not an RFC 3339 time: {err}")))
+}
+
 /// A refusal raised by sql/functions/operations.sql, as its TaskerError.
 fn refusal(err: sqlx::Error) -> TaskerError {
     if let sqlx::Error::Database(db) = &err {

@@ -9,7 +9,7 @@
 use crate::database;
 use crate::error::{TaskerError, TaskerResult};
 use crate::limits;
-use crate::orchestration::{task_summary, TaskSummary};
+use crate::orchestration::{task_summary, StepSummary};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -52,8 +52,17 @@ pub struct TaskRow {
 /// A task with its DAG: each step's parents (by name), state, attempts and error message.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskDetail {
-    #[serde(flatten)]
-    pub summary: TaskSummary,
+    pub task_uuid: Uuid,
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub state: String,
+    pub complete: bool,
+    pub context: Value,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// As in `TaskSummary` (with each step's stored result).
+    pub steps: Vec<StepSummary>,
     pub dag: Vec<StepNode>,
 }
 
@@ -217,7 +226,19 @@ pub async fn task_detail(pool: &PgPool, task_uuid: Uuid) -> TaskerResult<TaskDet
             error: s.results.as_ref().and_then(error_message),
         })
         .collect();
-    Ok(TaskDetail { summary, dag })
+    Ok(TaskDetail {
+        task_uuid: summary.task_uuid,
+        namespace: summary.namespace,
+        name: summary.name,
+        version: summary.version,
+        state: summary.state,
+        complete: summary.complete,
+        context: summary.context,
+        created_at: summary.created_at,
+        completed_at: summary.completed_at,
+        steps: summary.steps,
+        dag,
+    })
 }
 
 fn error_message(results: &Value) -> Option<String> {

@@ -61,7 +61,7 @@ module TaskerWorker
     # Tasks, newest first, narrowed by state, namespace and template name; `before` (a Time or
     # an RFC 3339 string) pages back from a row's created_at. At most 1000 rows.
     def tasks(state: nil, namespace: nil, name: nil, limit: 50, before: nil)
-      before = before.utc.iso8601(6) if before.respond_to?(:iso8601)
+      before = before.utc.strftime("%Y-%m-%dT%H:%M:%S.%6NZ") if before.is_a?(Time)
       @native.tasks(state&.to_s, namespace&.to_s, name&.to_s, Integer(limit), before&.to_s)
     end
 

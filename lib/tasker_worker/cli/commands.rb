@@ -186,7 +186,7 @@ module TaskerWorker
       def cell(value)
         case value
         when nil then "-"
-        when Array then value.join(",")
+        when Array then value.empty? ? "-" : value.join(",")
         else value.to_s
         end
       end

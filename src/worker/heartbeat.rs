@@ -16,6 +16,10 @@ use std::time::Duration;
 /// shown as gone.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
+/// The last beat (`stopped`) waits at most this long, so a stop while the database is away
+/// is not held up by the pool's acquire timeout; the row then shows `gone` later instead.
+const LAST_BEAT_BOUND: Duration = Duration::from_secs(1);
+
 pub struct Heartbeat {
     pub pool: PgPool,
     pub worker_id: Arc<str>,
@@ -32,14 +36,26 @@ impl Heartbeat {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => {
-                    let state = if self.quiet.load(Ordering::Relaxed) { "quiet" } else { "running" };
-                    self.beat(state).await;
-                }
+                _ = ticker.tick() => {}
+                _ = stop.stopped() => break,
+            }
+            let state = if self.quiet.load(Ordering::Relaxed) {
+                "quiet"
+            } else {
+                "running"
+            };
+            // A beat stuck on an absent database is given up when asked to stop.
+            tokio::select! {
+                _ = self.beat(state) => {}
                 _ = stop.stopped() => break,
             }
         }
-        self.beat("stopped").await;
+        if tokio::time::timeout(LAST_BEAT_BOUND, self.beat("stopped"))
+            .await
+            .is_err()
+        {
+            tracing::warn!("recording the worker as stopped took longer than {LAST_BEAT_BOUND:?}; it is shown as gone once its heartbeat is old");
+        }
     }
 
     async fn beat(&self, state: &str) {

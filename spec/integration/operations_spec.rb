@@ -111,9 +111,16 @@ RSpec.describe "operations (tasker_worker COMMAND and TaskerWorker::Client)", :w
     table, = tasker_worker("dead-letters")
     expect(table.lines.first).to match(/\Aid\s+queue_name\s+msg_id/)
     expect(table).to include(id, "gave up")
-    expect(json("replay", id)["msg_id"]).to be_a(Integer)
-    _, err, code = tasker_worker("replay", id)
-    expect([code, err]).to match([1, /InvalidStateError: .*replayed already/])
+    # Two processes at once: one replays, the other is refused.
+    replays = Array.new(2) { Thread.new { tasker_worker("replay", id) } }.map(&:value)
+    expect(replays.map(&:last).sort).to eq([0, 1])
+    expect(replays.map { |r| r[1] }.join).to match(/InvalidStateError: .*replayed already/)
+    expect(db.exec("SELECT count(*) FROM pgmq.q_worker_ops_queue").getvalue(0, 0)).to eq("1")
+
+    cancelled = new_task
+    cancels = Array.new(2) { Thread.new { tasker_worker("cancel", cancelled) } }.map(&:value)
+    expect(cancels.map(&:last).sort).to eq([0, 1])
+    expect(client.task(cancelled)[:steps].map { |s| s[:state] }).to eq(%w[cancelled cancelled])
 
     spawn_worker
     expect(client.wait(task)[:state]).to eq("complete")

@@ -465,6 +465,12 @@ async fn heartbeats_register_stop_go_stale_and_are_pruned() {
     assert_eq!(row.namespaces, vec!["beat_ns".to_string()]);
     assert_eq!(row.concurrency as usize, running.config.worker.claim_capacity());
     assert_eq!(row.version, tasker_worker::version());
+    running.worker.quiet();
+    wait_for("the worker to be listed quiet", WAIT, || async {
+        let rows = operations::workers(&db.pool).await.unwrap();
+        rows.into_iter().find(|w| w.worker_id == id && w.state == "quiet")
+    })
+    .await;
 
     // A process that died: its heartbeat is old, it is shown as gone, then pruned.
     sqlx::query(
@@ -485,7 +491,8 @@ async fn heartbeats_register_stop_go_stale_and_are_pruned() {
     );
     assert_eq!(
         listed.iter().find(|w| w.worker_id == id).unwrap().state,
-        "running"
+        "quiet",
+        "a live worker is not gone"
     );
     sqlx::query("UPDATE tasker.workers SET last_heartbeat = now() - interval '2 hours' WHERE worker_id = 'worker_dead'")
         .execute(&db.pool)

@@ -36,9 +36,11 @@ RSpec.describe "operations (tasker_worker COMMAND and TaskerWorker::Client)", :w
   end
 
   # [stdout, stderr, exit status] of `tasker_worker *args`, bounded.
+  # `url: nil` runs it without DATABASE_URL.
   def tasker_worker(*args, url: migrated_database_url)
     Timeout.timeout(60) do
-      out, err, status = Open3.capture3({ "DATABASE_URL" => url }, RbConfig.ruby, File.join(root, "exe/tasker_worker"), *args)
+      env = { "DATABASE_URL" => url, "TASKER_CONFIG_PATH" => nil }
+      out, err, status = Open3.capture3(env, RbConfig.ruby, File.join(root, "exe/tasker_worker"), *args)
       [out, err, status.exitstatus]
     end
   end
@@ -70,7 +72,7 @@ RSpec.describe "operations (tasker_worker COMMAND and TaskerWorker::Client)", :w
     listed = json("tasks", "--state", "error", "--namespace", "ops")
     expect(listed.map { |t| t["task_uuid"] }).to eq([failed])
     table, = tasker_worker("task", failed)
-    expect(table).to match(/flaky\s+-\s+error\s+1\/1\s+.*flaky is broken while/)
+    expect(table).to match(%r{flaky\s+-\s+error\s+1/1\s+.*flaky is broken while})
     expect(table).to match(/after\s+flaky\s+pending/)
 
     File.delete(flag)
@@ -138,8 +140,10 @@ RSpec.describe "operations (tasker_worker COMMAND and TaskerWorker::Client)", :w
     expect(out).to include("schema: NOT up to date", "tasker_worker migrate")
     out, _, code = tasker_worker("migrate", url: url)
     expect([code, out]).to match([0, /applied \d+ migration\(s\)/])
-    _, _, code = tasker_worker("status", url: url)
-    expect(code).to eq(0)
+    config = File.join(dir, "worker.toml")
+    File.write(config, "[database]\nurl = #{url.dump}\n")
+    out, err, code = tasker_worker("status", "-C", config, url: nil)
+    expect([code, err, out]).to match([0, "", /\Aschema: up to date$/])
     _, err, code = tasker_worker("tasks", "--limit", "x")
     expect([code, err]).to match([2, /invalid argument/])
   end

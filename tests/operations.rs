@@ -535,3 +535,65 @@ async fn status_names_what_the_schema_is_missing() {
         .contains("sql/functions/operations.sql"));
     db.drop_database().await;
 }
+
+const SOLO: &str = r#"
+name: chain
+namespace_name: NS
+version: 1.0.0
+steps:
+  - { name: first, handler: { callable: First } }
+"#;
+
+#[tokio::test]
+async fn a_task_cancelled_while_its_last_step_runs_stays_cancelled() {
+    let db = TestDatabase::migrated().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let handlers = Handlers::new(Some(gate.clone()), 0);
+    let ns = "cancel_last_ns";
+    let template = TaskTemplate::from_yaml(&SOLO.replace("NS", ns), "test").unwrap();
+    register_template(&db.pool, &template).await.unwrap();
+    let config = worker_config(&db, &[ns]);
+    let worker = WorkerCore::start(config.clone(), DispatchMode::Rust(handlers.registry()))
+        .await
+        .unwrap();
+    let orchestrator = Orchestrator::start(&config).await.unwrap();
+    let running = Running {
+        worker,
+        orchestrator,
+        config,
+    };
+    let task = new_task(&db, ns).await;
+    wait_step(&db.pool, task, "first", "in_progress").await;
+    assert_eq!(operations::cancel_task(&db.pool, task).await.unwrap().steps, 0);
+    gate.add_permits(1);
+    // Every step is complete now, and still the task is not: it was cancelled.
+    wait_step(&db.pool, task, "first", "complete").await;
+    assert_eq!(task_state(&db.pool, task).await, "cancelled");
+    running.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_steps_message_is_archived_without_running() {
+    let db = TestDatabase::migrated().await;
+    let handlers = Handlers::new(None, 0);
+    let ns = "cancel_queued_ns";
+    let template = TaskTemplate::from_yaml(&CHAIN.replace("NS", ns), "test").unwrap();
+    register_template(&db.pool, &template).await.unwrap();
+    let task = new_task(&db, ns).await;
+    let outcome = operations::cancel_task(&db.pool, task).await.unwrap();
+    assert_eq!(outcome.steps, 2, "the enqueued root and its pending child");
+    let running = start(&db, ns, &handlers).await;
+    wait_for("the cancelled step's message to be archived", WAIT, || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pgmq.q_worker_cancel_queued_ns_queue")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(handlers.first_runs.load(Ordering::SeqCst), 0);
+    assert_eq!(task_state(&db.pool, task).await, "cancelled");
+    running.stop().await;
+    db.drop_database().await;
+}

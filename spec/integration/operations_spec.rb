@@ -144,6 +144,8 @@ RSpec.describe "operations (tasker_worker COMMAND and TaskerWorker::Client)", :w
     File.write(config, "[database]\nurl = #{url.dump}\n")
     out, err, code = tasker_worker("status", "-C", config, url: nil)
     expect([code, err, out]).to match([0, "", /\Aschema: up to date$/])
+    out, _, code = tasker_worker("help", url: nil)
+    expect([code, out]).to match([0, /^  dead-letters  dead letters, newest first/])
     _, err, code = tasker_worker("tasks", "--limit", "x")
     expect([code, err]).to match([2, /invalid argument/])
   end

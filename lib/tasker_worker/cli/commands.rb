@@ -24,7 +24,8 @@ module TaskerWorker
         "dead-letters" => "dead letters, newest first [--limit N]",
         "replay" => "replay ID: send a dead letter's message to its queue again",
         "workers" => "worker processes and their heartbeats",
-        "migrate" => "install PGMQ and the tasker schema (TaskerWorker::Database.migrate!)"
+        "migrate" => "install PGMQ and the tasker schema (TaskerWorker::Database.migrate!)",
+        "help" => "this list (tasker_worker --help: the worker's options)"
       }.freeze
       EXIT_OK = 0
       EXIT_FAILED = 1
@@ -42,7 +43,7 @@ module TaskerWorker
 
       def run
         parse!
-        boot
+        boot unless @command == "help"
         emit(public_send("cmd_#{@command.tr("-", "_")}"))
         @exit || EXIT_OK
       rescue OptionParser::ParseError => e
@@ -107,6 +108,12 @@ module TaskerWorker
       def cmd_workers
         rows = client.workers
         [rows, Format.table(rows, %i[worker_id hostname pid state namespaces concurrency last_heartbeat version])]
+      end
+
+      def cmd_help
+        lines = ["Usage: tasker_worker COMMAND [options] (tasker_worker COMMAND --help for its options)", ""] +
+                COMMANDS.map { |name, what| format("  %-13s %s", name, what) }
+        [COMMANDS, lines]
       end
 
       def cmd_migrate

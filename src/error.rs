@@ -31,6 +31,15 @@ pub enum TaskerError {
     /// or otherwise not acceptable.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// An operation names a task, step or dead letter that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// An operation the state machine does not allow (cancelling a complete task, retrying a
+    /// step not in error, ...); the message says the state and what is allowed.
+    #[error("not allowed: {0}")]
+    InvalidState(String),
 }
 
 impl From<crate::limits::LimitError> for TaskerError {

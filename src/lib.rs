@@ -8,6 +8,7 @@ pub mod error;
 pub mod limits;
 pub mod messaging;
 pub mod node;
+pub mod operations;
 pub mod orchestration;
 pub mod worker;
 

@@ -9,6 +9,14 @@ module TaskerWorker
   #
   #   uuid = TaskerWorker::Client.create_task(namespace: "orders", name: "fulfill", context: { order_id: 7 })
   #   TaskerWorker::Client.wait(uuid, timeout: 30)  # => { state: "complete", steps: [...], ... }
+  #
+  # Operations (safe from several processes at once and against running workers; what the
+  # state machine does not allow raises InvalidStateError, an unknown uuid NotFoundError):
+  #   Client.tasks(state: "error")                  # => [{ task_uuid:, state:, steps_in_error:, ... }]
+  #   Client.cancel_task(uuid)                      # steps not started never run; the task ends cancelled
+  #   Client.retry_step(step_uuid) / retry_task(uuid) # steps in error get fresh attempts; the task resumes
+  #   Client.resolve_step_manually(step_uuid, result: { ... }) # resolved_manually; children released
+  #   Client.dead_letters / replay_dead_letter(id) / workers / status
   class Client
     SETTLED = %w[complete error cancelled resolved_manually].freeze
     POOL_SIZE = 4
@@ -31,7 +39,9 @@ module TaskerWorker
         end
       end
 
-      %i[create_task task wait register_templates register_template_file].each do |name|
+      %i[create_task task wait register_templates register_template_file
+         tasks task_detail cancel_task retry_step retry_task resolve_step_manually
+         dead_letters replay_dead_letter workers status].each do |name|
         define_method(name) { |*args, **kwargs| self.for.public_send(name, *args, **kwargs) }
       end
     end
@@ -60,6 +70,60 @@ module TaskerWorker
     #   completed_at:, steps: [{ step_uuid:, name:, state:, attempts:, max_attempts:, results: }] }
     def task(task_uuid)
       @native.task(task_uuid.to_s)
+    end
+
+    # Tasks, newest first, narrowed by state, namespace and template name; `before` (a Time or
+    # an RFC 3339 string) pages back from a row's created_at. At most 1000 rows.
+    def tasks(state: nil, namespace: nil, name: nil, limit: 50, before: nil)
+      before = before.utc.strftime("%Y-%m-%dT%H:%M:%S.%6NZ") if before.is_a?(Time)
+      @native.tasks(state&.to_s, namespace&.to_s, name&.to_s, Integer(limit), before&.to_s)
+    end
+
+    # `task`, plus `dag:` [{ step_uuid:, name:, parents: [names], state:, attempts:, max_attempts:, error: }].
+    def task_detail(task_uuid)
+      @native.task_detail(task_uuid.to_s)
+    end
+
+    # => { task_uuid:, task_state: "cancelled", steps: <steps cancelled> }
+    def cancel_task(task_uuid)
+      @native.cancel_task(task_uuid.to_s)
+    end
+
+    # => { task_uuid:, task_state:, steps: <messages sent> }
+    def retry_step(step_uuid)
+      @native.retry_step(step_uuid.to_s)
+    end
+
+    # Retries every step of the task in error. => { task_uuid:, task_state:, steps: }
+    def retry_task(task_uuid)
+      @native.retry_task(task_uuid.to_s)
+    end
+
+    # `result` is stored as the step's result, which its children read like a handler's.
+    def resolve_step_manually(step_uuid, result: {})
+      @native.resolve_step_manually(step_uuid.to_s, result)
+    end
+
+    # Newest first: [{ id:, queue_name:, msg_id:, read_ct:, message:, reason:, worker_id:, created_at:, replayed_at: }]
+    def dead_letters(limit: 50)
+      @native.dead_letters(Integer(limit))
+    end
+
+    # Sends the dead letter's message to its queue again; returns the new message id.
+    def replay_dead_letter(id)
+      @native.replay_dead_letter(id.to_s)
+    end
+
+    # Worker processes, newest first; state is running, quiet, stopped or gone (no heartbeat
+    # for 30 s). Rows silent for an hour are deleted.
+    def workers
+      @native.workers
+    end
+
+    # { schema_up_to_date:, schema_problem:, workers:, queues: [{ queue_name:, length:,
+    #   oldest_message_age_seconds: }], tasks_by_state: {}, steps_by_state: {} }
+    def status
+      @native.status
     end
 
     # Polls until the task is complete or failed; raises TimeoutError after `timeout` seconds.

@@ -86,6 +86,17 @@ module TaskerWorker
 end
 
 module TaskerWorker
+  # An operation (Client#cancel_task, #retry_step, #replay_dead_letter, ...) named a task,
+  # step or dead letter that does not exist.
+  class NotFoundError < Error; end
+
+  # An operation the state machine does not allow: cancelling a task already complete or
+  # cancelled, retrying a step not in error, resolving a step a worker holds, replaying a dead
+  # letter twice. The message says the state and what is allowed.
+  class InvalidStateError < Error; end
+end
+
+module TaskerWorker
   # An input is over a documented limit (e.g. a task context nested deeper than 64 levels or
   # larger than 16 MiB of JSON, or holding NaN); the message names the limit.
   class InvalidInputError < ArgumentError; end

@@ -151,6 +151,9 @@ RSpec.describe "tasker_worker in a Rails app", :worker do
 
   it "installs the schema with tasker_worker:migrate and keeps it through db:test:prepare, in both schema formats" do
     expect(app.run!("bin/rails", "tasker_worker:migrate")).to include("schema up to date")
+    status = app.run!("bin/rails", "tasker_worker:status")
+    expect(status).to include("schema: up to date", "tasks by state:")
+    expect(app.run!("bundle", "exec", "tasker_worker", "status", "-r", ".")).to eq(status)
     expect(app.read("db/schema.rb")).not_to include("sqlx")
     expect(test_database_tables).to eq(%w[tasker.tasks pgmq.meta orders])
 

@@ -7,7 +7,8 @@
 //!    step waits for its backoff (a delayed message: the template's backoff, or the handler's
 //!    hint when longer); otherwise it becomes `error` and so does the task, whose remaining
 //!    steps are then never enqueued;
-//! 3. the task becomes `complete` when every step is;
+//! 3. the task becomes `complete` when every step is; a cancelled task's late results are
+//!    recorded (a success completes its step, a failure cancels it) and change nothing else;
 //! 4. the message is archived in the same transaction. A message for a step not waiting for
 //!    orchestration (a duplicate) is archived and changes nothing;
 //! 5. each message read is judged alone: one that cannot be decoded (over the JSON limits,
@@ -356,7 +357,24 @@ impl ResultProcessor {
                     .as_ref()
                     .and_then(|r| r["metadata"]["retryable"].as_bool())
                     .unwrap_or(false);
-                if step_retryable && result_retryable && attempts < max_attempts {
+                if ctx.task_state == "cancelled" {
+                    // A late result of a cancelled task: recorded (the worker stored it), never
+                    // retried; the step ends cancelled and nothing else changes.
+                    insert_step_transition(
+                        tx,
+                        step_uuid,
+                        Some(&state),
+                        "cancelled",
+                        sort_key + 1,
+                        json!({"event": "cancel", "late_result": true, "attempts": attempts}),
+                    )
+                    .await?;
+                    sqlx::query("UPDATE tasker.workflow_steps SET in_process = false, updated_at = now() WHERE workflow_step_uuid = $1")
+                        .bind(step_uuid)
+                        .execute(&mut *tx)
+                        .await?;
+                    return Ok(());
+                } else if step_retryable && result_retryable && attempts < max_attempts {
                     let policy = ctx
                         .template
                         .step(&name)

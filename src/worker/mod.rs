@@ -1,10 +1,10 @@
 //! The worker: claims steps from PGMQ, runs their handlers, commits their results.
 //! Module map follows the seed (`actors/`, `handlers/`, `event_systems/`,
 //! `actor_command_processor`, `core`, `step_claim`); `hydration`, `in_flight`,
-//! `lease_keeper`, `state`, `stats`, `step_context` and `task` are helpers it did not name.
+//! `lease_keeper`, `heartbeat`, `state`, `stats`, `step_context` and `task` are helpers it did not name.
 //!
 //! Imports go one way: `core` -> `actors` (the registry wires everything) ->
-//! `actor_command_processor`, `event_systems`, `handlers`, `lease_keeper` -> the leaves
+//! `actor_command_processor`, `event_systems`, `handlers`, `lease_keeper`, `heartbeat` -> the leaves
 //! (`state`, `stats`, `in_flight`, `step_claim`, `hydration`, `step_context`, `task`).
 //! `handlers` import nothing from `actors`.
 
@@ -13,6 +13,7 @@ pub mod actors;
 pub mod core;
 pub mod event_systems;
 pub mod handlers;
+pub mod heartbeat;
 pub mod hydration;
 pub mod in_flight;
 pub mod lease_keeper;

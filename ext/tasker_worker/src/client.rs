@@ -9,6 +9,7 @@ use std::mem::ManuallyDrop;
 use tasker_worker::config::TaskerConfig;
 use tasker_worker::database::{self, PoolSettings};
 use tasker_worker::limits;
+use tasker_worker::operations::{self, TaskFilter};
 use tasker_worker::orchestration::{self, TaskRequest, TaskTemplate};
 use tasker_worker::{TaskerError, TaskerResult};
 
@@ -46,6 +47,19 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("task_plan", method!(NativeClient::task_plan, 5))?;
     class.define_method("task", method!(NativeClient::task, 1))?;
     class.define_method("pid", method!(NativeClient::pid, 0))?;
+    class.define_method("tasks", method!(NativeClient::tasks, 5))?;
+    class.define_method("task_detail", method!(NativeClient::task_detail, 1))?;
+    class.define_method("cancel_task", method!(NativeClient::cancel_task, 1))?;
+    class.define_method("retry_step", method!(NativeClient::retry_step, 1))?;
+    class.define_method("retry_task", method!(NativeClient::retry_task, 1))?;
+    class.define_method(
+        "resolve_step_manually",
+        method!(NativeClient::resolve_step_manually, 2),
+    )?;
+    class.define_method("dead_letters", method!(NativeClient::dead_letters, 1))?;
+    class.define_method("replay_dead_letter", method!(NativeClient::replay_dead_letter, 1))?;
+    class.define_method("workers", method!(NativeClient::workers, 0))?;
+    class.define_method("status", method!(NativeClient::status, 0))?;
     Ok(())
 }
 
@@ -191,4 +205,121 @@ impl NativeClient {
     fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// Tasks, newest first (`operations::tasks`); `before` is an RFC 3339 time.
+    fn tasks(
+        ruby: &Ruby,
+        rb_self: &Self,
+        state: Option<String>,
+        namespace: Option<String>,
+        name: Option<String>,
+        limit: i64,
+        before: Option<String>,
+    ) -> Result<Value, Error> {
+        let before = before
+            .map(|text| operations::parse_time(&text, "before"))
+            .transpose()
+            .map_err(|err| errors::to_ruby(ruby, err))?;
+        let filter = TaskFilter {
+            state,
+            namespace,
+            name,
+            before,
+            limit,
+        };
+        let rows = rb_self.run(ruby, move |pool| async move {
+            operations::tasks(&pool, &filter).await
+        })?;
+        serde_magnus::serialize(ruby, &rows)
+    }
+
+    /// The task with its DAG (`operations::task_detail`).
+    fn task_detail(ruby: &Ruby, rb_self: &Self, task_uuid: String) -> Result<Value, Error> {
+        let uuid = parse_uuid(ruby, "task uuid", &task_uuid)?;
+        let detail = rb_self.run(ruby, move |pool| async move {
+            operations::task_detail(&pool, uuid).await
+        })?;
+        serde_magnus::serialize(ruby, &detail)
+    }
+
+    fn cancel_task(ruby: &Ruby, rb_self: &Self, task_uuid: String) -> Result<Value, Error> {
+        let uuid = parse_uuid(ruby, "task uuid", &task_uuid)?;
+        let outcome = rb_self.run(ruby, move |pool| async move {
+            operations::cancel_task(&pool, uuid).await
+        })?;
+        serde_magnus::serialize(ruby, &outcome)
+    }
+
+    fn retry_step(ruby: &Ruby, rb_self: &Self, step_uuid: String) -> Result<Value, Error> {
+        let uuid = parse_uuid(ruby, "step uuid", &step_uuid)?;
+        let outcome = rb_self.run(ruby, move |pool| async move {
+            operations::retry_step(&pool, uuid).await
+        })?;
+        serde_magnus::serialize(ruby, &outcome)
+    }
+
+    fn retry_task(ruby: &Ruby, rb_self: &Self, task_uuid: String) -> Result<Value, Error> {
+        let uuid = parse_uuid(ruby, "task uuid", &task_uuid)?;
+        let outcome = rb_self.run(ruby, move |pool| async move {
+            operations::retry_task(&pool, uuid).await
+        })?;
+        serde_magnus::serialize(ruby, &outcome)
+    }
+
+    /// `result` is checked against the JSON limits as a task context is.
+    fn resolve_step_manually(
+        ruby: &Ruby,
+        rb_self: &Self,
+        step_uuid: String,
+        result: Value,
+    ) -> Result<Value, Error> {
+        let uuid = parse_uuid(ruby, "step uuid", &step_uuid)?;
+        conversions::check_ruby_json(result, limits::MAX_JSON_DEPTH, "the manual result")
+            .map_err(|why| invalid_input(ruby, why))?;
+        let result: serde_json::Value = serde_magnus::deserialize(ruby, result).map_err(|err| {
+            errors::named(
+                ruby,
+                "SerializationError",
+                format!("the manual result could not be converted to JSON: {err}"),
+            )
+        })?;
+        let outcome = rb_self.run(ruby, move |pool| async move {
+            operations::resolve_step_manually(&pool, uuid, &result).await
+        })?;
+        serde_magnus::serialize(ruby, &outcome)
+    }
+
+    fn dead_letters(ruby: &Ruby, rb_self: &Self, limit: i64) -> Result<Value, Error> {
+        let rows = rb_self.run(ruby, move |pool| async move {
+            operations::dead_letters(&pool, limit).await
+        })?;
+        serde_magnus::serialize(ruby, &rows)
+    }
+
+    /// Returns the replayed message's new msg_id.
+    fn replay_dead_letter(ruby: &Ruby, rb_self: &Self, id: String) -> Result<i64, Error> {
+        let uuid = parse_uuid(ruby, "dead letter id", &id)?;
+        rb_self.run(ruby, move |pool| async move {
+            operations::replay_dead_letter(&pool, uuid).await
+        })
+    }
+
+    fn workers(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
+        let rows = rb_self.run(ruby, |pool| async move { operations::workers(&pool).await })?;
+        serde_magnus::serialize(ruby, &rows)
+    }
+
+    fn status(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
+        let status = rb_self.run(ruby, |pool| async move { operations::status(&pool).await })?;
+        serde_magnus::serialize(ruby, &status)
+    }
+}
+
+fn invalid_input(ruby: &Ruby, why: impl Into<String>) -> Error {
+    errors::named(ruby, "InvalidInputError", why)
+}
+
+/// `text` as a uuid, or InvalidInputError naming `what`.
+fn parse_uuid(ruby: &Ruby, what: &str, text: &str) -> Result<uuid::Uuid, Error> {
+    uuid::Uuid::parse_str(text).map_err(|err| invalid_input(ruby, format!("{what} {text:?}: {err}")))
 }

@@ -13,6 +13,8 @@ pub fn to_ruby(ruby: &Ruby, err: TaskerError) -> Error {
         TaskerError::Queue(_) => "QueueError",
         TaskerError::Serialization(_) => "SerializationError",
         TaskerError::InvalidInput(_) => "InvalidInputError",
+        TaskerError::NotFound(_) => "NotFoundError",
+        TaskerError::InvalidState(_) => "InvalidStateError",
     };
     Error::new(error_class(ruby, class_name), err.to_string())
 }

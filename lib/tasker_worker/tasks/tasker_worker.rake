@@ -6,6 +6,13 @@ namespace :tasker_worker do
   task migrate: :environment do
     puts "tasker_worker: #{TaskerWorker::Database.describe(TaskerWorker::Database.migrate!)}"
   end
+
+  desc "Workers, queue depths, tasks and steps by state, and whether the schema is up to date (what `tasker_worker status` prints)"
+  task status: :environment do
+    require_relative "../cli/commands"
+    code = TaskerWorker::CLI::Commands.new(["status"]).run
+    exit(code) unless code.zero?
+  end
 end
 
 # db:test:prepare and db:schema:load rebuild a database from db/schema.rb or db/structure.sql,

@@ -17,6 +17,7 @@ use crate::worker::handlers::completion_processor::CompletionProcessorService;
 use crate::worker::handlers::dispatch_service::HandlerDispatchService;
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::handlers::traits::StepHandlerRegistry;
+use crate::worker::heartbeat::Heartbeat;
 use crate::worker::lease_keeper::LeaseKeeper;
 use crate::worker::state::WorkerState;
 use crate::worker::task::Task;
@@ -57,6 +58,8 @@ pub struct WorkerActorRegistry {
     lease_keeper: Task,
     completion_processor: Task,
     domain_event_publisher: Task,
+    /// Registers the process in `tasker.workers`; stopped last, it records `stopped`.
+    heartbeat: Task,
     pub command_tx: mpsc::Sender<WorkerCommand>,
     pub wake: Arc<Notify>,
 }
@@ -173,6 +176,15 @@ impl WorkerActorRegistry {
         };
         let event_system = Task::spawn_source(|stop| events.run(stop));
 
+        let heartbeat = Heartbeat {
+            pool: state.pool.clone(),
+            worker_id: state.worker_id.clone(),
+            namespaces: worker.namespaces.clone(),
+            concurrency: state.max_in_flight,
+            quiet: state.quiet.clone(),
+        };
+        let heartbeat = Task::spawn_source(|stop| heartbeat.run(stop));
+
         Self {
             state,
             event_system,
@@ -182,6 +194,7 @@ impl WorkerActorRegistry {
             lease_keeper,
             completion_processor,
             domain_event_publisher,
+            heartbeat,
             command_tx,
             wake,
         }
@@ -197,8 +210,9 @@ impl WorkerActorRegistry {
 
     /// Stops every task in pipeline order: the sources of work, then the executor (a claim
     /// under way finishes), then up to `handlers_deadline` for in-flight steps to finish, then
-    /// the handler side, the commits of results already handed over, the lease keeper, and
-    /// the durable events of committed results. Leases still held are the caller's to release.
+    /// the handler side, the commits of results already handed over, the lease keeper, the
+    /// durable events of committed results, and last the heartbeat (which records the process
+    /// `stopped`). Leases still held are the caller's to release.
     pub async fn shutdown(self, handlers_deadline: tokio::time::Instant) {
         let Self {
             state,
@@ -209,6 +223,7 @@ impl WorkerActorRegistry {
             lease_keeper,
             completion_processor,
             domain_event_publisher,
+            heartbeat,
             command_tx,
             wake: _,
         } = self;
@@ -243,5 +258,6 @@ impl WorkerActorRegistry {
         if !domain_event_publisher.stop_within(DRAIN_BOUND).await {
             tracing::warn!("durable domain events still unsent after {DRAIN_BOUND:?} were dropped");
         }
+        heartbeat.stop().await;
     }
 }

@@ -1,7 +1,8 @@
 //! The core's `tracing` events, handed to Ruby's Logger. A layer formats each event into a
 //! bounded queue; a Ruby thread drains it with `TaskerWorker::Native.drain_logs(timeout)`.
 //! When Ruby does not keep up, records are dropped and counted (logging must never slow or
-//! block the worker).
+//! block the worker). Each record keeps its fields apart from its message, so Ruby can write
+//! them as `key=value` pairs or as JSON; every value is one line (newlines become spaces).
 
 use crate::nogvl;
 use magnus::{function, prelude::*, Error, RArray, RModule, Ruby};
@@ -21,6 +22,7 @@ struct Record {
     level: &'static str,
     target: String,
     message: String,
+    fields: Vec<(&'static str, String)>,
 }
 
 struct Queue {
@@ -43,13 +45,25 @@ fn queue() -> &'static Queue {
 
 /// PostgreSQL NOTICEs ("already exists, skipping") are routine; sqlx logs them at INFO.
 const NOTICE_TARGET: &str = "sqlx::postgres::notice";
+/// sqlx's statement log: every query, with its multi-line SQL, at DEBUG (slow ones at WARN).
+/// Kept at TRACE so `log_level: debug` shows the worker's own lines, not every statement.
+const QUERY_TARGET: &str = "sqlx::query";
 
 fn effective(metadata: &tracing::Metadata<'_>) -> Level {
-    if metadata.target() == NOTICE_TARGET && *metadata.level() < Level::DEBUG {
-        Level::DEBUG
-    } else {
-        *metadata.level()
+    let level = *metadata.level();
+    match metadata.target() {
+        NOTICE_TARGET if level < Level::DEBUG => Level::DEBUG,
+        QUERY_TARGET => Level::TRACE,
+        _ => level,
     }
+}
+
+/// One line: runs of whitespace holding a line break become one space.
+fn one_line(text: String) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text;
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn rank(level: &Level) -> u8 {
@@ -66,7 +80,7 @@ struct ForwardLayer;
 
 struct Fields {
     message: String,
-    rest: String,
+    rest: Vec<(&'static str, String)>,
 }
 
 impl Visit for Fields {
@@ -74,7 +88,7 @@ impl Visit for Fields {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            let _ = write!(self.rest, " {}={value:?}", field.name());
+            self.rest.push((field.name(), format!("{value:?}")));
         }
     }
 
@@ -82,7 +96,7 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            let _ = write!(self.rest, " {}={value}", field.name());
+            self.rest.push((field.name(), value.to_string()));
         }
     }
 }
@@ -96,13 +110,14 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         let q = queue();
         let mut fields = Fields {
             message: String::new(),
-            rest: String::new(),
+            rest: Vec::new(),
         };
         event.record(&mut fields);
         let record = Record {
             level: effective(event.metadata()).as_str(),
             target: event.metadata().target().to_string(),
-            message: fields.message + &fields.rest,
+            message: one_line(fields.message),
+            fields: fields.rest.into_iter().map(|(k, v)| (k, one_line(v))).collect(),
         };
         let mut records = q.records.lock();
         if records.len() >= CAPACITY {
@@ -125,7 +140,7 @@ pub fn init(_ruby: &Ruby, native: RModule) -> Result<(), Error> {
 }
 
 /// Waits (without the GVL, in slices) up to `timeout` seconds for records; returns
-/// `[[level, target, message], ...]` (possibly empty).
+/// `[[level, target, message, [[key, value], ...]], ...]` (possibly empty).
 fn drain_logs(ruby: &Ruby, timeout: f64) -> Result<RArray, Error> {
     let batch = nogvl::wait_in_slices(
         ruby,
@@ -144,10 +159,15 @@ fn drain_logs(ruby: &Ruby, timeout: f64) -> Result<RArray, Error> {
     )?;
     let out = ruby.ary_new();
     for r in batch.unwrap_or_default() {
+        let fields = ruby.ary_new_capa(r.fields.len());
+        for (key, value) in &r.fields {
+            fields.push(ruby.ary_new_from_values(&[ruby.str_new(key).as_value(), ruby.str_new(value).as_value()]))?;
+        }
         out.push(ruby.ary_new_from_values(&[
             ruby.str_new(r.level).as_value(),
             ruby.str_new(&r.target).as_value(),
             ruby.str_new(&r.message).as_value(),
+            fields.as_value(),
         ]))?;
     }
     Ok(out)

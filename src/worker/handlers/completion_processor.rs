@@ -225,6 +225,11 @@ pub fn log_failed(done: &StepCompletion) {
         attempt = done.claim.attempts,
         max_attempts = context.max_attempts,
         error_type = error.and_then(|e| e.error_type.as_deref()).unwrap_or("unknown"),
+        error_class = error
+            .and_then(|e| e.context.as_ref())
+            .and_then(|c| c.get("error_class"))
+            .and_then(|c| c.as_str())
+            .unwrap_or(""),
         error = error.map(|e| e.message.as_str()).unwrap_or(""),
         retryable,
         will_retry = retryable && done.claim.attempts < context.max_attempts,

@@ -103,12 +103,12 @@ impl Node {
         let mut tasks = Vec::new();
         if let Some(listener) = listener {
             let _entered = runtime.enter();
-            let addr = listener.local_addr().ok();
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
                     tasks.push(runtime.spawn(metrics::serve(listener, probe.clone())));
                     tasks.push(runtime.spawn(probe.clone().sample_queues()));
-                    tracing::info!(addr = ?addr, "metrics listener started: /metrics, /health, /ready");
+                    tracing::info!(%addr, "metrics listener started: /metrics, /health, /ready");
                 }
                 Err(err) => tracing::warn!(error = %err, "metrics listener could not start"),
             }

@@ -22,7 +22,16 @@ struct Record {
     level: &'static str,
     target: String,
     message: String,
-    fields: Vec<(&'static str, String)>,
+    fields: Vec<(&'static str, FieldValue)>,
+}
+
+/// A field's value, typed so JSON lines keep numbers and booleans.
+enum FieldValue {
+    Text(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
 }
 
 struct Queue {
@@ -80,7 +89,7 @@ struct ForwardLayer;
 
 struct Fields {
     message: String,
-    rest: Vec<(&'static str, String)>,
+    rest: Vec<(&'static str, FieldValue)>,
 }
 
 impl Visit for Fields {
@@ -88,7 +97,7 @@ impl Visit for Fields {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            self.rest.push((field.name(), format!("{value:?}")));
+            self.rest.push((field.name(), FieldValue::Text(one_line(format!("{value:?}")))));
         }
     }
 
@@ -96,8 +105,24 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.rest.push((field.name(), value.to_string()));
+            self.rest.push((field.name(), FieldValue::Text(one_line(value.to_string()))));
         }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.rest.push((field.name(), FieldValue::I64(value)));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.rest.push((field.name(), FieldValue::U64(value)));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.rest.push((field.name(), FieldValue::F64(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.rest.push((field.name(), FieldValue::Bool(value)));
     }
 }
 
@@ -117,7 +142,7 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
             level: effective(event.metadata()).as_str(),
             target: event.metadata().target().to_string(),
             message: one_line(fields.message),
-            fields: fields.rest.into_iter().map(|(k, v)| (k, one_line(v))).collect(),
+            fields: fields.rest,
         };
         let mut records = q.records.lock();
         if records.len() >= CAPACITY {
@@ -161,7 +186,17 @@ fn drain_logs(ruby: &Ruby, timeout: f64) -> Result<RArray, Error> {
     for r in batch.unwrap_or_default() {
         let fields = ruby.ary_new_capa(r.fields.len());
         for (key, value) in &r.fields {
-            fields.push(ruby.ary_new_from_values(&[ruby.str_new(key).as_value(), ruby.str_new(value).as_value()]))?;
+            let value = match value {
+                FieldValue::Text(text) => ruby.str_new(text).as_value(),
+                FieldValue::I64(n) => ruby.integer_from_i64(*n).as_value(),
+                FieldValue::U64(n) => ruby.integer_from_u64(*n).as_value(),
+                FieldValue::F64(n) => ruby.float_from_f64(*n).as_value(),
+                FieldValue::Bool(b) => match b {
+                    true => ruby.qtrue().as_value(),
+                    false => ruby.qfalse().as_value(),
+                },
+            };
+            fields.push(ruby.ary_new_from_values(&[ruby.str_new(key).as_value(), value]))?;
         }
         out.push(ruby.ary_new_from_values(&[
             ruby.str_new(r.level).as_value(),

@@ -56,7 +56,10 @@ impl MetricsConfig {
 
     fn check(&self, issues: &mut Vec<Issue>) {
         if self.bind.parse::<std::net::IpAddr>().is_err() {
-            let message = format!("must be an IP address such as 127.0.0.1 or 0.0.0.0, got {:?}", self.bind);
+            let message = format!(
+                "must be an IP address such as 127.0.0.1 or 0.0.0.0, got {:?}",
+                self.bind
+            );
             issues.push(Issue::new("metrics.bind", message));
         }
     }

@@ -74,7 +74,13 @@ impl Node {
             None => None,
         };
         let expected_threads = match options.dispatch {
-            DispatchMode::Ffi => config.worker.mpsc_channels.handler_dispatch.max_concurrent_handlers,
+            DispatchMode::Ffi => {
+                config
+                    .worker
+                    .mpsc_channels
+                    .handler_dispatch
+                    .max_concurrent_handlers
+            }
             _ => 0,
         };
         let listener_required = config.worker.deployment_mode != DeploymentMode::Polling;

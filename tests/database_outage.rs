@@ -397,7 +397,10 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -409,7 +412,10 @@ fn wait_for_status(port: u16, path: &str, status: u16) -> String {
         if got == status {
             return body;
         }
-        assert!(Instant::now() < deadline, "{path} still answers {got} ({body}), expected {status}");
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {got} ({body}), expected {status}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -444,7 +450,11 @@ fn ready_turns_503_while_the_database_is_away_and_when_the_worker_is_quiet() {
     assert_eq!((status, body.trim()), (200, r#"{"status":"ok"}"#));
     let (status, metrics) = http_get(port, "/metrics");
     assert_eq!(status, 200);
-    for name in ["tasker_steps_claimed_total 0", "tasker_tasks_completed_total 0", "tasker_commit_seconds_bucket"] {
+    for name in [
+        "tasker_steps_claimed_total 0",
+        "tasker_tasks_completed_total 0",
+        "tasker_commit_seconds_bucket",
+    ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
     assert_eq!(http_get(port, "/nothing").0, 404);

@@ -112,7 +112,7 @@ RSpec.describe "operating the tasker_worker process", :worker do
     bug = failed.find { |f| f["error_class"] == "ArgumentError" && f["attempt"] == 1 }
     expect(bug).to include("retryable" => true, "will_retry" => true)
     expect(events["step_retried"].first["fields"]).to include("attempt" => 1, "max_attempts" => 2, "retry_in_s" => 0,
-                                                             "retry_at" => a_string_matching(/\A\d{4}-\d\d-\d\dT/))
+                                                              "retry_at" => a_string_matching(/\A\d{4}-\d\d-\d\dT/))
     settled = events["task_settled"].map { |l| l["fields"] }
     expect(settled.map { |f| f["state"] }.tally).to eq("complete" => 4, "error" => 3)
     expect(settled.first).to include("steps" => 1, "duration_ms" => a_kind_of(Integer), "namespace" => "operate")

@@ -48,7 +48,11 @@ async fn answer(mut stream: TcpStream, probe: Arc<Probe>) {
         "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", probe.render()),
         "/health" => json_answer(probe.health()),
         "/ready" => json_answer(probe.ready().await),
-        _ => (404, "text/plain", "not found: try /metrics, /health or /ready\n".to_string()),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /metrics, /health or /ready\n".to_string(),
+        ),
     };
     let _ = respond(&mut stream, status, kind, &body).await;
 }

@@ -64,7 +64,10 @@ impl Timings {
 
     /// Counts one committed failure result of `error_type` (`unknown` when none).
     pub fn failed(&self, error_type: Option<&str>) {
-        let label = vec![("error_type".to_string(), error_type.unwrap_or("unknown").to_string())];
+        let label = vec![(
+            "error_type".to_string(),
+            error_type.unwrap_or("unknown").to_string(),
+        )];
         self.failed_by_type.get_or_create(&label).inc();
     }
 }

@@ -106,7 +106,9 @@ impl Probe {
         match database {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => reasons.push(format!("database unreachable: {err}")),
-            Err(_) => reasons.push(format!("database did not answer within {DATABASE_CHECK_TIMEOUT:?}")),
+            Err(_) => reasons.push(format!(
+                "database did not answer within {DATABASE_CHECK_TIMEOUT:?}"
+            )),
         }
         if self.listener_required && !self.worker.listener_connected.load(Ordering::Relaxed) {
             reasons.push("LISTEN connection down".to_string());
@@ -116,7 +118,10 @@ impl Probe {
             if live < 0 {
                 reasons.push("handler threads not reported yet".to_string());
             } else if (live as usize) < self.expected_threads {
-                reasons.push(format!("{live} of {} handler threads alive", self.expected_threads));
+                reasons.push(format!(
+                    "{live} of {} handler threads alive",
+                    self.expected_threads
+                ));
             }
         }
         let ok = reasons.is_empty();
@@ -180,60 +185,216 @@ impl Probe {
             metric.set(value);
             registry.register(name, help, metric);
         };
-        counter(&mut registry, "steps_claimed", "Steps claimed (first claims and reclaims)", c.claimed);
-        counter(&mut registry, "steps_succeeded", "Successful results committed", c.succeeded);
+        counter(
+            &mut registry,
+            "steps_claimed",
+            "Steps claimed (first claims and reclaims)",
+            c.claimed,
+        );
+        counter(
+            &mut registry,
+            "steps_succeeded",
+            "Successful results committed",
+            c.succeeded,
+        );
         registry.register(
             "steps_failed",
             "Failure results committed, by error type",
             timings().failed_by_type.clone(),
         );
-        counter(&mut registry, "steps_reclaimed", "Steps claimed again after their lease lapsed", c.reclaimed);
-        counter(&mut registry, "steps_stale", "Results discarded because their step was reclaimed", c.stale_completions);
-        counter(&mut registry, "steps_out_of_order", "Messages for steps not ready to run, archived unrun", c.out_of_order);
-        counter(&mut registry, "steps_duplicate", "Messages for steps already held, archived unrun", c.duplicates);
-        counter(&mut registry, "messages_dead_lettered", "Worker queue messages moved to tasker.dead_letters", c.dead_lettered);
-        counter(&mut registry, "commit_failures", "Result commits that failed and were retried", c.commit_failures);
-        counter(&mut registry, "listener_reconnects", "Times the LISTEN connection was re-established", c.listener_reconnects);
-        gauge(&mut registry, "steps_in_flight", "Steps claimed and not yet committed", status.in_flight as i64);
-        gauge(&mut registry, "worker_quiet", "1 while the worker claims no new steps", i64::from(status.quiet));
-        gauge(&mut registry, "listener_connected", "1 while the LISTEN connection is up", i64::from(status.listener_connected));
+        counter(
+            &mut registry,
+            "steps_reclaimed",
+            "Steps claimed again after their lease lapsed",
+            c.reclaimed,
+        );
+        counter(
+            &mut registry,
+            "steps_stale",
+            "Results discarded because their step was reclaimed",
+            c.stale_completions,
+        );
+        counter(
+            &mut registry,
+            "steps_out_of_order",
+            "Messages for steps not ready to run, archived unrun",
+            c.out_of_order,
+        );
+        counter(
+            &mut registry,
+            "steps_duplicate",
+            "Messages for steps already held, archived unrun",
+            c.duplicates,
+        );
+        counter(
+            &mut registry,
+            "messages_dead_lettered",
+            "Worker queue messages moved to tasker.dead_letters",
+            c.dead_lettered,
+        );
+        counter(
+            &mut registry,
+            "commit_failures",
+            "Result commits that failed and were retried",
+            c.commit_failures,
+        );
+        counter(
+            &mut registry,
+            "listener_reconnects",
+            "Times the LISTEN connection was re-established",
+            c.listener_reconnects,
+        );
+        gauge(
+            &mut registry,
+            "steps_in_flight",
+            "Steps claimed and not yet committed",
+            status.in_flight as i64,
+        );
+        gauge(
+            &mut registry,
+            "worker_quiet",
+            "1 while the worker claims no new steps",
+            i64::from(status.quiet),
+        );
+        gauge(
+            &mut registry,
+            "listener_connected",
+            "1 while the LISTEN connection is up",
+            i64::from(status.listener_connected),
+        );
         let events = &status.domain_events;
-        counter(&mut registry, "domain_events_published", "Domain events published (durable and fast)", events.published_durable + events.published_fast);
-        counter(&mut registry, "domain_events_dropped", "Domain events dropped (buffers full, invalid payloads, failed sends)", events.dropped_durable + events.dropped_fast + events.invalid_payload + events.failed_durable);
+        counter(
+            &mut registry,
+            "domain_events_published",
+            "Domain events published (durable and fast)",
+            events.published_durable + events.published_fast,
+        );
+        counter(
+            &mut registry,
+            "domain_events_dropped",
+            "Domain events dropped (buffers full, invalid payloads, failed sends)",
+            events.dropped_durable + events.dropped_fast + events.invalid_payload + events.failed_durable,
+        );
         if let Some(ffi) = &self.ffi {
             let m = ffi.metrics();
-            counter(&mut registry, "steps_timed_out", "Handlers that did not complete in time (ffi_timeout)", m.timed_out);
-            counter(&mut registry, "starvation_warnings", "Warnings about steps waiting unpolled or running too long", m.starvation_warnings);
-            gauge(&mut registry, "threads_waiting", "Handler threads waiting for a step", m.waiting_threads as i64);
-            gauge(&mut registry, "threads_running", "Handler threads running a step", m.running as i64);
-            gauge(&mut registry, "steps_unpolled", "Claimed steps no handler thread has taken yet", m.queued as i64);
-            gauge(&mut registry, "oldest_unpolled_milliseconds", "Age of the oldest step waiting for a thread (starvation)", m.oldest_queued_ms.unwrap_or(0) as i64);
-            gauge(&mut registry, "threads_alive", "Handler threads alive, as the embedder reports (-1: not reported yet)", self.live_threads.load(Ordering::Relaxed));
+            counter(
+                &mut registry,
+                "steps_timed_out",
+                "Handlers that did not complete in time (ffi_timeout)",
+                m.timed_out,
+            );
+            counter(
+                &mut registry,
+                "starvation_warnings",
+                "Warnings about steps waiting unpolled or running too long",
+                m.starvation_warnings,
+            );
+            gauge(
+                &mut registry,
+                "threads_waiting",
+                "Handler threads waiting for a step",
+                m.waiting_threads as i64,
+            );
+            gauge(
+                &mut registry,
+                "threads_running",
+                "Handler threads running a step",
+                m.running as i64,
+            );
+            gauge(
+                &mut registry,
+                "steps_unpolled",
+                "Claimed steps no handler thread has taken yet",
+                m.queued as i64,
+            );
+            gauge(
+                &mut registry,
+                "oldest_unpolled_milliseconds",
+                "Age of the oldest step waiting for a thread (starvation)",
+                m.oldest_queued_ms.unwrap_or(0) as i64,
+            );
+            gauge(
+                &mut registry,
+                "threads_alive",
+                "Handler threads alive, as the embedder reports (-1: not reported yet)",
+                self.live_threads.load(Ordering::Relaxed),
+            );
         }
         if let Some(orchestrator) = &self.orchestrator {
             let o = orchestrator.snapshot();
-            counter(&mut registry, "steps_completed", "Steps the orchestrator marked complete", o.steps_completed);
-            counter(&mut registry, "steps_retried", "Failed steps scheduled for another attempt", o.steps_retried);
-            counter(&mut registry, "steps_errored", "Failed steps with no attempt left (state error)", o.steps_failed);
-            counter(&mut registry, "tasks_completed", "Tasks settled complete", o.tasks_completed);
-            counter(&mut registry, "tasks_failed", "Tasks settled in error", o.tasks_failed);
-            counter(&mut registry, "results_dead_lettered", "Result messages moved to tasker.dead_letters", o.dead_lettered);
+            counter(
+                &mut registry,
+                "steps_completed",
+                "Steps the orchestrator marked complete",
+                o.steps_completed,
+            );
+            counter(
+                &mut registry,
+                "steps_retried",
+                "Failed steps scheduled for another attempt",
+                o.steps_retried,
+            );
+            counter(
+                &mut registry,
+                "steps_errored",
+                "Failed steps with no attempt left (state error)",
+                o.steps_failed,
+            );
+            counter(
+                &mut registry,
+                "tasks_completed",
+                "Tasks settled complete",
+                o.tasks_completed,
+            );
+            counter(
+                &mut registry,
+                "tasks_failed",
+                "Tasks settled in error",
+                o.tasks_failed,
+            );
+            counter(
+                &mut registry,
+                "results_dead_lettered",
+                "Result messages moved to tasker.dead_letters",
+                o.dead_lettered,
+            );
         }
         let depth: Family<Vec<(String, String)>, Gauge> = Family::default();
-        let oldest: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        let oldest: Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>> =
+            Family::default();
         for (namespace, sample) in self.queues.lock().iter() {
             let label = vec![("namespace".to_string(), namespace.clone())];
             depth.get_or_create(&label).set(sample.depth);
             oldest.get_or_create(&label).set(sample.oldest_age_seconds);
         }
-        registry.register("queue_depth", "Messages in the namespace's worker queue (sampled)", depth);
-        registry.register("queue_oldest_message_age_seconds", "Age of the oldest message in the queue (sampled)", oldest);
+        registry.register(
+            "queue_depth",
+            "Messages in the namespace's worker queue (sampled)",
+            depth,
+        );
+        registry.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest message in the queue (sampled)",
+            oldest,
+        );
         let t = timings();
-        registry.register("step_queue_wait_seconds", "Time from enqueue to claim", t.queue_wait.clone());
+        registry.register(
+            "step_queue_wait_seconds",
+            "Time from enqueue to claim",
+            t.queue_wait.clone(),
+        );
         registry.register("claim_seconds", "One claim round trip", t.claim.clone());
         registry.register("handler_seconds", "A handler's run", t.handler.clone());
-        registry.register("commit_seconds", "One commit transaction of a batch of results", t.commit.clone());
-        registry.register("step_seconds", "A step in this worker, from claim to committed result", t.step.clone());
+        registry.register(
+            "commit_seconds",
+            "One commit transaction of a batch of results",
+            t.commit.clone(),
+        );
+        registry.register(
+            "step_seconds",
+            "A step in this worker, from claim to committed result",
+            t.step.clone(),
+        );
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &registry);

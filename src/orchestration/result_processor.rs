@@ -411,7 +411,11 @@ impl ResultProcessor {
                         .execute(&mut *tx)
                         .await?;
                     bump(&self.counters.steps_failed);
-                    let why = if !step_retryable || !result_retryable { "not retryable" } else { "no attempts left" };
+                    let why = if !step_retryable || !result_retryable {
+                        "not retryable"
+                    } else {
+                        "no attempts left"
+                    };
                     tracing::warn!(event = "step_errored", task_uuid = %ctx.task_uuid, %step_uuid, namespace = %ctx.template.namespace_name, task = %ctx.template.name, step = %name, attempt = attempts, max_attempts, reason = why, "step failed for good");
                 }
             }

@@ -243,7 +243,9 @@ fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage>
                 state.as_deref(),
                 Some(&step_message),
             )?;
-            let waited = (chrono::Utc::now() - message.enqueued_at).to_std().unwrap_or_default();
+            let waited = (chrono::Utc::now() - message.enqueued_at)
+                .to_std()
+                .unwrap_or_default();
             crate::metrics::Timings::observe(&crate::metrics::timings().queue_wait, waited);
             // Its `attempts` is set from the claim when it is dispatched.
             let context = hydration::context_from_row(row, &step_message);

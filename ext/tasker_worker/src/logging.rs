@@ -97,7 +97,8 @@ impl Visit for Fields {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            self.rest.push((field.name(), FieldValue::Text(one_line(format!("{value:?}")))));
+            self.rest
+                .push((field.name(), FieldValue::Text(one_line(format!("{value:?}")))));
         }
     }
 
@@ -105,7 +106,8 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.rest.push((field.name(), FieldValue::Text(one_line(value.to_string()))));
+            self.rest
+                .push((field.name(), FieldValue::Text(one_line(value.to_string()))));
         }
     }
 

@@ -16,11 +16,11 @@
 //! over already read, take the slow way: parse here, one hydration query, one claim call
 //! (`process`).
 
-use crate::metrics::{self, Timings};
 use crate::error::{RetryBackoff, TaskerResult};
 use crate::messaging::{
     client, ExecutionTiming, Poison, QueuedMessage, StepExecutionResult, StepFailure, StepMessage,
 };
+use crate::metrics::{self, Timings};
 use crate::worker::handlers::completion_processor;
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::hydration;
@@ -590,7 +590,9 @@ impl StepExecutorActor {
 /// (the commit reads the correlation id; the post-commit callback is not called for it).
 fn completion_error_type(completion: &StepCompletion) -> String {
     let error = completion.result.error.as_ref();
-    error.and_then(|e| e.error_type.clone()).unwrap_or_else(|| "unknown".to_string())
+    error
+        .and_then(|e| e.error_type.clone())
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 fn unrun_context(claim: &Claim) -> StepContext {

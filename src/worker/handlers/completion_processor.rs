@@ -18,8 +18,8 @@
 //! its lease is no longer renewed, so the step is re-run after the lease lapses.
 
 use crate::error::{RetryBackoff, TaskerError, TaskerResult};
-use crate::metrics::{self, Timings};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure, StepMessage};
+use crate::metrics::{self, Timings};
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
 use crate::worker::handlers::pipeline::StepCompletion;
 use crate::worker::in_flight::InFlight;
@@ -215,7 +215,7 @@ pub fn log_failed(done: &StepCompletion) {
     let context = &done.context;
     let error = done.result.error.as_ref();
     let retryable = error.map(|e| e.retryable).unwrap_or(false) && context.retryable;
-    tracing::warn!(event = "step_failed", 
+    tracing::warn!(event = "step_failed",
         task_uuid = %done.claim.task_uuid,
         step_uuid = %done.claim.step_uuid,
         namespace = %context.namespace,

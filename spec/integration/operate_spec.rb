@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "net/http"
+require "open3"
 require "rbconfig"
 require "socket"
 require "tmpdir"
@@ -118,6 +119,18 @@ RSpec.describe "operating the tasker_worker process", :worker do
     expect(settled.first).to include("steps" => 1, "duration_ms" => a_kind_of(Integer), "namespace" => "operate")
     expect(events["worker_stopped"].first["fields"]).to include("claimed" => 9, "succeeded" => 4, "failed" => 5)
     expect(lines.map { |l| l["level"] }.uniq - %w[DEBUG INFO WARN ERROR]).to be_empty
+  end
+
+  it "refuses a bad --log-format on the command line, and a metrics port in use at start naming the key" do
+    exe = File.join(root, "exe/tasker_worker")
+    out, status = Open3.capture2e({ "DATABASE_URL" => migrated_database_url }, RbConfig.ruby, exe, "--log-format", "yaml")
+    expect([status.exitstatus, out]).to match([2, /invalid argument: --log-format yaml/])
+
+    TCPServer.open("127.0.0.1", 0) do |taken|
+      out, status = Open3.capture2e({ "DATABASE_URL" => migrated_database_url }, RbConfig.ruby, exe, "-n", "operate",
+                                    "--metrics-port", taken.addr[1].to_s, "-r", File.join(root, "spec/fixtures/operate_handlers.rb"))
+      expect([status.exitstatus, out]).to match([1, /metrics\.port: cannot listen on 127\.0\.0\.1:#{taken.addr[1]}/])
+    end
   end
 
   it "writes text lines with no doubled prefix and no multi-line driver output, successes at debug" do

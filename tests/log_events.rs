@@ -130,7 +130,13 @@ async fn a_reclaim_and_the_stale_result_it_leaves_are_each_logged_with_their_ste
     let config = worker_config(&db, &["log_late"]);
     let gate = Arc::new(Notify::new());
     let slow = start(config.clone(), registry(Some(gate.clone()), "slow")).await;
-    let wf = TestWorkflow::create(&db.pool, "log_late", template("one", &[("only", "Gate", &[])]), json!({})).await;
+    let wf = TestWorkflow::create(
+        &db.pool,
+        "log_late",
+        template("one", &[("only", "Gate", &[])]),
+        json!({}),
+    )
+    .await;
     wf.enqueue("only").await;
     wait_state(&wf, "only", "in_progress").await;
     slow.quiet();
@@ -145,7 +151,11 @@ async fn a_reclaim_and_the_stale_result_it_leaves_are_each_logged_with_their_ste
     assert_eq!(reclaimed.level, tracing::Level::WARN);
     assert_eq!(reclaimed.message, "step reclaimed after its lease lapsed");
     for (key, value) in [("namespace", "log_late"), ("step", "only"), ("attempt", "2")] {
-        assert_eq!(reclaimed.fields.get(key).map(String::as_str), Some(value), "{reclaimed:?}");
+        assert_eq!(
+            reclaimed.fields.get(key).map(String::as_str),
+            Some(value),
+            "{reclaimed:?}"
+        );
     }
     assert!(reclaimed.fields.contains_key("previous_claim"), "{reclaimed:?}");
     wait_state(&wf, "only", "enqueued_for_orchestration").await;
@@ -159,7 +169,11 @@ async fn a_reclaim_and_the_stale_result_it_leaves_are_each_logged_with_their_ste
     let worker_id = slow.worker_id().to_string();
     slow.shutdown().await.unwrap();
     let stopped = wait_event("worker_stopped", "worker_id", &worker_id).await;
-    assert_eq!(stopped.fields.get("stale").map(String::as_str), Some("1"), "{stopped:?}");
+    assert_eq!(
+        stopped.fields.get("stale").map(String::as_str),
+        Some("1"),
+        "{stopped:?}"
+    );
     assert_eq!(stopped.fields.get("succeeded").map(String::as_str), Some("0"));
     for event in ["worker_started", "worker_quiet", "worker_stopping"] {
         assert_eq!(events(event, "worker_id", &worker_id).len(), 1, "{event} once");
@@ -184,10 +198,16 @@ async fn a_message_out_of_order_and_a_dead_letter_are_each_logged() {
 
     let out_of_order = wait_event("out_of_order", "msg_id", &early.to_string()).await;
     assert_eq!(out_of_order.level, tracing::Level::WARN);
-    assert_eq!(out_of_order.fields.get("state").map(String::as_str), Some("pending"));
+    assert_eq!(
+        out_of_order.fields.get("state").map(String::as_str),
+        Some("pending")
+    );
     let dead = wait_event("dead_lettered", "msg_id", &garbage.to_string()).await;
     assert_eq!(dead.level, tracing::Level::ERROR);
-    assert_eq!(dead.fields.get("queue").map(String::as_str), Some("worker_log_poison_queue"));
+    assert_eq!(
+        dead.fields.get("queue").map(String::as_str),
+        Some("worker_log_poison_queue")
+    );
     assert!(dead.fields["reason"].contains("unparseable"), "{dead:?}");
     core.shutdown().await.unwrap();
     db.drop_database().await;

@@ -88,6 +88,7 @@ RSpec.describe "operating the tasker_worker process", :worker do
     wait_until("the counters to match the database", timeout: 5) { scrape.slice(*expected.keys) == expected.transform_values(&:to_f) }
     samples = scrape
     expect(samples["tasker_handler_seconds_count"]).to eq(9)
+    expect(samples["tasker_step_end_to_end_seconds_count"]).to eq(9)
     expect(samples["tasker_queue_depth"]).to be >= 0
 
     wait_until("/ready to answer 200", timeout: 10) { get("/ready").first == 200 }

@@ -35,6 +35,8 @@ pub struct Timings {
     pub commit: Histogram,
     /// A step in this worker: from its claim to its result's commit.
     pub step: Histogram,
+    /// A step attempt end to end: from its message's enqueue to its result's commit.
+    pub end_to_end: Histogram,
     /// Failure results committed, by `error_type`.
     pub failed_by_type: Family<Vec<(String, String)>, Counter>,
 }
@@ -53,6 +55,7 @@ pub fn timings() -> &'static Timings {
         handler: seconds_buckets(),
         commit: seconds_buckets(),
         step: seconds_buckets(),
+        end_to_end: seconds_buckets(),
         failed_by_type: Family::default(),
     })
 }

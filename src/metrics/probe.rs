@@ -395,6 +395,11 @@ impl Probe {
             "A step in this worker, from claim to committed result",
             t.step.clone(),
         );
+        registry.register(
+            "step_end_to_end_seconds",
+            "A step attempt from its message's enqueue to its committed result",
+            t.end_to_end.clone(),
+        );
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &registry);

@@ -43,6 +43,8 @@ pub struct Claim {
     pub attempts: i32,
     /// The claim this one replaced after its lease lapsed.
     pub reclaimed_from: Option<Uuid>,
+    /// When its message was first enqueued (for the end-to-end latency), when known.
+    pub enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +119,7 @@ pub async fn claim_batch(
                 msg_id,
                 attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
                 reclaimed_from: reclaimed_from(row, action, state.as_deref())?,
+                enqueued_at: None,
             })
         };
         let outcome = match action {
@@ -314,6 +317,7 @@ fn claim_from_row(
         msg_id,
         attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
         reclaimed_from: reclaimed_from(row, action, state)?,
+        enqueued_at: row.try_get("enqueued_at").ok(),
     })
 }
 

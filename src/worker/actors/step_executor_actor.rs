@@ -441,6 +441,7 @@ impl StepExecutorActor {
                 queue_name: claim.queue_name.clone(),
                 msg_id: claim.msg_id,
                 claimed_at: now,
+                enqueued_at: claim.enqueued_at,
             },
         );
         let token = claim.token;

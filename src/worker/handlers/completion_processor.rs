@@ -194,6 +194,10 @@ impl CompletionProcessorService {
             Timings::observe(&timings.handler, Duration::from_millis(execution_ms));
             if let Some(entry) = self.in_flight.remove(&done.claim.token) {
                 Timings::observe(&timings.step, entry.claimed_at.elapsed());
+                if let Some(enqueued_at) = entry.enqueued_at {
+                    let total = (chrono::Utc::now() - enqueued_at).to_std().unwrap_or_default();
+                    Timings::observe(&timings.end_to_end, total);
+                }
             }
             if events {
                 self.callback

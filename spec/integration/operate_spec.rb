@@ -4,6 +4,7 @@ require "net/http"
 require "open3"
 require "rbconfig"
 require "socket"
+require "stringio"
 require "tmpdir"
 
 # What an operator sees of a tasker_worker process: one log line per notable event (text or
@@ -132,6 +133,20 @@ RSpec.describe "operating the tasker_worker process", :worker do
                                     "--metrics-port", taken.addr[1].to_s, "-r", File.join(root, "spec/fixtures/operate_handlers.rb"))
       expect([status.exitstatus, out]).to match([1, /metrics\.port: cannot listen on 127\.0\.0\.1:#{taken.addr[1]}/])
     end
+  end
+
+  it "logs a step that timed out with its step, handler and attempt" do
+    log = StringIO.new
+    registry = TaskerWorker::HandlerRegistry.new
+    registry.register("TooSlow") { |_c| sleep 1.2 }
+    start_worker(registry: registry, concurrency: 1, namespaces: ["op_timeout"], completion_timeout: 0.3,
+                 logger: Logger.new(log))
+    rows = WorkflowRows.create(db, namespace: "op_timeout", steps: [{ name: "only", callable: "TooSlow" }]).tap { |w| w.enqueue("only") }
+    rows.wait_for_result("only")
+
+    line = wait_until("the timed-out line") { log.string[/^.*event=step_timed_out.*$/] }
+    expect(line).to include("WARN", "namespace=op_timeout", "step=only", "handler=TooSlow", "attempt=1", "waited_ms=")
+    expect(line).to include("task_uuid=", "step_uuid=")
   end
 
   it "writes text lines with no doubled prefix and no multi-line driver output, successes at debug" do

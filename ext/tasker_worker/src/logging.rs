@@ -55,14 +55,15 @@ fn queue() -> &'static Queue {
 /// PostgreSQL NOTICEs ("already exists, skipping") are routine; sqlx logs them at INFO.
 const NOTICE_TARGET: &str = "sqlx::postgres::notice";
 /// sqlx's statement log: every query, with its multi-line SQL, at DEBUG (slow ones at WARN).
-/// Kept at TRACE so `log_level: debug` shows the worker's own lines, not every statement.
+/// Every statement is moved to TRACE so `log_level: debug` shows the worker's own lines; a
+/// slow-statement warning stays, on one line like every record.
 const QUERY_TARGET: &str = "sqlx::query";
 
 fn effective(metadata: &tracing::Metadata<'_>) -> Level {
     let level = *metadata.level();
     match metadata.target() {
         NOTICE_TARGET if level < Level::DEBUG => Level::DEBUG,
-        QUERY_TARGET => Level::TRACE,
+        QUERY_TARGET if level >= Level::DEBUG => Level::TRACE,
         _ => level,
     }
 }

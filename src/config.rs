@@ -34,6 +34,35 @@ pub struct TaskerConfig {
     pub database: DatabaseConfig,
     pub worker: WorkerConfig,
     pub runtime: RuntimeConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The HTTP listener serving `/metrics`, `/health` and `/ready` (see `crate::metrics`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP port of the listener; 0: no listener.
+    pub port: u16,
+    /// Address the listener binds (an IP address).
+    pub bind: String,
+}
+
+impl MetricsConfig {
+    /// The address to listen on, when the listener is on (validated: `bind` parses).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip: std::net::IpAddr = self.bind.parse().ok()?;
+        (self.port != 0).then(|| std::net::SocketAddr::new(ip, self.port))
+    }
+
+    fn check(&self, issues: &mut Vec<Issue>) {
+        if self.bind.parse::<std::net::IpAddr>().is_err() {
+            let message = format!(
+                "must be an IP address such as 127.0.0.1 or 0.0.0.0, got {:?}",
+                self.bind
+            );
+            issues.push(Issue::new("metrics.bind", message));
+        }
+    }
 }
 
 /// Threads of the tokio runtimes the Ruby extension builds.
@@ -243,6 +272,7 @@ impl TaskerConfig {
         self.database.check(&mut issues);
         self.worker.check(&mut issues);
         self.runtime.check(&mut issues);
+        self.metrics.check(&mut issues);
         issues
     }
 }

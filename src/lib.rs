@@ -7,6 +7,7 @@ pub mod database;
 pub mod error;
 pub mod limits;
 pub mod messaging;
+pub mod metrics;
 pub mod node;
 pub mod operations;
 pub mod orchestration;

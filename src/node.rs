@@ -8,8 +8,9 @@
 //! Every method blocks the calling thread and must be called outside a tokio runtime; an
 //! embedder that holds a lock the runtime needs (Ruby's GVL) releases it around the call.
 
-use crate::config::TaskerConfig;
+use crate::config::{DeploymentMode, TaskerConfig};
 use crate::error::{TaskerError, TaskerResult};
+use crate::metrics::{self, Probe};
 use crate::orchestration::{Orchestrator, OrchestratorStatus};
 use crate::worker::event_systems::domain_event_system::DomainEventSystem;
 use crate::worker::{
@@ -47,6 +48,9 @@ pub struct Node {
     orchestrator: Mutex<Option<Orchestrator>>,
     ffi: Option<Arc<FfiDispatchChannel>>,
     domain_events: Arc<DomainEventSystem>,
+    probe: Arc<Probe>,
+    /// The metrics listener and its queue sampler, when `metrics.port` is set.
+    listener: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -64,6 +68,22 @@ impl Node {
         let runtime = builder
             .build()
             .map_err(|err| TaskerError::Configuration(format!("starting the tokio runtime: {err}")))?;
+        // Bound first, so a port in use fails the start before anything runs.
+        let listener = match config.metrics.listen_addr() {
+            Some(addr) => Some(bind_metrics(addr)?),
+            None => None,
+        };
+        let expected_threads = match options.dispatch {
+            DispatchMode::Ffi => {
+                config
+                    .worker
+                    .mpsc_channels
+                    .handler_dispatch
+                    .max_concurrent_handlers
+            }
+            _ => 0,
+        };
+        let listener_required = config.worker.deployment_mode != DeploymentMode::Polling;
         let started = runtime.block_on(async {
             let orchestrator = match options.orchestrate {
                 true => Some(Orchestrator::start(&config).await?),
@@ -79,8 +99,30 @@ impl Node {
                 return Err(err);
             }
         };
+        let probe = Arc::new(Probe::new(
+            worker.state().clone(),
+            orchestrator.as_ref().map(|o| o.counters().clone()),
+            worker.ffi_channel().cloned(),
+            expected_threads,
+            listener_required,
+        ));
+        let mut tasks = Vec::new();
+        if let Some(listener) = listener {
+            let _entered = runtime.enter();
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tasks.push(runtime.spawn(metrics::serve(listener, probe.clone())));
+                    tasks.push(runtime.spawn(probe.clone().sample_queues()));
+                    tracing::info!(%addr, "metrics listener started: /metrics, /health, /ready");
+                }
+                Err(err) => tracing::warn!(error = %err, "metrics listener could not start"),
+            }
+        }
         Ok(Self {
             pid: std::process::id(),
+            probe,
+            listener: tasks,
             ffi: worker.ffi_channel().cloned(),
             domain_events: worker.domain_events().clone(),
             worker: Mutex::new(Some(worker)),
@@ -109,6 +151,11 @@ impl Node {
         &self.domain_events
     }
 
+    /// What the metrics listener reads; the embedder reports its live threads here.
+    pub fn probe(&self) -> &Arc<Probe> {
+        &self.probe
+    }
+
     /// Stops claiming new steps; steps in flight run to completion.
     pub fn quiet(&self) {
         if let Some(worker) = self.worker.lock().as_ref() {
@@ -126,6 +173,7 @@ impl Node {
         let Some(worker) = self.worker.lock().take() else {
             return Ok(None);
         };
+        self.probe.set_stopping();
         let mut orchestrator = self.orchestrator.lock().take();
         let report = self.runtime.block_on(async {
             let report = match timeout {
@@ -139,6 +187,9 @@ impl Node {
         });
         // Stopped; kept for its counters in `status`.
         *self.orchestrator.lock() = orchestrator;
+        for task in &self.listener {
+            task.abort();
+        }
         report.map(Some)
     }
 
@@ -149,6 +200,20 @@ impl Node {
             ffi: self.ffi.as_ref().map(|channel| channel.metrics()),
         }
     }
+}
+
+/// Binds the metrics listener's socket (not yet accepting).
+fn bind_metrics(addr: std::net::SocketAddr) -> TaskerResult<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).and_then(|listener| {
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    });
+    listener.map_err(|err| {
+        TaskerError::Configuration(format!(
+            "metrics.port: cannot listen on {addr} (metrics.bind {}): {err}",
+            addr.ip()
+        ))
+    })
 }
 
 impl Drop for Node {

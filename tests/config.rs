@@ -110,6 +110,39 @@ fn defaults_match_the_documented_values() {
 
     assert_eq!(config.runtime.worker_threads, 2);
     assert_eq!(config.runtime.client_threads, 1);
+
+    assert_eq!(config.metrics.port, 0);
+    assert_eq!(config.metrics.bind, "127.0.0.1");
+    assert_eq!(
+        config.metrics.listen_addr(),
+        None,
+        "the metrics listener is off by default"
+    );
+}
+
+#[test]
+fn the_metrics_listener_takes_a_port_and_an_ip_address() {
+    let config = load_with_overrides(&[
+        ("metrics.port", Value::Integer(9394)),
+        ("metrics.bind", Value::String("0.0.0.0".into())),
+    ])
+    .unwrap();
+    assert_eq!(
+        config.metrics.listen_addr(),
+        Some("0.0.0.0:9394".parse().unwrap())
+    );
+    for port in [-1, 65_536] {
+        let message = config_error(load_with_overrides(&[("metrics.port", Value::Integer(port))]));
+        assert_mentions(&message, &["metrics.port", &port.to_string()]);
+    }
+    let message = config_error(load_with_overrides(&[(
+        "metrics.bind",
+        Value::String("localhost:80".into()),
+    )]));
+    assert_mentions(
+        &message,
+        &["metrics.bind", "IP address", "localhost:80", "set by overrides"],
+    );
 }
 
 #[test]

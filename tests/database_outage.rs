@@ -383,3 +383,92 @@ async fn a_result_whose_processing_fails_while_the_database_is_away_is_processed
     orchestrator.shutdown().await;
     pool.close().await;
 }
+
+/// `GET path` on the metrics listener: (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics listener");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `path` until its status is `status` (at most 30 s); returns the body.
+fn wait_for_status(port: u16, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, body) = http_get(port, path);
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} still answers {got} ({body}), expected {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The node's probes: `/ready` is 200 while the database and the LISTEN connection are up,
+/// 503 naming the database while it is away (`/health` stays 200: the process is alive), 200
+/// again once it is back, and 503 once the worker is quiet.
+#[test]
+fn ready_turns_503_while_the_database_is_away_and_when_the_worker_is_quiet() {
+    use tasker_worker::node::{Node, NodeOptions};
+    let setup = tokio::runtime::Runtime::new().unwrap();
+    let (cluster, url, pool) = setup.block_on(cluster_with(SOLO));
+    setup.block_on(pool.close());
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    registry.register(
+        "Plain",
+        handler_fn(|_ctx: StepContext| async move { Ok(StepSuccess::new(json!(2))) }),
+    );
+    let mut config = config(&url);
+    let port = free_port();
+    config.metrics.port = port;
+    let options = NodeOptions {
+        dispatch: DispatchMode::Rust(registry),
+        orchestrate: true,
+        on_thread_start: None,
+    };
+    let node = Node::start(config, options).expect("the node starts");
+
+    let body = wait_for_status(port, "/ready", 200);
+    assert!(body.contains("\"status\":\"ready\""), "{body}");
+    let (status, body) = http_get(port, "/health");
+    assert_eq!((status, body.trim()), (200, r#"{"status":"ok"}"#));
+    let (status, metrics) = http_get(port, "/metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "tasker_steps_claimed_total 0",
+        "tasker_tasks_completed_total 0",
+        "tasker_commit_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    assert_eq!(http_get(port, "/nothing").0, 404);
+
+    cluster.stop();
+    let body = wait_for_status(port, "/ready", 503);
+    assert!(body.contains("database"), "{body}");
+    assert_eq!(http_get(port, "/health").0, 200, "the process is still alive");
+
+    cluster.start();
+    wait_for_status(port, "/ready", 200);
+
+    node.quiet();
+    let body = wait_for_status(port, "/ready", 503);
+    assert!(body.contains("quiet"), "{body}");
+    node.stop(None).unwrap();
+}

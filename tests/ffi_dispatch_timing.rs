@@ -86,6 +86,7 @@ impl Harness {
                 msg_id: 1,
                 attempts: 1,
                 reclaimed_from: None,
+                enqueued_at: None,
             },
             context: Arc::new(context),
             permit: self.slots.clone().try_acquire_owned().unwrap(),

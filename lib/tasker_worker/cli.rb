@@ -56,11 +56,11 @@ module TaskerWorker
     def serve(worker)
       wait_for_signals(worker)
     rescue SystemExit => e
-      TaskerWorker.logger.warn("tasker_worker: the application called exit(#{e.status}) outside a handler; stopping")
+      TaskerWorker.logger.warn("the application called exit(#{e.status}) outside a handler; stopping")
       stop_after_crash(worker)
       e.status
     rescue Exception => e # rubocop:disable Lint/RescueException -- a crash is logged with its cause and exits non-zero
-      TaskerWorker.logger.error("tasker_worker: crashed: #{e.class}: #{e.message}\n  #{Array(e.backtrace).first(20).join("\n  ")}")
+      TaskerWorker.logger.error("crashed: #{e.class}: #{e.message}\n  #{Array(e.backtrace).first(20).join("\n  ")}")
       stop_after_crash(worker)
       EXIT_CRASHED
     end
@@ -69,7 +69,7 @@ module TaskerWorker
     def stop_after_crash(worker)
       worker.stop(timeout: 0)
     rescue Exception => e # rubocop:disable Lint/RescueException -- already exiting non-zero
-      TaskerWorker.logger.error("tasker_worker: stopping after the crash failed: #{e.class}: #{e.message}")
+      TaskerWorker.logger.error("stopping after the crash failed: #{e.class}: #{e.message}")
     end
 
     def parse!
@@ -93,6 +93,11 @@ module TaskerWorker
         o.on("-T", "--templates DIR", "task templates to register (default ./config/tasks if present)") { |v| @templates = v }
         o.on("--orchestrate", "also run the embedded orchestrator") { @orchestrate = true }
         o.on("-v", "--verbose", "debug logging") { @options[:log_level] = :debug }
+        o.on("--log-format FORMAT", %w[text json], "log lines as text (default) or one JSON object each") { |v| @options[:log_format] = v }
+        o.on("--metrics-port PORT", Integer, "serve /metrics, /health, /ready on PORT (default: metrics.port, 0: off)") do |v|
+          @options[:metrics_port] = v
+        end
+        o.on("--metrics-bind ADDR", "address for --metrics-port (default: metrics.bind, 127.0.0.1)") { |v| @options[:metrics_bind] = v }
         o.on("-V", "--version", "print the version") { @out.puts(TaskerWorker::VERSION) || exit(EXIT_OK) }
         o.on("-h", "--help", "this help") { @out.puts(o.help) || exit(EXIT_OK) }
       end
@@ -121,7 +126,9 @@ module TaskerWorker
     def start_worker
       # The level is global, so that the core's records and this process's own lines follow -v.
       level = @options.delete(:log_level)
+      format = @options.delete(:log_format)
       TaskerWorker.configure { |c| c.log_level = level } if level
+      TaskerWorker.configure { |c| c.log_format = format } if format
       templates = @templates || ("config/tasks" if Dir.exist?("config/tasks"))
       worker = Worker.new(orchestrate: @orchestrate || false, templates_path: templates, **@options).start
       TaskerWorker.logger.info("tasker_worker #{VERSION}: pid #{Process.pid}, #{worker.concurrency} threads, " \
@@ -149,11 +156,10 @@ module TaskerWorker
       case signal
       when "INT", "TERM"
         report = worker.stop
-        TaskerWorker.logger.info("tasker_worker: stopped (#{report.inspect})")
+        TaskerWorker.logger.info("stopped (#{report.inspect})")
         :stop
       when "TSTP"
-        worker.quiet!
-        TaskerWorker.logger.info("tasker_worker: quiet, no new steps will be claimed")
+        worker.quiet! # the core logs "worker quiet"
       when "TTIN"
         dump(worker)
       end

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "json"
 require "logger"
 
 module TaskerWorker
@@ -25,13 +26,16 @@ module TaskerWorker
       prefetch: "worker.prefetch",
       handler_timeout: "worker.mpsc_channels.handler_dispatch.handler_timeout_ms",
       completion_timeout: "worker.mpsc_channels.ffi_dispatch.completion_timeout_ms",
-      starvation_warning_threshold: "worker.mpsc_channels.ffi_dispatch.starvation_warning_threshold_ms"
+      starvation_warning_threshold: "worker.mpsc_channels.ffi_dispatch.starvation_warning_threshold_ms",
+      metrics_port: "metrics.port",
+      metrics_bind: "metrics.bind"
     }.freeze
     MILLISECOND_OPTIONS = %i[poll_interval shutdown_timeout handler_timeout completion_timeout
                              starvation_warning_threshold].freeze
     INTEGER_OPTIONS = %i[pool_size visibility_timeout claim_batch_size completion_batch_size
-                         max_delivery_attempts concurrency prefetch].freeze
-    OPTIONS = (CORE_KEYS.keys + %i[log_level logger config_path]).freeze
+                         max_delivery_attempts concurrency prefetch metrics_port].freeze
+    OPTIONS = (CORE_KEYS.keys + %i[log_level log_format logger config_path]).freeze
+    LOG_FORMATS = %i[text json].freeze
     LOG_LEVELS = { trace: Logger::DEBUG, debug: Logger::DEBUG, info: Logger::INFO, warn: Logger::WARN,
                    error: Logger::ERROR }.freeze
 
@@ -42,6 +46,7 @@ module TaskerWorker
       self.config_path = presence(ENV["TASKER_CONFIG_PATH"])
       @logger = @default_logger = Logger.new($stdout, formatter: Formatter.new)
       self.log_level = :info
+      self.log_format = presence(ENV["TASKER_WORKER_LOG_FORMAT"]) || :text
     end
 
     # A copy gets its own default logger, so setting log_level on it (a Worker's options, a
@@ -108,6 +113,13 @@ module TaskerWorker
       end
     end
 
+    def metrics_bind=(value)
+      @metrics_bind = optional(value) do
+        reject(:metrics_bind, value, "an IP address String") unless value.is_a?(String)
+        core_checked(:metrics_bind, value)
+      end
+    end
+
     def deployment_mode=(value)
       @deployment_mode = optional(value) do
         reject(:deployment_mode, value, "a String or Symbol") unless value.is_a?(String) || value.is_a?(Symbol)
@@ -128,6 +140,17 @@ module TaskerWorker
       reject(:log_level, value, "one of #{LOG_LEVELS.keys.join(", ")}") unless LOG_LEVELS.key?(level)
       @log_level = level
       @default_logger.level = LOG_LEVELS.fetch(level)
+    end
+
+    # The default logger's lines: :text ("time LEVEL target: message key=value") or :json
+    # (one object per line: time, level, target, message, fields), for the core's records and
+    # Ruby's alike. Your own logger keeps its own formatter.
+    def log_format=(value)
+      format = value.to_s.to_sym if value.is_a?(String) || value.is_a?(Symbol)
+      reject(:log_format, value, "one of #{LOG_FORMATS.join(", ")}") unless LOG_FORMATS.include?(format)
+      @log_format = format
+      # A new formatter, not a changed one: a copy's logger shares its original's formatter.
+      @default_logger.formatter = Formatter.new(format)
     end
 
     # Your logger is used as given; log_level only sets the level of the default one.
@@ -195,33 +218,44 @@ module TaskerWorker
   end
 
   class Configuration
-    # The default logger's line: "2026-11-26T10:00:00.123Z INFO  tasker_worker: message key=value".
-    # A Hash message is logged as its :message followed by its other pairs.
+    # The default logger's line. Text: "2026-11-26T10:00:00.123Z INFO  tasker_worker: message
+    # key=value". JSON: {"time":..,"level":..,"target":..,"message":..,"fields":{..}}. A Hash
+    # message is its :message and its other pairs as fields; a core record
+    # (LogForwarder::Line) carries its own.
     class Formatter < Logger::Formatter
+      attr_reader :format
+
+      def initialize(format = :text)
+        super()
+        @format = format
+      end
+
       def call(severity, time, progname, message)
-        "#{time.getutc.strftime("%Y-%m-%dT%H:%M:%S.%LZ")} #{severity.ljust(5)} #{progname || "tasker_worker"}: " \
-          "#{text(message)}\n"
+        stamp = time.getutc.strftime("%Y-%m-%dT%H:%M:%S.%LZ")
+        text, fields = parts(message)
+        target = progname || "tasker_worker"
+        if @format == :json
+          "#{JSON.generate({ time: stamp, level: severity, target: target, message: text, fields: fields })}\n"
+        else
+          "#{stamp} #{severity.ljust(5)} #{target}: #{[text, *pairs(fields)].join(" ")}\n"
+        end
       end
 
       private
 
-      def text(message)
+      def parts(message)
         case message
-        when Hash then fields(message)
-        when Exception then "#{message.message} (#{message.class})"
-        else msg2str(message)
+        when LogForwarder::Line then [message.message, message.fields]
+        when Hash
+          fields = message.reject { |key, _| key.to_s == "message" }.transform_keys(&:to_s)
+          [(message[:message] || message["message"]).to_s, fields]
+        when Exception then [message.message, { "error_class" => message.class.name }]
+        else [msg2str(message), {}]
         end
       end
 
-      def fields(hash)
-        pairs = hash.reject { |key, _| key.to_s == "message" }.map { |key, value| "#{key}=#{field_value(value)}" }
-        [hash[:message] || hash["message"], *pairs].compact.join(" ")
-      end
-
-      # Quoted only when needed, so the line stays easy to grep and to parse.
-      def field_value(value)
-        text = value.to_s
-        text.match?(/\A[^\s"=]+\z/) ? text : text.inspect
+      def pairs(fields)
+        fields.map { |key, value| "#{key}=#{LogForwarder::Line.value_text(value)}" }
       end
     end
   end

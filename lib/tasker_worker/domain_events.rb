@@ -75,7 +75,7 @@ module TaskerWorker
     def join(timeout)
       @thread&.join(timeout)
     rescue Exception => e # rubocop:disable Lint/RescueException -- stopping never re-raises a subscriber's error
-      TaskerWorker.logger.error("tasker_worker: the events thread ended with #{e.class}: #{e.message}")
+      TaskerWorker.logger.error("the events thread ended with #{e.class}: #{e.message}")
       nil
     end
 
@@ -93,7 +93,7 @@ module TaskerWorker
         break if stopped && raw.nil?
       end
     rescue Exception => e # rubocop:disable Lint/RescueException -- the events thread must not die
-      TaskerWorker.logger.error("tasker_worker: the events thread failed (#{e.class}: #{safe_message(e)}); going on")
+      TaskerWorker.logger.error("the events thread failed (#{e.class}: #{safe_message(e)}); going on")
       sleep 0.1
       retry
     end
@@ -102,7 +102,7 @@ module TaskerWorker
     def next_raw(timeout)
       @native.next_event(timeout)
     rescue StandardError => e
-      TaskerWorker.logger.error("tasker_worker: next_event failed: #{e.class}: #{e.message}")
+      TaskerWorker.logger.error("next_event failed: #{e.class}: #{e.message}")
       sleep 1
       nil
     end
@@ -114,7 +114,7 @@ module TaskerWorker
         @delivered += 1
       rescue Exception => e # rubocop:disable Lint/RescueException -- no subscriber can stop delivery
         @subscriber_errors += 1
-        TaskerWorker.logger.error("tasker_worker: subscriber of #{event.name} raised #{e.class}: #{safe_message(e)}")
+        TaskerWorker.logger.error("subscriber of #{event.name} raised #{e.class}: #{safe_message(e)}")
       end
     end
 

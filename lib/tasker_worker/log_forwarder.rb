@@ -9,6 +9,24 @@ module TaskerWorker
       "DEBUG" => Logger::DEBUG, "TRACE" => Logger::DEBUG
     }.freeze
 
+    # A core record as the logger gets it: the text "message key=value ..." for any logger,
+    # with the message and fields kept apart for the default formatter's JSON lines.
+    class Line < String
+      attr_reader :message, :fields
+
+      def initialize(message, fields)
+        @message = message
+        @fields = fields
+        super([message, *fields.map { |key, value| "#{key}=#{Line.value_text(value)}" }].join(" "))
+      end
+
+      # Quoted only when needed, so the line stays easy to grep and to parse.
+      def self.value_text(value)
+        text = value.to_s
+        text.match?(/\A[^\s"=]+\z/) ? text : text.inspect
+      end
+    end
+
     @mutex = Mutex.new
     @thread = nil
 
@@ -28,11 +46,14 @@ module TaskerWorker
 
       def run
         Thread.current.name = "tasker_worker.logs"
-        loop { Native.drain_logs(1.0).each { |level, target, message| write(level, target, message) } }
+        loop do
+          Native.drain_logs(1.0).each { |level, target, message, fields| write(level, target, message, fields) }
+        end
       end
 
-      def write(level, target, message)
-        (@logger || TaskerWorker.logger).add(LEVELS.fetch(level, Logger::INFO), message, target)
+      def write(level, target, message, fields)
+        line = Line.new(message, fields.to_h)
+        (@logger || TaskerWorker.logger).add(LEVELS.fetch(level, Logger::INFO), line, target)
       rescue StandardError
         nil # a broken logger must not kill log forwarding
       end

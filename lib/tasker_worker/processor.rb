@@ -64,7 +64,7 @@ module TaskerWorker
         end
       end
     rescue Exception => e # rubocop:disable Lint/RescueException -- logged; the thread is replaced
-      TaskerWorker.logger.error("tasker_worker: processor thread #{@index} failed: #{e.class}: #{e.message}")
+      TaskerWorker.logger.error("processor thread #{@index} failed: #{e.class}: #{e.message}")
     ensure
       @on_exit.call(self)
     end
@@ -74,7 +74,7 @@ module TaskerWorker
     def next_event
       @native.next_step(POLL_SECONDS)
     rescue StandardError => e
-      TaskerWorker.logger.error("tasker_worker: next_step failed: #{e.class}: #{e.message}")
+      TaskerWorker.logger.error("next_step failed: #{e.class}: #{e.message}")
       sleep 1
       nil
     end
@@ -118,7 +118,7 @@ module TaskerWorker
     # class, NoMemoryError, ...) is worth a line naming the step.
     def log_unusual(context, exception)
       what = exception.is_a?(SystemExit) ? "called exit(#{exception.status})" : "raised #{exception.class}"
-      TaskerWorker.logger.error("tasker_worker: the handler #{context.handler_callable} of step #{context.step_name} " \
+      TaskerWorker.logger.error("the handler #{context.handler_callable} of step #{context.step_name} " \
                                 "(#{context.step_uuid}) #{what}; the step fails and the worker keeps running")
     end
 
@@ -128,7 +128,7 @@ module TaskerWorker
     rescue SerializationError => e
       @native.complete(event[:event_id], ResultMapper.invalid_result(e))
     rescue CompletionRejected => e
-      TaskerWorker.logger.warn("tasker_worker: completion of step #{event[:step_name]} rejected: #{e.message}")
+      TaskerWorker.logger.warn("completion of step #{event[:step_name]} rejected: #{e.message}")
       true
     end
   end

@@ -113,7 +113,7 @@ module TaskerWorker
         pool = ::ActiveRecord::Base.connection_db_config&.pool
         return unless pool && concurrency > pool
 
-        TaskerWorker.logger.warn("tasker_worker: concurrency #{concurrency} exceeds the ActiveRecord pool of #{pool}: " \
+        TaskerWorker.logger.warn("concurrency #{concurrency} exceeds the ActiveRecord pool of #{pool}: " \
                                  "handlers that use ActiveRecord will wait for connections; set pool: #{concurrency} " \
                                  "(or more) in config/database.yml")
       end

@@ -170,10 +170,11 @@ module TaskerWorker
       until @stopping
         @native.take_timed_out.each { |event_id| abandon(event_id) }
         kill_abandoned
+        @native.report_threads(@mutex.synchronize { alive_threads }) # for /ready
         sleep SUPERVISE_SECONDS
       end
     rescue Exception => e # rubocop:disable Lint/RescueException -- logged; a dead supervisor must be visible
-      TaskerWorker.logger.error("tasker_worker: the supervisor thread failed: #{e.class}: #{e.message}")
+      TaskerWorker.logger.error("the supervisor thread failed: #{e.class}: #{e.message}")
     end
 
     def abandon(event_id)
@@ -185,7 +186,7 @@ module TaskerWorker
         spawn(index)
         @abandoned << [hung.thread, monotonic + Processor::ABANDON_GRACE_SECONDS]
         @abandoned_total += 1
-        TaskerWorker.logger.warn("tasker_worker: processor thread #{index} was still in a handler after its step " \
+        TaskerWorker.logger.warn("processor thread #{index} was still in a handler after its step " \
                                  "timed out (event #{event_id}); interrupted it and started a fresh thread")
       end
     end

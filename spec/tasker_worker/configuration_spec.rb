@@ -73,6 +73,37 @@ RSpec.describe TaskerWorker::Configuration do
 
       expect(line).to eq(%(2026-01-01T00:00:00.000Z WARN  x: slow step="a b" ms=3\n))
     end
+
+    it "writes one JSON object per line with log_format :json, for Ruby lines and core records alike" do
+      config.log_format = :json
+      time = Time.utc(2026, 1, 1)
+      ruby = JSON.parse(config.logger.formatter.call("INFO", time, nil, { message: "slow", step: "a b" }))
+      core = TaskerWorker::LogForwarder::Line.new("step failed", { "attempt" => 1, "error" => "card\ndeclined" })
+      record = JSON.parse(config.logger.formatter.call("WARN", time, "tasker_worker::worker", core))
+
+      expect(ruby).to eq("time" => "2026-01-01T00:00:00.000Z", "level" => "INFO", "target" => "tasker_worker",
+                         "message" => "slow", "fields" => { "step" => "a b" })
+      expect(record).to include("level" => "WARN", "target" => "tasker_worker::worker", "message" => "step failed",
+                                "fields" => { "attempt" => 1, "error" => "card\ndeclined" })
+      expect(core).to eq(%(step failed attempt=1 error="card\\ndeclined")) # what any other logger gets
+    end
+
+    it "takes log_format text or json, and TASKER_WORKER_LOG_FORMAT" do
+      expect { config.log_format = :yaml }.to raise_error(TaskerWorker::ConfigurationError, /log_format must be one of text, json/)
+      ENV["TASKER_WORKER_LOG_FORMAT"] = "json"
+      expect(described_class.new.log_format).to eq(:json)
+    ensure
+      ENV.delete("TASKER_WORKER_LOG_FORMAT")
+    end
+
+    it "maps metrics_port and metrics_bind to the core's metrics keys, checked there" do
+      config.metrics_port = 9394
+      config.metrics_bind = "0.0.0.0"
+
+      expect(config.to_core_overrides).to eq("metrics.port" => 9394, "metrics.bind" => "0.0.0.0")
+      expect { config.metrics_bind = "localhost" }.to raise_error(TaskerWorker::ConfigurationError, /metrics\.bind/)
+      expect { config.metrics_port = 70_000 }.to raise_error(TaskerWorker::ConfigurationError, /metrics_port|metrics\.port/)
+    end
   end
 
   describe "#to_core_overrides" do

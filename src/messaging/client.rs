@@ -168,7 +168,7 @@ pub async fn dead_letter(
     archive(&mut *tx, queue_name, &msg_ids).await?;
     tx.commit().await?;
     for p in poison {
-        tracing::error!(msg_id = p.msg_id, queue = %queue_name, read_ct = p.read_ct, reason = %p.reason, "message dead-lettered");
+        tracing::error!(event = "dead_lettered", msg_id = p.msg_id, queue = %queue_name, read_ct = p.read_ct, reason = %p.reason, "message dead-lettered");
     }
     Ok(())
 }

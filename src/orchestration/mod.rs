@@ -84,6 +84,11 @@ impl Orchestrator {
         self.counters.snapshot()
     }
 
+    /// The live counters, for the metrics listener.
+    pub fn counters(&self) -> &Arc<OrchestratorCounters> {
+        &self.counters
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

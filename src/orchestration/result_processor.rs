@@ -278,7 +278,7 @@ impl ResultProcessor {
         match outcome.as_str() {
             "completed" => {
                 bump(&self.counters.steps_completed);
-                self.count_settled(task_state.as_deref());
+                self.count_settled(message.task_uuid, task_state.as_deref());
             }
             "failed_result" => return self.process_failure(msg_id, message).await,
             _ => bump(&self.counters.duplicates),
@@ -287,11 +287,15 @@ impl ResultProcessor {
         Ok(())
     }
 
-    fn count_settled(&self, settled: Option<&str>) {
+    fn count_settled(&self, task_uuid: Uuid, settled: Option<&str>) {
         match settled {
             Some("complete") => bump(&self.counters.tasks_completed),
             Some("error") => bump(&self.counters.tasks_failed),
-            _ => {}
+            _ => return,
+        }
+        if tracing::enabled!(tracing::Level::INFO) {
+            let state = settled.unwrap_or_default().to_string();
+            tokio::spawn(log_settled(self.pool.clone(), task_uuid, state));
         }
     }
 
@@ -408,6 +412,8 @@ impl ResultProcessor {
                     .await?;
                     self.send_step(tx, ctx, step_uuid, delay).await?;
                     bump(&self.counters.steps_retried);
+                    let retry_at = chrono::Utc::now() + chrono::Duration::seconds(i64::from(delay));
+                    tracing::info!(event = "step_retried", task_uuid = %ctx.task_uuid, %step_uuid, namespace = %ctx.template.namespace_name, task = %ctx.template.name, step = %name, attempt = attempts, max_attempts, retry_in_s = delay, retry_at = %retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "step retried");
                 } else {
                     insert_step_transition(
                         tx,
@@ -423,6 +429,12 @@ impl ResultProcessor {
                         .execute(&mut *tx)
                         .await?;
                     bump(&self.counters.steps_failed);
+                    let why = if !step_retryable || !result_retryable {
+                        "not retryable"
+                    } else {
+                        "no attempts left"
+                    };
+                    tracing::warn!(event = "step_errored", task_uuid = %ctx.task_uuid, %step_uuid, namespace = %ctx.template.namespace_name, task = %ctx.template.name, step = %name, attempt = attempts, max_attempts, reason = why, "step failed for good");
                 }
             }
             _ => {
@@ -460,8 +472,29 @@ impl ResultProcessor {
                 .bind(Uuid::now_v7())
                 .fetch_one(&mut *tx)
                 .await?;
-        self.count_settled(settled.as_deref());
+        self.count_settled(ctx.task_uuid, settled.as_deref());
         Ok(())
+    }
+}
+
+/// "task settled" with its duration and step count: one read per settled task, off the
+/// processing path (spawned), only when the line is logged.
+async fn log_settled(pool: PgPool, task_uuid: Uuid, state: String) {
+    let sql = "SELECT t.namespace_name, t.task_name, \
+                      (EXTRACT(EPOCH FROM now() - t.created_at) * 1000)::bigint, \
+                      (SELECT count(*) FROM tasker.workflow_steps s WHERE s.task_uuid = t.task_uuid)::bigint \
+               FROM (SELECT tk.task_uuid, tk.created_at, ns.name AS namespace_name, nt.name AS task_name \
+                     FROM tasker.tasks tk \
+                     JOIN tasker.named_tasks nt ON nt.named_task_uuid = tk.named_task_uuid \
+                     JOIN tasker.task_namespaces ns ON ns.task_namespace_uuid = nt.task_namespace_uuid \
+                     WHERE tk.task_uuid = $1) t";
+    let row: Result<Option<(String, String, i64, i64)>, _> =
+        sqlx::query_as(sql).bind(task_uuid).fetch_optional(&pool).await;
+    match row {
+        Ok(Some((namespace, task, duration_ms, steps))) => {
+            tracing::info!(event = "task_settled", %task_uuid, %namespace, %task, %state, duration_ms, steps, "task settled");
+        }
+        _ => tracing::info!(event = "task_settled", %task_uuid, %state, "task settled"),
     }
 }
 

@@ -75,7 +75,7 @@ impl WorkerCore {
             domain_events,
         });
         let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch);
-        tracing::info!(worker_id = %shared.worker_id, namespaces = ?shared.namespaces, capacity = max_in_flight, "worker started");
+        tracing::info!(event = "worker_started", worker_id = %shared.worker_id, namespaces = %shared.namespaces.join(","), capacity = max_in_flight, deployment_mode = ?config.worker.deployment_mode, "worker started");
         let core = Self {
             shared,
             registry,
@@ -96,6 +96,11 @@ impl WorkerCore {
 
     pub fn pool(&self) -> &PgPool {
         &self.shared.pool
+    }
+
+    /// The shared state, for the metrics listener (`crate::metrics::Probe`).
+    pub fn state(&self) -> &Arc<WorkerState> {
+        &self.shared
     }
 
     /// Sends commands to the worker (`WorkerCommand`).
@@ -129,7 +134,9 @@ impl WorkerCore {
 
     /// Stops claiming new steps; in-flight steps run to completion.
     pub fn quiet(&self) {
-        self.shared.quiet.store(true, Ordering::Release);
+        if !self.shared.quiet.swap(true, Ordering::AcqRel) {
+            tracing::info!(event = "worker_quiet", worker_id = %self.shared.worker_id, in_flight = self.shared.in_flight.len(), "worker quiet: no new steps will be claimed");
+        }
         self.registry.wake.notify_one();
     }
 
@@ -142,6 +149,7 @@ impl WorkerCore {
     /// Graceful stop, waiting up to `timeout` for in-flight steps (see
     /// `WorkerActorRegistry::shutdown` for the order), then giving back the leases left.
     pub async fn shutdown_within(self, timeout: Duration) -> TaskerResult<ShutdownReport> {
+        tracing::info!(event = "worker_stopping", worker_id = %self.shared.worker_id, in_flight = self.shared.in_flight.len(), timeout_ms = timeout.as_millis() as u64, "worker stopping");
         self.quiet();
         let before = self.shared.in_flight.len();
         self.registry
@@ -154,7 +162,8 @@ impl WorkerCore {
             finished: before.saturating_sub(released),
             released,
         };
-        tracing::info!(worker_id = %self.shared.worker_id, finished = report.finished, released = report.released, "worker stopped");
+        let counters = self.shared.counters.snapshot();
+        tracing::info!(event = "worker_stopped", worker_id = %self.shared.worker_id, claimed = counters.claimed, succeeded = counters.succeeded, failed = counters.failed, reclaimed = counters.reclaimed, stale = counters.stale_completions, dead_lettered = counters.dead_lettered, finished = report.finished, released = report.released, "worker stopped");
         Ok(report)
     }
 }

@@ -14,6 +14,8 @@ pub struct InFlightEntry {
     pub queue_name: Arc<str>,
     pub msg_id: i64,
     pub claimed_at: Instant,
+    /// When the step's message was enqueued, when known (end-to-end latency).
+    pub enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A short-held mutex: every operation is a map insert, remove or copy, never an await.

@@ -76,6 +76,7 @@ fn message(slots: &Arc<Semaphore>, context: &Arc<StepContext>) -> DispatchHandle
             msg_id: 0,
             attempts: 1,
             reclaimed_from: None,
+            enqueued_at: None,
         },
         context: context.clone(),
         permit,

@@ -43,6 +43,8 @@ pub struct Claim {
     pub attempts: i32,
     /// The claim this one replaced after its lease lapsed.
     pub reclaimed_from: Option<Uuid>,
+    /// When its message was first enqueued (for the end-to-end latency), when known.
+    pub enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +119,7 @@ pub async fn claim_batch(
                 msg_id,
                 attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
                 reclaimed_from: reclaimed_from(row, action, state.as_deref())?,
+                enqueued_at: None,
             })
         };
         let outcome = match action {
@@ -243,6 +246,10 @@ fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage>
                 state.as_deref(),
                 Some(&step_message),
             )?;
+            let waited = (chrono::Utc::now() - message.enqueued_at)
+                .to_std()
+                .unwrap_or_default();
+            crate::metrics::Timings::observe(&crate::metrics::timings().queue_wait, waited);
             // Its `attempts` is set from the claim when it is dispatched.
             let context = hydration::context_from_row(row, &step_message);
             NextMessage::Claimed { claim, context }
@@ -310,6 +317,7 @@ fn claim_from_row(
         msg_id,
         attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
         reclaimed_from: reclaimed_from(row, action, state)?,
+        enqueued_at: row.try_get("enqueued_at").ok(),
     })
 }
 

@@ -1,7 +1,8 @@
 //! The core's `tracing` events, handed to Ruby's Logger. A layer formats each event into a
 //! bounded queue; a Ruby thread drains it with `TaskerWorker::Native.drain_logs(timeout)`.
 //! When Ruby does not keep up, records are dropped and counted (logging must never slow or
-//! block the worker).
+//! block the worker). Each record keeps its fields apart from its message, so Ruby can write
+//! them as `key=value` pairs or as JSON; every value is one line (newlines become spaces).
 
 use crate::nogvl;
 use magnus::{function, prelude::*, Error, RArray, RModule, Ruby};
@@ -21,6 +22,16 @@ struct Record {
     level: &'static str,
     target: String,
     message: String,
+    fields: Vec<(&'static str, FieldValue)>,
+}
+
+/// A field's value, typed so JSON lines keep numbers and booleans.
+enum FieldValue {
+    Text(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
 }
 
 struct Queue {
@@ -43,13 +54,26 @@ fn queue() -> &'static Queue {
 
 /// PostgreSQL NOTICEs ("already exists, skipping") are routine; sqlx logs them at INFO.
 const NOTICE_TARGET: &str = "sqlx::postgres::notice";
+/// sqlx's statement log: every query, with its multi-line SQL, at DEBUG (slow ones at WARN).
+/// Every statement is moved to TRACE so `log_level: debug` shows the worker's own lines; a
+/// slow-statement warning stays, on one line like every record.
+const QUERY_TARGET: &str = "sqlx::query";
 
 fn effective(metadata: &tracing::Metadata<'_>) -> Level {
-    if metadata.target() == NOTICE_TARGET && *metadata.level() < Level::DEBUG {
-        Level::DEBUG
-    } else {
-        *metadata.level()
+    let level = *metadata.level();
+    match metadata.target() {
+        NOTICE_TARGET if level < Level::DEBUG => Level::DEBUG,
+        QUERY_TARGET if level >= Level::DEBUG => Level::TRACE,
+        _ => level,
     }
+}
+
+/// One line: runs of whitespace holding a line break become one space.
+fn one_line(text: String) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text;
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn rank(level: &Level) -> u8 {
@@ -66,7 +90,7 @@ struct ForwardLayer;
 
 struct Fields {
     message: String,
-    rest: String,
+    rest: Vec<(&'static str, FieldValue)>,
 }
 
 impl Visit for Fields {
@@ -74,7 +98,8 @@ impl Visit for Fields {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            let _ = write!(self.rest, " {}={value:?}", field.name());
+            self.rest
+                .push((field.name(), FieldValue::Text(one_line(format!("{value:?}")))));
         }
     }
 
@@ -82,8 +107,25 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            let _ = write!(self.rest, " {}={value}", field.name());
+            self.rest
+                .push((field.name(), FieldValue::Text(one_line(value.to_string()))));
         }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.rest.push((field.name(), FieldValue::I64(value)));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.rest.push((field.name(), FieldValue::U64(value)));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.rest.push((field.name(), FieldValue::F64(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.rest.push((field.name(), FieldValue::Bool(value)));
     }
 }
 
@@ -96,13 +138,14 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         let q = queue();
         let mut fields = Fields {
             message: String::new(),
-            rest: String::new(),
+            rest: Vec::new(),
         };
         event.record(&mut fields);
         let record = Record {
             level: effective(event.metadata()).as_str(),
             target: event.metadata().target().to_string(),
-            message: fields.message + &fields.rest,
+            message: one_line(fields.message),
+            fields: fields.rest,
         };
         let mut records = q.records.lock();
         if records.len() >= CAPACITY {
@@ -125,7 +168,7 @@ pub fn init(_ruby: &Ruby, native: RModule) -> Result<(), Error> {
 }
 
 /// Waits (without the GVL, in slices) up to `timeout` seconds for records; returns
-/// `[[level, target, message], ...]` (possibly empty).
+/// `[[level, target, message, [[key, value], ...]], ...]` (possibly empty).
 fn drain_logs(ruby: &Ruby, timeout: f64) -> Result<RArray, Error> {
     let batch = nogvl::wait_in_slices(
         ruby,
@@ -144,10 +187,25 @@ fn drain_logs(ruby: &Ruby, timeout: f64) -> Result<RArray, Error> {
     )?;
     let out = ruby.ary_new();
     for r in batch.unwrap_or_default() {
+        let fields = ruby.ary_new_capa(r.fields.len());
+        for (key, value) in &r.fields {
+            let value = match value {
+                FieldValue::Text(text) => ruby.str_new(text).as_value(),
+                FieldValue::I64(n) => ruby.integer_from_i64(*n).as_value(),
+                FieldValue::U64(n) => ruby.integer_from_u64(*n).as_value(),
+                FieldValue::F64(n) => ruby.float_from_f64(*n).as_value(),
+                FieldValue::Bool(b) => match b {
+                    true => ruby.qtrue().as_value(),
+                    false => ruby.qfalse().as_value(),
+                },
+            };
+            fields.push(ruby.ary_new_from_values(&[ruby.str_new(key).as_value(), value]))?;
+        }
         out.push(ruby.ary_new_from_values(&[
             ruby.str_new(r.level).as_value(),
             ruby.str_new(&r.target).as_value(),
             ruby.str_new(&r.message).as_value(),
+            fields.as_value(),
         ]))?;
     }
     Ok(out)

@@ -28,6 +28,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("next_event", method!(NativeWorker::next_event, 1))?;
     class.define_method("status", method!(NativeWorker::status, 0))?;
     class.define_method("quiet", method!(NativeWorker::quiet, 0))?;
+    class.define_method("report_threads", method!(NativeWorker::report_threads, 1))?;
     class.define_method("stop", method!(NativeWorker::stop, 1))?;
     class.define_method("stopped?", method!(NativeWorker::is_stopped, 0))?;
     class.define_method("take_timed_out", method!(NativeWorker::take_timed_out, 0))?;
@@ -186,6 +187,12 @@ impl NativeWorker {
             )?;
         }
         Ok(hash)
+    }
+
+    /// The supervisor's count of live processor threads, for `/ready`.
+    fn report_threads(ruby: &Ruby, rb_self: &Self, alive: usize) -> Result<(), Error> {
+        rb_self.check_pid(ruby)?.probe().report_threads(alive);
+        Ok(())
     }
 
     fn quiet(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {

@@ -20,6 +20,7 @@ use crate::error::{RetryBackoff, TaskerResult};
 use crate::messaging::{
     client, ExecutionTiming, Poison, QueuedMessage, StepExecutionResult, StepFailure, StepMessage,
 };
+use crate::metrics::{self, Timings};
 use crate::worker::handlers::completion_processor;
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::hydration;
@@ -246,6 +247,7 @@ impl StepExecutorActor {
         queue: &Arc<str>,
         mut permits: Vec<OwnedSemaphorePermit>,
     ) -> TaskerResult<usize> {
+        let started = Instant::now();
         let read = step_claim::claim_next(
             &self.pool,
             queue,
@@ -254,6 +256,7 @@ impl StepExecutorActor {
             self.visibility_timeout_seconds,
         )
         .await?;
+        Timings::observe(&metrics::timings().claim, started.elapsed());
         if read.is_empty() {
             WorkerCounters::add(&self.counters.empty_reads, 1);
             return Ok(0);
@@ -319,7 +322,7 @@ impl StepExecutorActor {
 
     fn out_of_order(&self, msg_id: i64, state: &str) {
         WorkerCounters::add(&self.counters.out_of_order, 1);
-        tracing::warn!(msg_id, %state, "message for a step that is not ready to run archived; nothing ran");
+        tracing::warn!(event = "out_of_order", msg_id, %state, "message for a step that is not ready to run archived; nothing ran");
     }
 
     /// A step that cannot be hydrated: retried after its lease, dead-lettered once it has been
@@ -370,6 +373,8 @@ impl StepExecutorActor {
             {
                 Ok(committed) => {
                     let counter = if committed.contains(&completion.claim.token) {
+                        completion_processor::log_failed(&completion);
+                        metrics::timings().failed(Some(&completion_error_type(&completion)));
                         &self.counters.failed
                     } else {
                         &self.counters.stale_completions
@@ -424,8 +429,9 @@ impl StepExecutorActor {
     async fn dispatch(&self, claim: Claim, mut context: StepContext, permit: OwnedSemaphorePermit) -> bool {
         context.attempts = claim.attempts;
         WorkerCounters::add(&self.counters.claimed, 1);
-        if claim.reclaimed_from.is_some() {
+        if let Some(previous) = claim.reclaimed_from {
             WorkerCounters::add(&self.counters.reclaimed, 1);
+            tracing::warn!(event = "step_reclaimed", task_uuid = %claim.task_uuid, step_uuid = %claim.step_uuid, namespace = %context.namespace, step = %context.step_name, attempt = claim.attempts, max_attempts = context.max_attempts, previous_claim = %previous, "step reclaimed after its lease lapsed");
         }
         let now = Instant::now();
         self.in_flight.insert(
@@ -435,6 +441,7 @@ impl StepExecutorActor {
                 queue_name: claim.queue_name.clone(),
                 msg_id: claim.msg_id,
                 claimed_at: now,
+                enqueued_at: claim.enqueued_at,
             },
         );
         let token = claim.token;
@@ -582,6 +589,13 @@ impl StepExecutorActor {
 
 /// What a failure result of a step that never ran is committed with: only its ids are known
 /// (the commit reads the correlation id; the post-commit callback is not called for it).
+fn completion_error_type(completion: &StepCompletion) -> String {
+    let error = completion.result.error.as_ref();
+    error
+        .and_then(|e| e.error_type.clone())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 fn unrun_context(claim: &Claim) -> StepContext {
     StepContext {
         task_uuid: claim.task_uuid,

@@ -19,6 +19,7 @@
 
 use crate::error::{RetryBackoff, TaskerError, TaskerResult};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure, StepMessage};
+use crate::metrics::{self, Timings};
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
 use crate::worker::handlers::pipeline::StepCompletion;
 use crate::worker::in_flight::InFlight;
@@ -148,7 +149,10 @@ impl CompletionProcessorService {
         let give_up = tokio::time::Instant::now() + TRANSIENT_RETRY_FOR;
         let mut backoff = RetryBackoff::default();
         loop {
-            match commit(&self.pool, &self.worker_id, batch).await {
+            let started = std::time::Instant::now();
+            let outcome = commit(&self.pool, &self.worker_id, batch).await;
+            Timings::observe(&metrics::timings().commit, started.elapsed());
+            match outcome {
                 Err(err) if err.is_transient() && tokio::time::Instant::now() < give_up => {
                     WorkerCounters::add(&self.counters.commit_failures, 1);
                     let delay = backoff.next_delay();
@@ -170,24 +174,71 @@ impl CompletionProcessorService {
         }
         WorkerCounters::add(&self.counters.stale_completions, outcome.stale.len());
         for stale in outcome.stale {
-            tracing::info!(step_uuid = %stale.claim.step_uuid, token = %stale.claim.token, "discarded a stale result: the step was reclaimed");
+            let context = &stale.context;
+            tracing::info!(event = "stale_result", task_uuid = %stale.claim.task_uuid, step_uuid = %stale.claim.step_uuid, namespace = %context.namespace, step = %context.step_name, token = %stale.claim.token, "discarded a stale result: the step was reclaimed");
             self.in_flight.remove(&stale.claim.token);
         }
         let events = self.events_enabled.load(Ordering::Relaxed);
+        let timings = metrics::timings();
         for done in outcome.committed {
             let counter = if done.result.success {
+                log_succeeded(&done);
                 &self.counters.succeeded
             } else {
+                log_failed(&done);
+                timings.failed(done.result.error.as_ref().and_then(|e| e.error_type.as_deref()));
                 &self.counters.failed
             };
             WorkerCounters::add(counter, 1);
-            self.in_flight.remove(&done.claim.token);
+            let execution_ms = done.result.metadata.execution_time_ms.max(0) as u64;
+            Timings::observe(&timings.handler, Duration::from_millis(execution_ms));
+            if let Some(entry) = self.in_flight.remove(&done.claim.token) {
+                Timings::observe(&timings.step, entry.claimed_at.elapsed());
+                if let Some(enqueued_at) = entry.enqueued_at {
+                    let total = (chrono::Utc::now() - enqueued_at).to_std().unwrap_or_default();
+                    Timings::observe(&timings.end_to_end, total);
+                }
+            }
             if events {
                 self.callback
                     .on_handler_complete(&done.context, &done.result, &self.worker_id);
             }
         }
     }
+}
+
+/// A committed success, at debug.
+fn log_succeeded(done: &StepCompletion) {
+    let context = &done.context;
+    tracing::debug!(event = "step_succeeded", task_uuid = %done.claim.task_uuid, step_uuid = %done.claim.step_uuid, namespace = %context.namespace, task = %context.task_name, step = %context.step_name, handler = %context.handler.callable, attempt = done.claim.attempts, max_attempts = context.max_attempts, execution_ms = done.result.metadata.execution_time_ms, "step succeeded");
+}
+
+/// A committed failure: what failed and why. Whether (and when) it is retried is the
+/// orchestrator's decision, logged as "step retried" or "step failed for good".
+pub fn log_failed(done: &StepCompletion) {
+    let context = &done.context;
+    let error = done.result.error.as_ref();
+    let retryable = error.map(|e| e.retryable).unwrap_or(false) && context.retryable;
+    tracing::warn!(event = "step_failed",
+        task_uuid = %done.claim.task_uuid,
+        step_uuid = %done.claim.step_uuid,
+        namespace = %context.namespace,
+        task = %context.task_name,
+        step = %context.step_name,
+        handler = %context.handler.callable,
+        attempt = done.claim.attempts,
+        max_attempts = context.max_attempts,
+        error_type = error.and_then(|e| e.error_type.as_deref()).unwrap_or("unknown"),
+        error_class = error
+            .and_then(|e| e.context.as_ref())
+            .and_then(|c| c.get("error_class"))
+            .and_then(|c| c.as_str())
+            .unwrap_or(""),
+        error = error.map(|e| e.message.as_str()).unwrap_or(""),
+        retryable,
+        will_retry = retryable && done.claim.attempts < context.max_attempts,
+        "step failed"
+    );
 }
 
 fn split(batch: Vec<StepCompletion>, committed: &HashSet<Uuid>) -> CommitOutcome {

@@ -395,7 +395,7 @@ impl FfiDispatchChannel {
         for (event_id, running) in expired {
             let waited = now.duration_since(running.polled_at);
             let context = &running.message.context;
-            tracing::warn!(%event_id, step = %context.step_name, handler = %context.handler.callable, waited_ms = waited.as_millis() as u64, "handler did not complete in time; failing the step with ffi_timeout");
+            tracing::warn!(event = "step_timed_out", %event_id, task_uuid = %context.task_uuid, step_uuid = %context.step_uuid, namespace = %context.namespace, step = %context.step_name, attempt = context.attempts, max_attempts = context.max_attempts, handler = %context.handler.callable, waited_ms = waited.as_millis() as u64, "handler did not complete in time; failing the step with ffi_timeout");
             let failure = StepFailure::new(
                 "ffi_timeout",
                 format!(

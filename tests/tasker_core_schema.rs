@@ -98,3 +98,96 @@ async fn steps_created_with_null_attempts_are_claimed_counted_from_one_and_retri
     orchestrator.shutdown().await;
     db.drop_database().await;
 }
+
+const ONE_STEP: &str = r#"
+name: audited
+namespace_name: audited
+version: 1.0.0
+steps:
+  - { name: first, handler: { callable: Ok } }
+  - { name: second, handler: { callable: Ok }, dependencies: [first] }
+"#;
+
+/// tasker-core's audit trigger (as the compat notes describe it, written here): on a step's
+/// enqueued_* transition it reads `workflow_steps` and writes `workflow_step_result_audit`,
+/// both unqualified, and takes `worker_uuid` and `correlation_id` from the metadata. Connected
+/// with a search_path that lacks `tasker`, the worker's commits still resolve them.
+#[tokio::test]
+async fn an_audit_trigger_naming_tables_unqualified_works_for_a_role_without_tasker_on_its_path() {
+    let db = TestDatabase::migrated().await;
+    for statement in [
+        "CREATE TABLE tasker.workflow_step_result_audit (step_uuid uuid, task_uuid uuid, worker_uuid uuid, correlation_id uuid)",
+        "CREATE FUNCTION tasker.audit_step_result() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           INSERT INTO workflow_step_result_audit (step_uuid, task_uuid, worker_uuid, correlation_id) \
+           SELECT NEW.workflow_step_uuid, ws.task_uuid, (NEW.metadata ->> 'worker_uuid')::uuid, \
+                  (NEW.metadata ->> 'correlation_id')::uuid \
+             FROM workflow_steps ws WHERE ws.workflow_step_uuid = NEW.workflow_step_uuid; \
+           RETURN NEW; \
+         END $$",
+        "CREATE TRIGGER audit_step_result AFTER INSERT ON tasker.workflow_step_transitions FOR EACH ROW \
+         WHEN (NEW.to_state IN ('enqueued_for_orchestration', 'enqueued_as_error_for_orchestration')) \
+         EXECUTE FUNCTION tasker.audit_step_result()",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // Every new connection to this database: a search_path without tasker.
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" SET search_path = public"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let template = TaskTemplate::from_yaml(ONE_STEP, "test").unwrap();
+    register_template(&db.pool, &template).await.unwrap();
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    registry.register(
+        "Ok",
+        handler_fn(|_ctx| async move { Ok(StepSuccess::new(json!({"ok": true}))) }),
+    );
+    let config = worker_config(&db, &["audited"]);
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
+        .await
+        .unwrap();
+    let request = TaskRequest {
+        namespace: "audited".into(),
+        name: "audited".into(),
+        version: "1.0.0".into(),
+        context: json!({}),
+        idempotency_key: None,
+    };
+    let task = create_task(&db.pool, &request).await.unwrap();
+
+    let audit: Vec<(uuid::Uuid, Option<uuid::Uuid>, Option<uuid::Uuid>)> =
+        wait_for("two audit rows", Duration::from_secs(20), || async {
+            let rows: Vec<(uuid::Uuid, Option<uuid::Uuid>, Option<uuid::Uuid>)> = sqlx::query_as(
+                "SELECT task_uuid, worker_uuid, correlation_id FROM tasker.workflow_step_result_audit",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            (rows.len() == 2).then_some(rows)
+        })
+        .await;
+    let correlation: uuid::Uuid =
+        sqlx::query_scalar("SELECT correlation_id FROM tasker.tasks WHERE task_uuid = $1")
+            .bind(task)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let worker_uuid = worker
+        .worker_id()
+        .strip_prefix("worker_")
+        .map(|id| id.parse().unwrap());
+    for (task_uuid, audited_worker, audited_correlation) in audit {
+        assert_eq!(task_uuid, task);
+        assert_eq!(audited_worker, worker_uuid);
+        assert_eq!(audited_correlation, Some(correlation));
+    }
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    db.drop_database().await;
+}

@@ -22,6 +22,7 @@ CREATE OR REPLACE FUNCTION tasker.operations_step_transition(
 )
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -44,6 +45,7 @@ CREATE OR REPLACE FUNCTION tasker.operations_task_transition(
 )
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -64,6 +66,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.operations_lock_task(p_task uuid)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -84,6 +87,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.operations_task_of_step(p_step uuid)
 RETURNS uuid
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -112,6 +116,7 @@ CREATE OR REPLACE FUNCTION tasker.operations_resume_task(
 )
 RETURNS TABLE (task_state text, sent integer)
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -180,6 +185,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.operations_cancel_task(p_task uuid)
 RETURNS integer
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -215,6 +221,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.operations_retry(p_task uuid, p_step uuid)
 RETURNS TABLE (task_state text, sent integer)
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -268,6 +275,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.operations_resolve_step(p_step uuid, p_result jsonb)
 RETURNS TABLE (task_state text, sent integer)
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -304,6 +312,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.operations_replay_dead_letter(p_id uuid)
 RETURNS bigint
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -342,6 +351,7 @@ CREATE OR REPLACE FUNCTION tasker.worker_heartbeat(
 )
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -364,6 +374,7 @@ RETURNS TABLE (
     started_at timestamptz, last_heartbeat timestamptz, state text, version text
 )
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$

@@ -17,6 +17,7 @@ CREATE OR REPLACE FUNCTION tasker.orchestrator_settle_task(
 )
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -88,6 +89,7 @@ CREATE OR REPLACE FUNCTION tasker.orchestrator_complete_step(
 )
 RETURNS TABLE (outcome text, task_state text)
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$

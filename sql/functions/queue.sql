@@ -32,6 +32,7 @@ CREATE OR REPLACE FUNCTION tasker.pgmq_send_with_notify(
 )
 RETURNS bigint
 LANGUAGE plpgsql
+SET search_path = tasker, public
 AS $$
 DECLARE
     new_msg_id bigint;
@@ -74,6 +75,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.worker_prepare_read(p_queue_name text)
 RETURNS text
 LANGUAGE plpgsql
+SET search_path = tasker, public
 AS $$
 DECLARE
     queue_table    text := 'q_' || p_queue_name;
@@ -119,6 +121,7 @@ CREATE OR REPLACE FUNCTION tasker.worker_read(
 )
 RETURNS TABLE (msg_id bigint, read_ct integer, enqueued_at timestamptz, vt timestamptz, message jsonb)
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -148,6 +151,7 @@ $$;
 CREATE OR REPLACE FUNCTION tasker.worker_archive(p_queue_name text, p_msg_ids bigint[])
 RETURNS SETOF bigint
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$

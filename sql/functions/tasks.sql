@@ -18,7 +18,7 @@
 CREATE OR REPLACE FUNCTION tasker.create_task(p_plan jsonb)
 RETURNS uuid
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+SET search_path = tasker, public
 AS $$
 DECLARE
     v_task uuid;

@@ -127,6 +127,7 @@ CREATE OR REPLACE FUNCTION tasker.worker_claim_steps(
 )
 RETURNS TABLE (msg_id bigint, action text, state text, token uuid, previous uuid, attempts integer)
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
@@ -267,6 +268,7 @@ RETURNS TABLE (
     task_version text, namespace text, step_definition jsonb, dependency_results jsonb
 )
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$

@@ -23,6 +23,7 @@ CREATE OR REPLACE FUNCTION tasker.worker_commit_results(
 )
 RETURNS SETOF uuid
 LANGUAGE plpgsql
+SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$

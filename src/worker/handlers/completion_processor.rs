@@ -265,6 +265,10 @@ pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) ->
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    // The worker id is `worker_<uuid>`.
+    let worker_uuid = worker_id
+        .strip_prefix("worker_")
+        .and_then(|id| Uuid::parse_str(id).ok());
     for c in batch {
         let success = c.result.success;
         tokens.push(c.claim.token);
@@ -275,9 +279,12 @@ pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) ->
         } else {
             "enqueued_as_error_for_orchestration"
         });
+        // `worker_uuid` and `correlation_id` are the keys tasker-core's audit trigger reads.
         metadata.push(json!({
             "event": if success { "enqueue_for_orchestration" } else { "enqueue_as_error_for_orchestration" },
             "worker_id": worker_id,
+            "worker_uuid": worker_uuid,
+            "correlation_id": c.context.correlation_id,
             "claim": c.claim.token,
             "success": success,
             "execution_time_ms": c.result.metadata.execution_time_ms,

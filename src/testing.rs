@@ -368,6 +368,35 @@ pub fn worker_config(db: &TestDatabase, namespaces: &[&str]) -> crate::config::T
     config
 }
 
+/// A request for `ns`/`name`@1.0.0 with `context` and no idempotency key.
+pub fn task_request(ns: &str, name: &str, context: serde_json::Value) -> crate::orchestration::TaskRequest {
+    crate::orchestration::TaskRequest {
+        namespace: ns.into(),
+        name: name.into(),
+        version: "1.0.0".into(),
+        context,
+        idempotency_key: None,
+    }
+}
+
+/// The task's current state.
+pub async fn task_state(pool: &PgPool, task: uuid::Uuid) -> String {
+    sqlx::query_scalar("SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent")
+        .bind(task)
+        .fetch_one(pool)
+        .await
+        .expect("the task's current state")
+}
+
+/// Waits until the task is `complete` or `error` (panics after `timeout`); returns which.
+pub async fn wait_settled(pool: &PgPool, task: uuid::Uuid, timeout: Duration) -> String {
+    wait_for("the task to settle", timeout, || async {
+        let state = task_state(pool, task).await;
+        (state == "complete" || state == "error").then_some(state)
+    })
+    .await
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

@@ -11,8 +11,10 @@ use tasker_worker::config::TaskerConfig;
 use tasker_worker::error::TaskerError;
 use tasker_worker::limits::{MAX_JSON_BYTES, MAX_JSON_DEPTH};
 use tasker_worker::messaging::{MessageClient, StepMessage, STEP_RESULTS_QUEUE};
-use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
-use tasker_worker::testing::{template, wait_for, worker_config, TestDatabase, TestWorkflow};
+use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskTemplate};
+use tasker_worker::testing::{
+    task_request, template, wait_for, wait_settled, worker_config, TestDatabase, TestWorkflow,
+};
 use tasker_worker::worker::step_claim::{self, NextMessage};
 use tasker_worker::worker::{
     handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
@@ -86,32 +88,6 @@ async fn start_worker(config: TaskerConfig, registry: Arc<InMemoryHandlerRegistr
 async fn register(db: &TestDatabase, yaml: &str) {
     let template = TaskTemplate::from_yaml(yaml, "test").unwrap();
     register_template(&db.pool, &template).await.unwrap();
-}
-
-fn request(ns: &str, name: &str, context: Value) -> TaskRequest {
-    TaskRequest {
-        namespace: ns.into(),
-        name: name.into(),
-        version: "1.0.0".into(),
-        context,
-        idempotency_key: None,
-    }
-}
-
-async fn task_state(pool: &sqlx::PgPool, task: Uuid) -> String {
-    sqlx::query_scalar("SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent")
-        .bind(task)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_settled(pool: &sqlx::PgPool, task: Uuid) -> String {
-    wait_for("the task to settle", WAIT, || async {
-        let state = task_state(pool, task).await;
-        (state == "complete" || state == "error").then_some(state)
-    })
-    .await
 }
 
 /// (name, state, results, attempts, max_attempts) of each step of a task, by name.
@@ -261,10 +237,10 @@ async fn bad_result_messages_are_dead_lettered_by_the_orchestrator_and_real_resu
     let not_a_step = send_raw(&db.pool, STEP_RESULTS_QUEUE, r#"{"hello": "world"}"#).await;
     let (registry, runs) = counting_registry();
     let worker = start_worker(config, registry).await;
-    let task = create_task(&db.pool, &request("orchbad", "chain", json!({"n": 1})))
+    let task = create_task(&db.pool, &task_request("orchbad", "chain", json!({"n": 1})))
         .await
         .unwrap();
-    assert_eq!(wait_settled(&db.pool, task).await, "complete");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
 
     let letters = wait_for("two dead letters", WAIT, || async {
         let rows = dead_letters(&db.pool).await;
@@ -295,7 +271,7 @@ async fn a_claimed_step_whose_context_nests_too_deep_fails_as_invalid_input_and_
     let db = TestDatabase::migrated().await;
     register(&db, &ONE_STEP.replace("NS", "ctxdeep")).await;
     let config = worker_config(&db, &["ctxdeep"]);
-    let task = create_task(&db.pool, &request("ctxdeep", "one", json!({"n": 1})))
+    let task = create_task(&db.pool, &task_request("ctxdeep", "one", json!({"n": 1})))
         .await
         .unwrap();
     // Written behind create_task's back (it refuses such a context), as any other writer of
@@ -310,7 +286,7 @@ async fn a_claimed_step_whose_context_nests_too_deep_fails_as_invalid_input_and_
     let worker = start_worker(config.clone(), registry).await;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task).await, "error");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "error");
     let rows = steps(&db.pool, task).await;
     let (_, state, results, attempts, _) = &rows[0];
     assert_eq!(state, "error");
@@ -340,12 +316,12 @@ async fn create_task_refuses_a_context_over_the_limits_naming_the_limit() {
     for _ in 0..MAX_JSON_DEPTH {
         at_limit = json!([at_limit]);
     }
-    create_task(&db.pool, &request("limits", "one", at_limit.clone()))
+    create_task(&db.pool, &task_request("limits", "one", at_limit.clone()))
         .await
         .expect("a context at the depth limit is taken");
 
     let too_deep = json!({ "x": at_limit });
-    let err = create_task(&db.pool, &request("limits", "one", too_deep))
+    let err = create_task(&db.pool, &task_request("limits", "one", too_deep))
         .await
         .unwrap_err();
     assert!(matches!(err, TaskerError::InvalidInput(_)), "{err:?}");
@@ -356,7 +332,7 @@ async fn create_task_refuses_a_context_over_the_limits_naming_the_limit() {
     );
 
     let huge = json!({ "blob": "x".repeat(MAX_JSON_BYTES) });
-    let err = create_task(&db.pool, &request("limits", "one", huge))
+    let err = create_task(&db.pool, &task_request("limits", "one", huge))
         .await
         .unwrap_err();
     assert!(matches!(err, TaskerError::InvalidInput(_)), "{err:?}");
@@ -380,7 +356,7 @@ async fn a_lapsed_claim_with_no_attempts_left_fails_as_max_attempts_exceeded_and
     register(&db, &ONE_STEP.replace("NS", "lapse")).await;
     let config = worker_config(&db, &["lapse"]);
     let queue: Arc<str> = Arc::from("worker_lapse_queue");
-    let task = create_task(&db.pool, &request("lapse", "one", json!({"n": 1})))
+    let task = create_task(&db.pool, &task_request("lapse", "one", json!({"n": 1})))
         .await
         .unwrap();
     // Two claims by a worker that dies at once, each under a lease of 0 s: both lapse.
@@ -398,7 +374,7 @@ async fn a_lapsed_claim_with_no_attempts_left_fails_as_max_attempts_exceeded_and
     let worker = start_worker(config.clone(), registry).await;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task).await, "error");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "error");
     let rows = steps(&db.pool, task).await;
     let (_, state, results, attempts, max_attempts) = &rows[0];
     assert_eq!(state, "error");
@@ -431,10 +407,10 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
     register(&db, &CHAIN.replace("NS", "ready")).await;
     let config = worker_config(&db, &["ready"]);
     let queue = "worker_ready_queue";
-    let task = create_task(&db.pool, &request("ready", "chain", json!({"n": 7})))
+    let task = create_task(&db.pool, &task_request("ready", "chain", json!({"n": 7})))
         .await
         .unwrap();
-    let other = create_task(&db.pool, &request("ready", "chain", json!({"n": 8})))
+    let other = create_task(&db.pool, &task_request("ready", "chain", json!({"n": 8})))
         .await
         .unwrap();
     let correlation = correlation_id(&db.pool, task).await;
@@ -463,8 +439,8 @@ async fn only_ready_steps_run_and_other_messages_are_archived_as_out_of_order() 
     let (registry, runs) = counting_registry();
     let worker = start_worker(config.clone(), registry).await;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
-    assert_eq!(wait_settled(&db.pool, task).await, "complete");
-    assert_eq!(wait_settled(&db.pool, other).await, "complete");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
+    assert_eq!(wait_settled(&db.pool, other, WAIT).await, "complete");
     // After the task completed: `first` again.
     send_raw(&db.pool, queue, &message(task, first)).await;
     wait_for("four out-of-order messages", WAIT, || async {
@@ -536,7 +512,7 @@ async fn a_stored_failure_result_too_deep_to_decode_fails_its_step_and_the_task_
     let db = TestDatabase::migrated().await;
     register(&db, &ONE_STEP.replace("NS", "deepfail")).await;
     let config = worker_config(&db, &["deepfail"]);
-    let task = create_task(&db.pool, &request("deepfail", "one", json!({"n": 1})))
+    let task = create_task(&db.pool, &task_request("deepfail", "one", json!({"n": 1})))
         .await
         .unwrap();
     let step = step_uuid(&db.pool, task, "only").await;
@@ -578,7 +554,7 @@ async fn a_stored_failure_result_too_deep_to_decode_fails_its_step_and_the_task_
     .await;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task).await, "error");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "error");
     let state: String = sqlx::query_scalar(
         "SELECT to_state FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 AND most_recent",
     )

@@ -13,7 +13,7 @@ use tasker_worker::database::{self, PoolSettings};
 use tasker_worker::messaging::{StepFailure, StepMessage};
 use tasker_worker::operations::{self, TaskFilter};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
-use tasker_worker::testing::{wait_for, worker_config, TestDatabase};
+use tasker_worker::testing::{task_state, wait_for, worker_config, TestDatabase};
 use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepSuccess, WorkerCore};
 use tasker_worker::TaskerError;
 use tokio::sync::Semaphore;
@@ -134,14 +134,6 @@ async fn new_task(db: &TestDatabase, ns: &str) -> Uuid {
     )
     .await
     .unwrap()
-}
-
-async fn task_state(pool: &sqlx::PgPool, task: Uuid) -> String {
-    sqlx::query_scalar("SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent")
-        .bind(task)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 /// (state, attempts, step uuid) of the task's step `name`.

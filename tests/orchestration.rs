@@ -8,7 +8,7 @@ use std::time::Duration;
 use tasker_worker::config::{DeploymentMode, TaskerConfig};
 use tasker_worker::messaging::{MessageClient, StepFailure, StepMessage, STEP_RESULTS_QUEUE};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
-use tasker_worker::testing::{wait_for, worker_config, TestDatabase};
+use tasker_worker::testing::{task_request, task_state, wait_for, wait_settled, worker_config, TestDatabase};
 use tasker_worker::worker::{
     handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
 };
@@ -63,22 +63,6 @@ fn math_registry() -> Arc<InMemoryHandlerRegistry> {
     registry
 }
 
-async fn task_state(pool: &sqlx::PgPool, task: Uuid) -> String {
-    sqlx::query_scalar("SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent")
-        .bind(task)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_settled(pool: &sqlx::PgPool, task: Uuid) -> String {
-    wait_for("the task to settle", WAIT, || async {
-        let state = task_state(pool, task).await;
-        (state == "complete" || state == "error").then_some(state)
-    })
-    .await
-}
-
 async fn step_row(pool: &sqlx::PgPool, task: Uuid, step: &str) -> (String, Option<serde_json::Value>, i32) {
     sqlx::query_as(
         "SELECT tr.to_state, ws.results, ws.attempts FROM tasker.workflow_steps ws \
@@ -111,16 +95,6 @@ async fn transitions(
     .unwrap()
 }
 
-fn request(ns: &str, name: &str, context: serde_json::Value) -> TaskRequest {
-    TaskRequest {
-        namespace: ns.into(),
-        name: name.into(),
-        version: "1.0.0".into(),
-        context,
-        idempotency_key: None,
-    }
-}
-
 async fn setup(
     db: &TestDatabase,
     ns: &str,
@@ -141,11 +115,11 @@ async fn setup(
 async fn a_diamond_runs_to_complete_and_its_join_is_enqueued_once() {
     let db = TestDatabase::migrated().await;
     let (_config, worker, mut orchestrator) = setup(&db, "diamond", DIAMOND, math_registry()).await;
-    let task = create_task(&db.pool, &request("diamond", "diamond", json!({"n": 2})))
+    let task = create_task(&db.pool, &task_request("diamond", "diamond", json!({"n": 2})))
         .await
         .unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task).await, "complete");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
     // start = 4, left = right = 16, join = 32
     assert_eq!(step_row(&db.pool, task, "join").await.1.unwrap()["result"], 32);
     let join: Vec<String> = transitions(&db.pool, task, "join")
@@ -182,10 +156,10 @@ async fn a_diamond_runs_to_complete_and_its_join_is_enqueued_once() {
 async fn stray_and_repeated_result_messages_are_archived_and_change_nothing() {
     let db = TestDatabase::migrated().await;
     let (_config, worker, mut orchestrator) = setup(&db, "stray", DIAMOND, math_registry()).await;
-    let task = create_task(&db.pool, &request("stray", "diamond", json!({"n": 2})))
+    let task = create_task(&db.pool, &task_request("stray", "diamond", json!({"n": 2})))
         .await
         .unwrap();
-    assert_eq!(wait_settled(&db.pool, task).await, "complete");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
     let (join_step, correlation_id): (Uuid, Uuid) = sqlx::query_as(
         "SELECT ws.workflow_step_uuid, t.correlation_id FROM tasker.workflow_steps ws \
          JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
@@ -258,11 +232,11 @@ async fn results_are_processed_straight_from_their_notifications() {
         .await
         .unwrap();
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
-    let task = create_task(&db.pool, &request("direct", "diamond", json!({"n": 2})))
+    let task = create_task(&db.pool, &task_request("direct", "diamond", json!({"n": 2})))
         .await
         .unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task).await, "complete");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
     assert_eq!(step_row(&db.pool, task, "join").await.1.unwrap()["result"], 32);
     let status = orchestrator.status();
     assert_eq!(status.results_processed, 4, "{status:?}");
@@ -284,13 +258,13 @@ async fn two_orchestrators_and_two_workers_finish_every_task_enqueuing_each_join
     for n in 1..=15i64 {
         tasks.push((
             n,
-            create_task(&db.pool, &request("pair", "diamond", json!({"n": n})))
+            create_task(&db.pool, &task_request("pair", "diamond", json!({"n": n})))
                 .await
                 .unwrap(),
         ));
     }
     for (n, task) in &tasks {
-        assert_eq!(wait_settled(&db.pool, *task).await, "complete");
+        assert_eq!(wait_settled(&db.pool, *task, WAIT).await, "complete");
         assert_eq!(
             step_row(&db.pool, *task, "join").await.1.unwrap()["result"],
             json!(2 * (*n).pow(4))
@@ -349,11 +323,11 @@ async fn a_retryable_failure_waits_its_backoff_then_succeeds() {
         handler_fn(|_ctx| async { Ok(StepSuccess::new(json!("done"))) }),
     );
     let (_c, worker, mut orchestrator) = setup(&db, "flaky", FLAKY, registry).await;
-    let task = create_task(&db.pool, &request("flaky", "flaky", json!({})))
+    let task = create_task(&db.pool, &task_request("flaky", "flaky", json!({})))
         .await
         .unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task).await, "complete");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
     let (_, results, attempts) = step_row(&db.pool, task, "first").await;
     assert_eq!((results.unwrap()["result"].clone(), attempts), (json!("ok"), 2));
     let history = transitions(&db.pool, task, "first").await;
@@ -409,10 +383,10 @@ async fn run_failing(permanent: bool) -> (String, (String, Option<serde_json::Va
     );
     let ns = if permanent { "permanent" } else { "exhausted" };
     let (_c, worker, mut orchestrator) = setup(&db, ns, FAILING, registry).await;
-    let task = create_task(&db.pool, &request(ns, "failing", json!({})))
+    let task = create_task(&db.pool, &task_request(ns, "failing", json!({})))
         .await
         .unwrap();
-    let state = wait_settled(&db.pool, task).await;
+    let state = wait_settled(&db.pool, task, WAIT).await;
     let b = step_row(&db.pool, task, "b").await;
     let c = step_row(&db.pool, task, "c").await.0;
     worker.shutdown().await.unwrap();
@@ -450,7 +424,7 @@ async fn create_task_writes_the_task_steps_edges_and_the_root_message_once() {
     register_template(&db.pool, &template).await.unwrap();
     let keyed = TaskRequest {
         idempotency_key: Some("rows-1".into()),
-        ..request("rows", "diamond", json!({"n": 3}))
+        ..task_request("rows", "diamond", json!({"n": 3}))
     };
     let task = create_task(&db.pool, &keyed).await.unwrap();
     assert_eq!(create_task(&db.pool, &keyed).await.unwrap(), task);
@@ -553,7 +527,7 @@ async fn create_task_is_idempotent_by_key_and_rejects_unknown_templates() {
     register_template(&db.pool, &template).await.unwrap();
     let keyed = TaskRequest {
         idempotency_key: Some("order-42".into()),
-        ..request("idem", "diamond", json!({"n": 1}))
+        ..task_request("idem", "diamond", json!({"n": 1}))
     };
     let first = create_task(&db.pool, &keyed).await.unwrap();
     assert_eq!(create_task(&db.pool, &keyed).await.unwrap(), first);
@@ -562,7 +536,7 @@ async fn create_task_is_idempotent_by_key_and_rejects_unknown_templates() {
         .await
         .unwrap();
     assert_eq!(count, 1);
-    let err = create_task(&db.pool, &request("idem", "nope", json!({})))
+    let err = create_task(&db.pool, &task_request("idem", "nope", json!({})))
         .await
         .unwrap_err()
         .to_string();

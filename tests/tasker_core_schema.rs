@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::messaging::StepFailure;
-use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskRequest, TaskTemplate};
-use tasker_worker::testing::{wait_for, worker_config, TestDatabase};
+use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskTemplate};
+use tasker_worker::testing::{task_request, wait_for, wait_settled, worker_config, TestDatabase};
 use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepSuccess, WorkerCore};
 
 const FLAKY: &str = r#"
@@ -54,14 +54,9 @@ async fn steps_created_with_null_attempts_are_claimed_counted_from_one_and_retri
     let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
         .await
         .unwrap();
-    let request = TaskRequest {
-        namespace: "nullattempts".into(),
-        name: "flaky".into(),
-        version: "1.0.0".into(),
-        context: json!({}),
-        idempotency_key: None,
-    };
-    let task = create_task(&db.pool, &request).await.unwrap();
+    let task = create_task(&db.pool, &task_request("nullattempts", "flaky", json!({})))
+        .await
+        .unwrap();
     let nulls: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM tasker.workflow_steps WHERE task_uuid = $1 AND attempts IS NULL",
     )
@@ -71,17 +66,7 @@ async fn steps_created_with_null_attempts_are_claimed_counted_from_one_and_retri
     .unwrap();
     assert_eq!(nulls, 2, "the steps start as tasker-core's do");
 
-    let state: String = wait_for("the task to settle", Duration::from_secs(30), || async {
-        let state: String = sqlx::query_scalar(
-            "SELECT to_state FROM tasker.task_transitions WHERE task_uuid = $1 AND most_recent",
-        )
-        .bind(task)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        (state == "complete" || state == "error").then_some(state)
-    })
-    .await;
+    let state = wait_settled(&db.pool, task, Duration::from_secs(30)).await;
     assert_eq!(state, "complete");
     let rows: Vec<(Option<i32>, serde_json::Value)> =
         sqlx::query_as("SELECT attempts, results FROM tasker.workflow_steps WHERE task_uuid = $1")
@@ -152,14 +137,9 @@ async fn an_audit_trigger_naming_tables_unqualified_works_for_a_role_without_tas
     let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
         .await
         .unwrap();
-    let request = TaskRequest {
-        namespace: "audited".into(),
-        name: "audited".into(),
-        version: "1.0.0".into(),
-        context: json!({}),
-        idempotency_key: None,
-    };
-    let task = create_task(&db.pool, &request).await.unwrap();
+    let task = create_task(&db.pool, &task_request("audited", "audited", json!({})))
+        .await
+        .unwrap();
 
     let audit: Vec<(uuid::Uuid, Option<uuid::Uuid>, Option<uuid::Uuid>)> =
         wait_for("two audit rows", Duration::from_secs(20), || async {

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::messaging::StepFailure;
-use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskTemplate};
+use tasker_worker::orchestration::{
+    create_task, register_template, task_summary, Orchestrator, TaskTemplate,
+};
 use tasker_worker::testing::{task_request, wait_for, wait_settled, worker_config, TestDatabase};
 use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepSuccess, WorkerCore};
 
@@ -167,6 +169,99 @@ async fn an_audit_trigger_naming_tables_unqualified_works_for_a_role_without_tas
         assert_eq!(audited_worker, worker_uuid);
         assert_eq!(audited_correlation, Some(correlation));
     }
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    db.drop_database().await;
+}
+
+const DIAMOND: &str = r#"
+name: diamond
+namespace_name: theirtypes
+version: 1.0.0
+steps:
+  - { name: start, handler: { callable: Ok } }
+  - { name: left, handler: { callable: Ok }, dependencies: [start] }
+  - { name: right, handler: { callable: Flaky }, dependencies: [start], retry: { max_attempts: 2, backoff_base_ms: 10 } }
+  - { name: join, handler: { callable: Ok }, dependencies: [left, right] }
+"#;
+
+/// tasker-core's timestamp columns are `timestamp without time zone`, NOT NULL, with no
+/// default, `tasks.requested_at` likewise, and an edge's `name` has no default: every write
+/// the worker, the orchestrator and create_task make must set them, and reads accept them.
+#[tokio::test]
+async fn a_workflow_runs_on_tables_with_their_timestamp_columns_and_no_defaults() {
+    let db = TestDatabase::migrated().await;
+    for table in [
+        "task_namespaces",
+        "named_tasks",
+        "named_steps",
+        "tasks",
+        "workflow_steps",
+        "workflow_step_edges",
+        "workflow_step_transitions",
+        "task_transitions",
+    ] {
+        sqlx::query(&format!(
+            "ALTER TABLE tasker.{table} \
+             ALTER COLUMN created_at TYPE timestamp without time zone, ALTER COLUMN created_at DROP DEFAULT, \
+             ALTER COLUMN updated_at TYPE timestamp without time zone, ALTER COLUMN updated_at DROP DEFAULT"
+        ))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    for statement in [
+        "ALTER TABLE tasker.tasks ALTER COLUMN requested_at TYPE timestamp without time zone, \
+         ALTER COLUMN requested_at DROP DEFAULT, ALTER COLUMN completed_at TYPE timestamp without time zone",
+        "ALTER TABLE tasker.workflow_step_edges ALTER COLUMN name DROP DEFAULT",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    let template = TaskTemplate::from_yaml(DIAMOND, "test").unwrap();
+    register_template(&db.pool, &template).await.unwrap();
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    registry.register(
+        "Ok",
+        handler_fn(|_ctx| async move { Ok(StepSuccess::new(json!({"ok": true}))) }),
+    );
+    registry.register(
+        "Flaky",
+        handler_fn(|ctx| async move {
+            if ctx.attempts == 1 {
+                return Err(StepFailure::new("", "first attempt fails", true));
+            }
+            Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
+        }),
+    );
+    let config = worker_config(&db, &["theirtypes"]);
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
+        .await
+        .unwrap();
+    let task = create_task(&db.pool, &task_request("theirtypes", "diamond", json!({})))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        wait_settled(&db.pool, task, Duration::from_secs(30)).await,
+        "complete"
+    );
+    let summary = task_summary(&db.pool, task).await.unwrap();
+    assert_eq!(summary.state, "complete");
+    assert!(summary.completed_at.is_some());
+    assert!(
+        summary.steps.iter().all(|s| s.state == "complete"),
+        "{:?}",
+        summary.steps
+    );
+    let right = summary.steps.iter().find(|s| s.name == "right").unwrap();
+    assert_eq!(right.attempts, 2);
+    let unnamed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tasker.workflow_step_edges WHERE name <> 'provides'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(unnamed, 0);
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
     db.drop_database().await;

@@ -30,8 +30,9 @@ BEGIN
     UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now()
      WHERE workflow_step_uuid = p_step AND most_recent;
     INSERT INTO tasker.workflow_step_transitions
-        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
-    VALUES (gen_random_uuid(), p_step, p_from, p_to, p_metadata, p_sort + 1, true);
+        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
+         created_at, updated_at)
+    VALUES (gen_random_uuid(), p_step, p_from, p_to, p_metadata, p_sort + 1, true, now(), now());
 END;
 $$;
 
@@ -55,9 +56,10 @@ BEGIN
          WHERE task_uuid = p_task AND most_recent
         RETURNING sort_key
     )
-    INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, metadata, sort_key, most_recent)
+    INSERT INTO tasker.task_transitions
+        (task_transition_uuid, task_uuid, from_state, to_state, metadata, sort_key, most_recent, created_at, updated_at)
     SELECT gen_random_uuid(), p_task, p_from, p_to, p_metadata,
-           coalesce((SELECT max(sort_key) FROM retired), 0) + 1, true;
+           coalesce((SELECT max(sort_key) FROM retired), 0) + 1, true, now(), now();
 END;
 $$;
 

@@ -47,9 +47,10 @@ BEGIN
          WHERE task_uuid = p_task_uuid AND most_recent
         RETURNING sort_key
     )
-    INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent)
+    INSERT INTO tasker.task_transitions
+        (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent, created_at, updated_at)
     SELECT p_transition_uuid, p_task_uuid, p_task_state, settled,
-           coalesce((SELECT max(sort_key) FROM retired), 0) + 1, true;
+           coalesce((SELECT max(sort_key) FROM retired), 0) + 1, true, now(), now();
     UPDATE tasker.tasks
        SET complete = (settled = 'complete'), completed_at = now(), updated_at = now()
      WHERE task_uuid = p_task_uuid;
@@ -144,9 +145,10 @@ BEGIN
         RETURNING 1
     )
     INSERT INTO tasker.workflow_step_transitions
-        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
+        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
+         created_at, updated_at)
     SELECT p_uuids[1], p_step_uuid, 'enqueued_for_orchestration', 'complete', '{"event": "complete"}'::jsonb,
-           s_sort + 1, true
+           s_sort + 1, true, now(), now()
       FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p;
 
     IF t_state IS NULL OR t_state NOT IN ('error', 'cancelled') THEN
@@ -169,9 +171,10 @@ BEGIN
             RETURNING 1
         ), enqueued AS (
             INSERT INTO tasker.workflow_step_transitions
-                (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
+                (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
+                 created_at, updated_at)
             SELECT coalesce(p_uuids[r.n::integer + 2], gen_random_uuid()), r.step_uuid, 'pending', 'enqueued',
-                   '{"event": "enqueue"}'::jsonb, r.sort_key + 1, true
+                   '{"event": "enqueue"}'::jsonb, r.sort_key + 1, true, now(), now()
               FROM ready r, (SELECT count(*) FROM retired) AS done
             RETURNING workflow_step_uuid
         )

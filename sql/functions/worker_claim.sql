@@ -194,7 +194,8 @@ BEGIN
          WHERE t.workflow_step_transition_uuid = d.prev_uuid AND d.action IN ('claim', 'reclaim', 'exhausted');
 
         INSERT INTO tasker.workflow_step_transitions
-            (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
+            (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
+             created_at, updated_at)
         SELECT d.token, d.step_uuid, d.to_state, 'in_progress',
                jsonb_build_object(
                    'event', CASE d.action WHEN 'claim' THEN 'start' ELSE d.action END,
@@ -204,7 +205,7 @@ BEGIN
                    'correlation_id', d.correlation_id,
                    'reclaimed_from', CASE WHEN d.to_state = 'in_progress' THEN d.prev_uuid END,
                    'timestamp', clock_timestamp()),
-               d.sort_key + 1, true
+               d.sort_key + 1, true, now(), now()
           FROM unnest(d_msg, d_step, d_corr, d_token, d_prev, d_state, d_sort, d_action)
                AS d(msg_id, step_uuid, correlation_id, token, prev_uuid, to_state, sort_key, action)
          WHERE d.action IN ('claim', 'reclaim', 'exhausted');

@@ -63,8 +63,9 @@ BEGIN
      WHERE i.token = ANY(live_tokens);
 
     INSERT INTO tasker.workflow_step_transitions
-        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent)
-    SELECT i.transition_uuid, i.step_uuid, 'in_progress', i.to_state, i.metadata, l.sort_key + 1, true
+        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
+         created_at, updated_at)
+    SELECT i.transition_uuid, i.step_uuid, 'in_progress', i.to_state, i.metadata, l.sort_key + 1, true, now(), now()
       FROM unnest(p_tokens, p_step_uuids, p_transition_uuids, p_to_states, p_metadata)
            AS i(token, step_uuid, transition_uuid, to_state, metadata)
       JOIN unnest(live_tokens, live_sort) AS l(token, sort_key) ON l.token = i.token;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub async fn register_template(pool: &PgPool, template: &TaskTemplate) -> TaskerResult<Uuid> {
     let mut tx = pool.begin().await?;
     let namespace_uuid: Uuid = sqlx::query_scalar(
-        "INSERT INTO tasker.task_namespaces (task_namespace_uuid, name) VALUES ($1, $2) \
+        "INSERT INTO tasker.task_namespaces (task_namespace_uuid, name, created_at, updated_at) VALUES ($1, $2, now(), now()) \
          ON CONFLICT (name) DO UPDATE SET updated_at = now() RETURNING task_namespace_uuid",
     )
     .bind(Uuid::now_v7())
@@ -19,8 +19,9 @@ pub async fn register_template(pool: &PgPool, template: &TaskTemplate) -> Tasker
     .fetch_one(&mut *tx)
     .await?;
     let named_task_uuid: Uuid = sqlx::query_scalar(
-        "INSERT INTO tasker.named_tasks (named_task_uuid, task_namespace_uuid, name, version, description, configuration) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO tasker.named_tasks \
+         (named_task_uuid, task_namespace_uuid, name, version, description, configuration, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, now(), now()) \
          ON CONFLICT (task_namespace_uuid, name, version) \
          DO UPDATE SET configuration = EXCLUDED.configuration, description = EXCLUDED.description, updated_at = now() \
          RETURNING named_task_uuid",
@@ -35,8 +36,8 @@ pub async fn register_template(pool: &PgPool, template: &TaskTemplate) -> Tasker
     .await?;
     let step_names: Vec<&str> = template.steps.iter().map(|s| s.name.as_str()).collect();
     sqlx::query(
-        "INSERT INTO tasker.named_steps (named_step_uuid, name) \
-         SELECT gen_random_uuid(), n FROM unnest($1::text[]) AS n ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO tasker.named_steps (named_step_uuid, name, created_at, updated_at) \
+         SELECT gen_random_uuid(), n, now(), now() FROM unnest($1::text[]) AS n ON CONFLICT (name) DO NOTHING",
     )
     .bind(&step_names)
     .execute(&mut *tx)

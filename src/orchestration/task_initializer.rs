@@ -168,8 +168,9 @@ pub(crate) async fn insert_step_transition(
              UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now() \
               WHERE workflow_step_uuid = $2 AND most_recent AND $7 RETURNING 1) \
          INSERT INTO tasker.workflow_step_transitions \
-         (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent) \
-         SELECT $1, $2, $3, $4, $5, $6, true FROM (SELECT count(*) FROM retired) AS r",
+         (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent, \
+          created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, $6, true, now(), now() FROM (SELECT count(*) FROM retired) AS r",
     )
     .bind(Uuid::now_v7())
     .bind(step_uuid)

@@ -32,7 +32,8 @@ pub struct StepSummary {
 
 pub async fn task_summary(pool: &PgPool, task_uuid: Uuid) -> TaskerResult<TaskSummary> {
     let task = sqlx::query(
-        "SELECT tn.name, nt.name, nt.version, tt.to_state, t.complete, t.context, t.created_at, t.completed_at \
+        "SELECT tn.name, nt.name, nt.version, tt.to_state, t.complete, t.context, t.created_at::timestamptz, \
+         t.completed_at::timestamptz \
          FROM tasker.tasks t \
          JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid \
          JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \
@@ -44,7 +45,7 @@ pub async fn task_summary(pool: &PgPool, task_uuid: Uuid) -> TaskerResult<TaskSu
     .await?
     .ok_or_else(|| TaskerError::Configuration(format!("no task {task_uuid}")))?;
     let steps = sqlx::query(
-        "SELECT ws.workflow_step_uuid, ns.name, tr.to_state, ws.attempts, ws.max_attempts, ws.results \
+        "SELECT ws.workflow_step_uuid, ns.name, tr.to_state, coalesce(ws.attempts, 0), coalesce(ws.max_attempts, 3), ws.results \
          FROM tasker.workflow_steps ws \
          JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
          JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent \

@@ -16,8 +16,8 @@ module TaskerWorker
   # 3. a warning when the worker's threads outnumber the ActiveRecord pool;
   # 4. create_task inside an ActiveRecord transaction writes on its connection (it commits or
   #    rolls back with the app's rows);
-  # 5. the rake task tasker_worker:migrate, and keeping the tasker schema in databases that
-  #    db:test:prepare / db:schema:load rebuild.
+  # 5. the rake tasks tasker_worker:migrate and tasker_worker:status, and keeping the tasker
+  #    schema in databases that db:test:prepare / db:schema:load rebuild.
   class Railtie < ::Rails::Railtie
     initializer "tasker_worker.configuration", before: :load_config_initializers do |app|
       RailsSupport.configure_from(app)
@@ -124,7 +124,8 @@ module TaskerWorker
         return unless ::Rails.respond_to?(:error)
 
         lambda do |exception, context|
-          ::Rails.error.report(exception, handled: true, severity: :error, source: "tasker_worker",
+          # Keywords Rails 7.0 already takes (`source:` came in 7.1).
+          ::Rails.error.report(exception, handled: true, severity: :error,
                                           context: { tasker_step: context.step_name, tasker_step_uuid: context.step_uuid,
                                                      tasker_task_uuid: context.task_uuid,
                                                      tasker_handler: context.handler_callable })

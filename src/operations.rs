@@ -36,7 +36,7 @@ pub struct TaskFilter {
     pub limit: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct TaskRow {
     pub task_uuid: Uuid,
     pub namespace: String,
@@ -101,7 +101,7 @@ pub struct DeadLetter {
     pub replayed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct WorkerRow {
     pub worker_id: String,
     pub hostname: String,
@@ -154,13 +154,14 @@ fn refusal(err: sqlx::Error) -> TaskerError {
 }
 
 pub async fn tasks(pool: &PgPool, filter: &TaskFilter) -> TaskerResult<Vec<TaskRow>> {
-    let rows = sqlx::query(
-        "SELECT t.task_uuid, tn.name, nt.name, nt.version, tt.to_state, t.created_at, t.completed_at, \
-                (SELECT count(*) FROM tasker.workflow_steps ws WHERE ws.task_uuid = t.task_uuid), \
+    Ok(sqlx::query_as::<_, TaskRow>(
+        "SELECT t.task_uuid, tn.name AS namespace, nt.name, nt.version, tt.to_state AS state, t.created_at, \
+                t.completed_at, \
+                (SELECT count(*) FROM tasker.workflow_steps ws WHERE ws.task_uuid = t.task_uuid) AS steps, \
                 (SELECT count(*) FROM tasker.workflow_steps ws \
                    JOIN tasker.workflow_step_transitions tr \
                      ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent AND tr.to_state = 'error' \
-                  WHERE ws.task_uuid = t.task_uuid) \
+                  WHERE ws.task_uuid = t.task_uuid) AS steps_in_error \
            FROM tasker.tasks t \
            JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid \
            JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \
@@ -175,23 +176,7 @@ pub async fn tasks(pool: &PgPool, filter: &TaskFilter) -> TaskerResult<Vec<TaskR
     .bind(filter.before)
     .bind(filter.limit.clamp(1, MAX_LIST_LIMIT))
     .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(TaskRow {
-                task_uuid: r.try_get(0)?,
-                namespace: r.try_get(1)?,
-                name: r.try_get(2)?,
-                version: r.try_get(3)?,
-                state: r.try_get(4)?,
-                created_at: r.try_get(5)?,
-                completed_at: r.try_get(6)?,
-                steps: r.try_get(7)?,
-                steps_in_error: r.try_get(8)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+    .await?)
 }
 
 /// The task (`task_summary`) and its DAG.
@@ -355,30 +340,14 @@ pub async fn replay_dead_letter(pool: &PgPool, id: Uuid) -> TaskerResult<i64> {
 /// Worker processes, newest first; rows older than `prune_after` seconds are deleted, and
 /// workers silent for `gone_after` seconds are shown as `gone`.
 pub async fn workers_with(pool: &PgPool, gone_after: i32, prune_after: i32) -> TaskerResult<Vec<WorkerRow>> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, WorkerRow>(
         "SELECT worker_id, hostname, pid, namespaces, concurrency, started_at, last_heartbeat, state, version \
            FROM tasker.operations_workers($1, $2)",
     )
     .bind(gone_after)
     .bind(prune_after)
     .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(WorkerRow {
-                worker_id: r.try_get(0)?,
-                hostname: r.try_get(1)?,
-                pid: r.try_get(2)?,
-                namespaces: r.try_get(3)?,
-                concurrency: r.try_get(4)?,
-                started_at: r.try_get(5)?,
-                last_heartbeat: r.try_get(6)?,
-                state: r.try_get(7)?,
-                version: r.try_get(8)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+    .await?)
 }
 
 /// `workers_with` the default thresholds.

@@ -5,7 +5,8 @@ require "json"
 module TaskerWorker
   module Testing
     # The outcome of Testing.run_task: the task's state ("complete" or "error") and each step's
-    # state ("complete", "error", or "pending" when a parent did not complete), attempts and
+    # state ("complete", "error", or tasker's "pending", the state of a step that never ran
+    # because a parent did not complete), attempts and
     # Outcome (nil for a step that never ran).
     TaskOutcome = Struct.new(:state, :steps, keyword_init: true) do
       def complete? = state == "complete"
@@ -38,6 +39,7 @@ module TaskerWorker
 
       def run_step(step, runs)
         parents = step.fetch("dependencies")
+        # "pending" is the step state name (a step not run), as the orchestrator leaves it.
         return StepRun.new(state: "pending", attempts: 0, outcome: nil) unless parents.all? { |p| runs[p].state == "complete" }
 
         retry_policy = step.fetch("retry") # the core filled in every default
@@ -61,13 +63,13 @@ module TaskerWorker
       # Every ancestor's result, by step name (the worker hands a step all of them).
       def ancestor_results(name, runs)
         seen = {}
-        pending = @steps.fetch(name).fetch("dependencies").dup
-        until pending.empty?
-          parent = pending.shift
+        to_visit = @steps.fetch(name).fetch("dependencies").dup
+        until to_visit.empty?
+          parent = to_visit.shift
           next if seen.key?(parent)
 
           seen[parent] = runs.fetch(parent).outcome.result
-          pending.concat(@steps.fetch(parent).fetch("dependencies"))
+          to_visit.concat(@steps.fetch(parent).fetch("dependencies"))
         end
         seen
       end

@@ -155,8 +155,8 @@ fn refusal(err: sqlx::Error) -> TaskerError {
 
 pub async fn tasks(pool: &PgPool, filter: &TaskFilter) -> TaskerResult<Vec<TaskRow>> {
     Ok(sqlx::query_as::<_, TaskRow>(
-        "SELECT t.task_uuid, tn.name AS namespace, nt.name, nt.version, tt.to_state AS state, t.created_at, \
-                t.completed_at, \
+        "SELECT t.task_uuid, tn.name AS namespace, nt.name, nt.version, tt.to_state AS state, t.created_at::timestamptz AS created_at, \
+                t.completed_at::timestamptz AS completed_at, \
                 (SELECT count(*) FROM tasker.workflow_steps ws WHERE ws.task_uuid = t.task_uuid) AS steps, \
                 (SELECT count(*) FROM tasker.workflow_steps ws \
                    JOIN tasker.workflow_step_transitions tr \

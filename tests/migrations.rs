@@ -319,10 +319,10 @@ async fn ensure_schema_names_a_database_without_the_schema() {
 #[tokio::test]
 async fn a_database_migrated_by_the_old_migrations_gets_a_clear_error() {
     let db = TestDatabase::migrated().await;
-    sqlx::query(
-        "INSERT INTO public._sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (20261126000004, 'worker claim next', true, '\\x00', 0)",
-    )
+    sqlx::raw_sql(&format!(
+        "{SQLX_TABLE}; INSERT INTO public._sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20261126000004, 'worker claim next', true, '\\x00', 0)"
+    ))
     .execute(&db.pool)
     .await
     .unwrap();
@@ -331,5 +331,64 @@ async fn a_database_migrated_by_the_old_migrations_gets_a_clear_error() {
     assert!(text.contains("20261126000004"), "{text}");
     assert!(text.contains("Drop and recreate the database"), "{text}");
     assert!(!text.contains("previously applied"), "{text}");
+    db.drop_database().await;
+}
+
+/// sqlx's bookkeeping table, as an earlier tasker_worker (and tasker-core) left it.
+const SQLX_TABLE: &str = "CREATE TABLE public._sqlx_migrations (version bigint PRIMARY KEY, \
+     description text NOT NULL, installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL, \
+     checksum bytea NOT NULL, execution_time bigint NOT NULL)";
+
+#[tokio::test]
+async fn a_database_recorded_in_sqlx_migrations_is_adopted_without_running_anything_again() {
+    let db = TestDatabase::migrated().await;
+    // What a database migrated by the previous runner looks like: our versions in sqlx's table.
+    sqlx::raw_sql(SQLX_TABLE).execute(&db.pool).await.unwrap();
+    for m in database::MIGRATOR.iter() {
+        sqlx::query(
+            "INSERT INTO public._sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES ($1, $2, true, $3, 0)",
+        )
+        .bind(m.version)
+        .bind(&*m.description)
+        .bind(&*m.checksum)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("DROP TABLE tasker.tasker_worker_migrations")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = database::migrate(&db.pool).await.expect("adopts the old record");
+    assert!(report.applied.is_empty(), "{report:?}");
+    let modes: Vec<String> = sqlx::query_scalar("SELECT DISTINCT mode FROM tasker.tasker_worker_migrations")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(modes, vec!["adopted".to_string()]);
+    database::ensure_schema(&db.pool)
+        .await
+        .expect("schema is current");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_migration_changed_after_it_was_applied_is_refused_by_name() {
+    let db = TestDatabase::migrated().await;
+    sqlx::query(
+        "UPDATE tasker.tasker_worker_migrations SET checksum = '\\x00' WHERE version = 20261202000001",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let text = database::migrate(&db.pool)
+        .await
+        .expect_err("changed")
+        .to_string();
+    assert!(
+        text.contains("20261202000001") && text.contains("changed after it was applied"),
+        "{text}"
+    );
     db.drop_database().await;
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tasker_worker::database::{ensure_schema, migrate};
 use tasker_worker::messaging::StepFailure;
 use tasker_worker::orchestration::{
     create_task, register_template, task_summary, Orchestrator, TaskTemplate,
@@ -264,5 +265,222 @@ async fn a_workflow_runs_on_tables_with_their_timestamp_columns_and_no_defaults(
     assert_eq!(unnamed, 0);
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
+    db.drop_database().await;
+}
+
+/// A database as tasker-core's migrations leave it (written here from the compat facts).
+const THEIR_SCHEMA: &str = include_str!("fixtures/tasker_core_schema.sql");
+const THEIR_TABLES: &[&str] = &[
+    "task_namespaces",
+    "named_tasks",
+    "named_steps",
+    "named_tasks_named_steps",
+    "tasks",
+    "workflow_steps",
+    "workflow_step_edges",
+    "workflow_step_transitions",
+    "task_transitions",
+    "workflow_step_result_audit",
+];
+
+async fn their_database() -> TestDatabase {
+    let db = TestDatabase::empty().await;
+    sqlx::raw_sql(THEIR_SCHEMA).execute(&db.pool).await.unwrap();
+    db
+}
+
+/// Everything the catalog says about their tables and their migration record, one line each.
+async fn their_definitions(pool: &sqlx::PgPool) -> Vec<String> {
+    let tables: Vec<String> = THEIR_TABLES.iter().map(|t| t.to_string()).collect();
+    sqlx::query_scalar(
+        "SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable, column_default) \
+           FROM information_schema.columns WHERE table_schema = 'tasker' AND table_name = ANY($1) \
+         UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'tasker' AND tablename = ANY($1) \
+         UNION ALL SELECT format('constraint %s %s', conname, pg_get_constraintdef(c.oid)) \
+           FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid \
+           JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = 'tasker' AND r.relname = ANY($1) \
+         UNION ALL SELECT format('trigger %s %s', tgname, pg_get_triggerdef(t.oid)) \
+           FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid \
+           JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = 'tasker' AND r.relname = ANY($1) AND NOT tgisinternal \
+         UNION ALL SELECT format('options %s %s', relname, reloptions) FROM pg_class r \
+           JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = 'tasker' AND r.relname = ANY($1) \
+         UNION ALL SELECT format('function %s', md5(pg_get_functiondef('tasker.create_step_result_audit()'::regprocedure))) \
+         UNION ALL SELECT format('sqlx %s %s', version, checksum) FROM public._sqlx_migrations \
+         ORDER BY 1",
+    )
+    .bind(&tables)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Migrating on their schema adds our functions and tables beside theirs, never touches one of
+/// theirs or their migration record, and is a no-op the second time; two at once both succeed.
+#[tokio::test]
+async fn migrating_on_tasker_cores_schema_adds_only_our_objects_and_is_idempotent() {
+    let db = their_database().await;
+    let before = their_definitions(&db.pool).await;
+    assert!(before.len() > 100, "{before:?}");
+    let other = db.second_pool().await;
+    let (first, second) = tokio::join!(migrate(&db.pool), migrate(&other));
+    let (first, second) = (first.expect("first"), second.expect("second"));
+    assert!(
+        first.applied.contains(&20261201000001) != second.applied.contains(&20261201000001),
+        "exactly one run records the baseline: {first:?} {second:?}"
+    );
+    let again = migrate(&db.pool).await.unwrap();
+    assert!(
+        again.applied.is_empty() && again.functions_applied.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(
+        their_definitions(&db.pool).await,
+        before,
+        "their tables and record are unchanged"
+    );
+
+    let modes: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, mode FROM tasker.tasker_worker_migrations ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(modes[0], (20261201000001, "tasker_core_schema".to_string()));
+    assert!(
+        modes.iter().any(|(v, m)| *v == 20261202000001 && m == "applied"),
+        "{modes:?}"
+    );
+    for table in ["dead_letters", "workers", "schema_functions"] {
+        let exists: bool = sqlx::query_scalar(&format!("SELECT to_regclass('tasker.{table}') IS NOT NULL"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert!(exists, "tasker.{table}");
+    }
+    ensure_schema(&db.pool)
+        .await
+        .expect("the worker accepts the schema");
+    other.close().await;
+    db.drop_database().await;
+}
+
+const LINEAR: &str = r#"
+name: linear
+namespace_name: theirs
+version: 1.0.0
+steps:
+  - { name: a, handler: { callable: Ok } }
+  - { name: b, handler: { callable: Ok }, dependencies: [a] }
+  - { name: c, handler: { callable: Flaky }, dependencies: [b], retry: { max_attempts: 3, backoff_base_ms: 10 } }
+"#;
+
+const FAILING: &str = r#"
+name: failing
+namespace_name: theirs
+version: 1.0.0
+steps:
+  - { name: a, handler: { callable: Ok } }
+  - { name: b, handler: { callable: Broken }, dependencies: [a] }
+"#;
+
+/// The worker and the embedded orchestrator on their schema (migrated by us on top), connected
+/// with a search_path that lacks `tasker`: linear with a retry, diamond, a permanent failure;
+/// their audit trigger records every result with the worker and correlation ids.
+#[tokio::test]
+async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_path() {
+    let db = their_database().await;
+    migrate(&db.pool).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" SET search_path = public"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pool = db.second_pool().await;
+    let path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(path, "public");
+    for yaml in [LINEAR, FAILING, DIAMOND.replace("theirtypes", "theirs").as_str()] {
+        register_template(&pool, &TaskTemplate::from_yaml(yaml, "test").unwrap())
+            .await
+            .unwrap();
+    }
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    registry.register(
+        "Ok",
+        handler_fn(|_ctx| async move { Ok(StepSuccess::new(json!({"ok": true}))) }),
+    );
+    registry.register(
+        "Flaky",
+        handler_fn(|ctx| async move {
+            if ctx.attempts == 1 {
+                return Err(StepFailure::new("", "first attempt fails", true));
+            }
+            Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
+        }),
+    );
+    registry.register(
+        "Broken",
+        handler_fn(|_ctx| async move { Err(StepFailure::new("", "card declined", false)) }),
+    );
+    let config = worker_config(&db, &["theirs"]);
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for (task_name, state) in [
+        ("linear", "complete"),
+        ("diamond", "complete"),
+        ("failing", "error"),
+    ] {
+        let task = create_task(&pool, &task_request("theirs", task_name, json!({"n": task_name})))
+            .await
+            .unwrap();
+        expected.push((task, task_name, state));
+    }
+    for (task, task_name, state) in &expected {
+        assert_eq!(
+            wait_settled(&pool, *task, Duration::from_secs(30)).await,
+            *state,
+            "{task_name}"
+        );
+        let summary = task_summary(&pool, *task).await.unwrap();
+        assert_eq!(summary.state, *state, "{task_name}");
+        let detail = tasker_worker::operations::task_detail(&pool, *task)
+            .await
+            .unwrap();
+        assert_eq!(detail.steps.len(), summary.steps.len(), "{task_name}");
+    }
+    let listed = tasker_worker::operations::tasks(
+        &pool,
+        &tasker_worker::operations::TaskFilter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.len(), 3);
+    // Their audit: one row per result the worker committed (linear 4: c failed once; diamond 5:
+    // right failed once; failing 2), each with the worker's uuid and the task's correlation id.
+    let audit: Vec<(Option<uuid::Uuid>, Option<uuid::Uuid>, uuid::Uuid)> = sqlx::query_as(
+        "SELECT a.worker_uuid, a.correlation_id, t.correlation_id FROM tasker.workflow_step_result_audit a \
+           JOIN tasker.tasks t USING (task_uuid)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audit.len(), 11, "{audit:?}");
+    for (worker_uuid, correlation, task_correlation) in audit {
+        assert!(worker_uuid.is_some());
+        assert_eq!(correlation, Some(task_correlation));
+    }
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    pool.close().await;
     db.drop_database().await;
 }

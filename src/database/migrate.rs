@@ -4,6 +4,12 @@
 //! migrations and the function files. The function files are applied in one transaction and
 //! recorded in `tasker.schema_functions` with their checksums; a file is applied again only
 //! when its text changed.
+//!
+//! The migrations are recorded in `tasker.tasker_worker_migrations`, not in sqlx's
+//! `_sqlx_migrations` (tasker-core uses that one, so sharing it fails both ways). On a database
+//! whose `tasker` schema tasker-core's migrations made, the DDL baseline is not run (it would
+//! re-create their tables): `sql/tasker_core_additions.sql` adds only our own objects, and a
+//! later migration runs there only when it is listed in `ON_TASKER_CORE_SCHEMA`.
 
 use crate::error::{TaskerError, TaskerResult};
 use sqlx::migrate::Migrator;
@@ -53,19 +59,81 @@ pub async fn migrate(pool: &PgPool) -> TaskerResult<MigrationReport> {
 
 async fn migrate_locked(pool: &PgPool) -> TaskerResult<MigrationReport> {
     let (pgmq_source, pgmq_installed_now) = ensure_pgmq(pool).await?;
+    refuse_pre_baseline_layout(pool).await?;
+    sqlx::raw_sql(BOOKKEEPING_DDL).execute(pool).await?;
+    adopt_sqlx_bookkeeping(pool).await?;
 
-    let before = applied_versions(pool).await?;
-    let unknown: Vec<i64> = before
+    let recorded = recorded_migrations(pool).await?;
+    let unknown: Vec<i64> = recorded
         .iter()
-        .copied()
+        .map(|r| r.version)
         .filter(|v| MIGRATOR.iter().all(|m| m.version != *v))
         .collect();
     if !unknown.is_empty() {
         return Err(TaskerError::Migration(unknown_versions_message(&unknown)));
     }
-    MIGRATOR.run(pool).await?;
-    let after = applied_versions(pool).await?;
-    let applied = after.into_iter().filter(|v| !before.contains(v)).collect();
+    for r in &recorded {
+        let migration = MIGRATOR
+            .iter()
+            .find(|m| m.version == r.version)
+            .expect("known above");
+        if r.mode != MODE_SKIPPED && *r.checksum != *migration.checksum {
+            return Err(TaskerError::Migration(format!(
+                "migration {} ({}) was changed after it was applied to this database; \
+                 this build's copy differs from the one recorded",
+                migration.version, migration.description
+            )));
+        }
+    }
+
+    let mut on_tasker_core = recorded
+        .iter()
+        .any(|r| r.version == BASELINE_VERSION && r.mode == MODE_TASKER_CORE);
+    let mut applied = Vec::new();
+    for migration in MIGRATOR.iter() {
+        if recorded.iter().any(|r| r.version == migration.version) {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        let mode = if migration.version == BASELINE_VERSION && has_tasker_core_tables(&mut tx).await? {
+            // tasker-core's migrations made this schema: add our own objects beside theirs.
+            on_tasker_core = true;
+            sqlx::raw_sql(TASKER_CORE_ADDITIONS)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| {
+                    TaskerError::Migration(format!(
+                        "adding tasker_worker's objects to tasker-core's schema: {err}"
+                    ))
+                })?;
+            MODE_TASKER_CORE
+        } else if on_tasker_core && !ON_TASKER_CORE_SCHEMA.contains(&migration.version) {
+            MODE_SKIPPED
+        } else {
+            sqlx::raw_sql(&migration.sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| {
+                    TaskerError::Migration(format!(
+                        "applying migration {} ({}): {err}",
+                        migration.version, migration.description
+                    ))
+                })?;
+            MODE_APPLIED
+        };
+        sqlx::query(
+            "INSERT INTO tasker.tasker_worker_migrations (version, description, checksum, mode) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(migration.version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .bind(mode)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        applied.push(migration.version);
+    }
 
     let stale = stale_function_files(pool).await?;
     let mut tx = pool.begin().await?;
@@ -95,6 +163,119 @@ async fn migrate_locked(pool: &PgPool) -> TaskerResult<MigrationReport> {
         applied,
         functions_applied: stale,
     })
+}
+
+/// The version of the DDL baseline: on a tasker-core schema it is not run;
+/// `sql/tasker_core_additions.sql` runs in its place.
+const BASELINE_VERSION: i64 = 20261201000001;
+
+/// Migrations after the baseline that also run on a tasker-core schema, because they touch only
+/// tasker_worker's own objects. Every other one is recorded as skipped there: a new migration
+/// that alters one of their tables must not be listed, and what it adds must not be needed by
+/// the functions on their schema.
+const ON_TASKER_CORE_SCHEMA: &[i64] = &[20261202000001];
+
+static TASKER_CORE_ADDITIONS: &str = include_str!("../../sql/tasker_core_additions.sql");
+
+const MODE_APPLIED: &str = "applied";
+const MODE_ADOPTED: &str = "adopted";
+const MODE_TASKER_CORE: &str = "tasker_core_schema";
+const MODE_SKIPPED: &str = "skipped_on_tasker_core_schema";
+
+/// Our own record of the migrations, named so that it cannot collide with sqlx's
+/// `_sqlx_migrations` (tasker-core's, in whatever schema their role put it).
+const BOOKKEEPING_DDL: &str = "
+CREATE SCHEMA IF NOT EXISTS tasker;
+CREATE TABLE IF NOT EXISTS tasker.tasker_worker_migrations (
+    version      bigint PRIMARY KEY,
+    description  text NOT NULL,
+    checksum     bytea NOT NULL,
+    mode         text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now()
+);";
+
+struct Recorded {
+    version: i64,
+    checksum: Vec<u8>,
+    mode: String,
+}
+
+async fn recorded_migrations(pool: &PgPool) -> TaskerResult<Vec<Recorded>> {
+    let rows: Vec<(i64, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT version, checksum, mode FROM tasker.tasker_worker_migrations ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, checksum, mode)| Recorded {
+            version,
+            checksum,
+            mode,
+        })
+        .collect())
+}
+
+/// True when the `tasker` schema already has tasker-core's tables (their migrations ran).
+async fn has_tasker_core_tables(conn: &mut sqlx::PgConnection) -> TaskerResult<bool> {
+    let present: bool = sqlx::query_scalar("SELECT to_regclass('tasker.tasks') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(present)
+}
+
+/// A database this project migrated before it kept its own record has our versions in sqlx's
+/// `public._sqlx_migrations`; they are copied over once (as `adopted`), and that table is left
+/// alone from then on.
+async fn adopt_sqlx_bookkeeping(pool: &PgPool) -> TaskerResult<()> {
+    let ours: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    if !sqlx_versions(pool).await? {
+        return Ok(());
+    }
+    let old: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT version, description, checksum FROM public._sqlx_migrations \
+          WHERE success AND version = ANY($1)",
+    )
+    .bind(&ours)
+    .fetch_all(pool)
+    .await?;
+    for (version, description, checksum) in old {
+        sqlx::query(
+            "INSERT INTO tasker.tasker_worker_migrations (version, description, checksum, mode) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(version)
+        .bind(description)
+        .bind(checksum)
+        .bind(MODE_ADOPTED)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn sqlx_versions(pool: &PgPool) -> TaskerResult<bool> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    Ok(exists)
+}
+
+/// The migrations of an earlier tasker_worker (before the baseline) have no upgrade path.
+async fn refuse_pre_baseline_layout(pool: &PgPool) -> TaskerResult<()> {
+    if !sqlx_versions(pool).await? {
+        return Ok(());
+    }
+    let old: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM public._sqlx_migrations \
+          WHERE version BETWEEN 20261126000001 AND 20261126000006 ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    Err(TaskerError::Migration(unknown_versions_message(&old)))
 }
 
 /// sqlx would refuse these as "previously applied but missing"; say what they are and what
@@ -160,17 +341,18 @@ async fn ensure_pgmq(pool: &PgPool) -> TaskerResult<(&'static str, bool)> {
 }
 
 async fn applied_versions(pool: &PgPool) -> TaskerResult<Vec<i64>> {
-    let table_exists: bool = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
+    let table_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('tasker.tasker_worker_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
     if !table_exists {
         return Ok(Vec::new());
     }
-    let versions =
-        sqlx::query_scalar("SELECT version FROM public._sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?;
-    Ok(versions)
+    Ok(recorded_migrations(pool)
+        .await?
+        .into_iter()
+        .map(|r| r.version)
+        .collect())
 }
 
 /// Fails with a clear error unless the database has the schema this build needs: every

@@ -56,7 +56,7 @@ RSpec.describe "TaskerWorker::Web with 100k tasks", :timing, :worker do
     app = Rack::MockRequest.new(TaskerWorker::Web)
     newest = db.exec("SELECT task_uuid FROM tasker.tasks ORDER BY created_at DESC LIMIT 1").getvalue(0, 0)
     old = db.exec("SELECT created_at FROM tasker.tasks ORDER BY created_at LIMIT 1 OFFSET 500").getvalue(0, 0)
-    pages = ["/", "/tasks", "/tasks?state=error", "/tasks?namespace=scale&name=scale",
+    pages = ["/", "/tasks", "/tasks?state=error", "/tasks?state=complete", "/tasks?namespace=scale&name=scale",
              "/tasks?before=#{CGI.escape(Time.parse(old).utc.iso8601(6))}", "/tasks/#{newest}", "/failures",
              "/dead_letters", "/workers"]
     timings = pages.to_h { |path| [path, median_ms(app, path)] }

@@ -5,9 +5,9 @@ require "securerandom"
 require "set"
 require "json"
 require "cgi"
-require "tasker_worker/web/html"
-require "tasker_worker/web/dag"
-require "tasker_worker/web/pages"
+require_relative "web/html"
+require_relative "web/dag"
+require_relative "web/pages"
 
 module TaskerWorker
   # The dashboard (issue 18): a Rack app over TaskerWorker::Client's operations.

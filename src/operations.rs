@@ -199,13 +199,13 @@ async fn tasks_query(pool: &PgPool, filter: &TaskFilter, from_state: bool) -> Ta
           ORDER BY t.created_at DESC, t.task_uuid DESC LIMIT $5"
     );
     Ok(sqlx::query_as::<_, TaskRow>(&sql)
-    .bind(&filter.state)
-    .bind(&filter.namespace)
-    .bind(&filter.name)
-    .bind(filter.before)
-    .bind(filter.limit.clamp(1, MAX_LIST_LIMIT))
-    .fetch_all(pool)
-    .await?)
+        .bind(&filter.state)
+        .bind(&filter.namespace)
+        .bind(&filter.name)
+        .bind(filter.before)
+        .bind(filter.limit.clamp(1, MAX_LIST_LIMIT))
+        .fetch_all(pool)
+        .await?)
 }
 
 /// The task (`task_summary`) and its DAG.

@@ -9,7 +9,10 @@ async fn failed_workflow(db: &TestDatabase, ns: &str) -> TestWorkflow {
     let wf = TestWorkflow::create(
         &db.pool,
         ns,
-        template("pair", &[("first", "First", &[]), ("second", "Second", &["first"])]),
+        template(
+            "pair",
+            &[("first", "First", &[]), ("second", "Second", &["first"])],
+        ),
         json!({}),
     )
     .await;
@@ -42,9 +45,14 @@ async fn failed_steps_transitions_activity_and_tasks_by_state() {
     let other = failed_workflow(&db, "dash2").await;
     other.set_state("first", "waiting_for_retry").await;
 
-    let failed = operations::failed_steps(&db.pool, 10).await.expect("failed_steps");
+    let failed = operations::failed_steps(&db.pool, 10)
+        .await
+        .expect("failed_steps");
     assert_eq!(failed.len(), 2, "{failed:?}");
-    let mine = failed.iter().find(|f| f.task_uuid == wf.task_uuid).expect("wf's step");
+    let mine = failed
+        .iter()
+        .find(|f| f.task_uuid == wf.task_uuid)
+        .expect("wf's step");
     assert_eq!(mine.step_uuid, wf.step("first"));
     assert_eq!(mine.step_name, "first");
     assert_eq!(mine.namespace, "dash");
@@ -52,21 +60,34 @@ async fn failed_steps_transitions_activity_and_tasks_by_state() {
     assert_eq!(mine.attempts, 1);
     assert_eq!(mine.error_type, "permanent_error");
     assert_eq!(mine.message.as_deref(), Some("<b>boom</b>"));
-    let theirs = failed.iter().find(|f| f.task_uuid == other.task_uuid).expect("other's step");
+    let theirs = failed
+        .iter()
+        .find(|f| f.task_uuid == other.task_uuid)
+        .expect("other's step");
     assert_eq!(theirs.state, "waiting_for_retry");
-    assert_eq!(operations::failed_steps(&db.pool, 1).await.expect("limit").len(), 1);
+    assert_eq!(
+        operations::failed_steps(&db.pool, 1).await.expect("limit").len(),
+        1
+    );
 
-    let timeline = operations::task_transitions(&db.pool, wf.task_uuid).await.expect("transitions");
+    let timeline = operations::task_transitions(&db.pool, wf.task_uuid)
+        .await
+        .expect("transitions");
     let first: Vec<&str> = timeline
         .iter()
         .filter(|t| t.step_name.as_deref() == Some("first"))
         .map(|t| t.to_state.as_str())
         .collect();
     assert_eq!(first, ["pending", "in_progress", "error"]);
-    assert!(timeline.iter().any(|t| t.step_name.is_none() && t.to_state == "error"));
+    assert!(timeline
+        .iter()
+        .any(|t| t.step_name.is_none() && t.to_state == "error"));
     assert!(timeline.windows(2).all(|w| w[0].created_at <= w[1].created_at));
     let unknown = operations::task_transitions(&db.pool, uuid::Uuid::now_v7()).await;
-    assert!(matches!(unknown, Err(tasker_worker::TaskerError::NotFound(_))), "{unknown:?}");
+    assert!(
+        matches!(unknown, Err(tasker_worker::TaskerError::NotFound(_))),
+        "{unknown:?}"
+    );
 
     let activity = operations::activity(&db.pool).await.expect("activity");
     assert_eq!(activity.failed_last_hour, 2, "{activity:?}");

@@ -8,6 +8,8 @@ require "cgi"
 require_relative "web/html"
 require_relative "web/dag"
 require_relative "web/pages"
+require_relative "web/actions"
+require_relative "web/task_view"
 
 module TaskerWorker
   # The dashboard (issue 18): a Rack app over TaskerWorker::Client's operations.
@@ -52,6 +54,8 @@ module TaskerWorker
 
     include Html
     include Pages
+    include Actions
+    include TaskView
 
     ROUTES = [
       ["GET", %r{\A/?\z}, :overview],
@@ -71,7 +75,8 @@ module TaskerWorker
     def call(env)
       @request = Rack::Request.new(env)
       @csrf = valid_token(@request.cookies[CSRF_COOKIE]) || SecureRandom.hex(32)
-      method, path = @request.request_method, @request.path_info
+      method = @request.request_method
+      path = @request.path_info
       method = "GET" if method == "HEAD"
       route = ROUTES.find { |m, pattern, _| m == method && pattern.match?(path) }
       return respond(404, layout("Not found", "<p>No page at #{h(path)}.</p>")) unless route

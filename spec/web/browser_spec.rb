@@ -11,7 +11,7 @@ BROWSER_MISSING = begin
   require "capybara/dsl"
   require "selenium-webdriver"
   %w[/usr/bin/chromium /usr/bin/chromedriver].reject { |path| File.executable?(path) }
-    .map { |path| "#{path} (Debian chromium / chromium-driver)" }
+                                             .map { |path| "#{path} (Debian chromium / chromium-driver)" }
 rescue LoadError => e
   ["#{e.message} (Debian ruby-capybara / ruby-selenium-webdriver)"]
 end

@@ -22,22 +22,8 @@ module TaskerWorker
         end
         width = ((columns.keys.max || 0) + 1) * (BOX_W + GAP_X)
         height = [(columns.values.map(&:size).max || 1) * (BOX_H + GAP_Y), BOX_H + GAP_Y].max
-        lines = nodes.flat_map do |n|
-          n[:parents].filter_map do |parent|
-            from = position[parent] or next
-            to = position[n[:name]]
-            %(<line x1="#{from[0] + BOX_W}" y1="#{from[1] + (BOX_H / 2)}" x2="#{to[0]}" y2="#{to[1] + (BOX_H / 2)}" ) +
-              %(stroke="#667" stroke-width="1.5" marker-end="url(#arrow)"/>)
-          end
-        end
-        boxes = nodes.map do |n|
-          x, y = position[n[:name]]
-          label = "#{n[:name]} (#{n[:attempts]}/#{n[:max_attempts]})"
-          %(<g class="step" data-state="#{escape.call(n[:state])}"><title>#{escape.call("#{n[:name]}: #{n[:state]}")}</title>) +
-            %(<rect x="#{x}" y="#{y}" width="#{BOX_W}" height="#{BOX_H}" rx="5" ) +
-            %(fill="#{colours.fetch(n[:state].to_s, "#eee")}" stroke="#445"/>) +
-            %(<text x="#{x + 8}" y="#{y + 22}" font-size="12">#{escape.call(label)}</text></g>)
-        end
+        lines = nodes.flat_map { |n| edges(n, position) }
+        boxes = nodes.map { |n| box(n, position[n[:name]], colours, &escape) }
         <<~SVG
           <svg xmlns="http://www.w3.org/2000/svg" class="dag" width="#{width}" height="#{height}" viewBox="-2 -2 #{width + 4} #{height + 4}">
           <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto">
@@ -46,6 +32,22 @@ module TaskerWorker
           #{boxes.join("\n")}
           </svg>
         SVG
+      end
+
+      def edges(node, position)
+        to = position[node[:name]]
+        node[:parents].filter_map do |parent|
+          from = position[parent] or next
+          %(<line x1="#{from[0] + BOX_W}" y1="#{from[1] + (BOX_H / 2)}" x2="#{to[0]}" y2="#{to[1] + (BOX_H / 2)}" \
+stroke="#667" stroke-width="1.5" marker-end="url(#arrow)"/>)
+        end
+      end
+
+      def box(node, (x, y), colours, &escape)
+        label = "#{node[:name]} (#{node[:attempts]}/#{node[:max_attempts]})"
+        %(<g class="step" data-state="#{escape.call(node[:state])}"><title>#{escape.call("#{node[:name]}: #{node[:state]}")}</title>\
+<rect x="#{x}" y="#{y}" width="#{BOX_W}" height="#{BOX_H}" rx="5" fill="#{colours.fetch(node[:state].to_s, "#eee")}" \
+stroke="#445"/><text x="#{x + 8}" y="#{y + 22}" font-size="12">#{escape.call(label)}</text></g>)
       end
 
       # Longest distance from a root, per step name (a cycle, which templates refuse, stops at 0).

@@ -62,7 +62,11 @@ module TaskerWorker
       end
 
       def time(value)
-        value.nil? ? "-" : h(value.is_a?(Time) ? value.utc.strftime("%Y-%m-%d %H:%M:%S UTC") : value)
+        if value.nil?
+          "-"
+        else
+          h(value.is_a?(Time) ? value.utc.strftime("%Y-%m-%d %H:%M:%S UTC") : value)
+        end
       end
 
       # A POST form to `path` (the action's first step: the confirm page follows).

@@ -58,36 +58,10 @@ module TaskerWorker
         body << "<p>#{action_form("/tasks/#{uuid}/retry", "Retry failed steps")} " \
                 "#{action_form("/tasks/#{uuid}/cancel", "Cancel task")}</p>"
         body << Dag.svg(detail[:dag], Html::STATE_COLOURS) { |v| h(v) }
-        body << "<h2>Steps</h2>"
-        errors = detail[:dag].to_h { |n| [n[:step_uuid], n[:error]] }
-        cells = detail[:steps].map do |s|
-          retry_button = s[:state] == "error" ? action_form("/steps/#{s[:step_uuid]}/retry", "Retry step") : ""
-          [h(s[:name]), state_badge(s[:state]), h("#{s[:attempts]}/#{s[:max_attempts]}"),
-           step_result(s[:results], errors[s[:step_uuid]]), retry_button]
-        end
-        body << table(["step", "state", "attempts", "result / error", ""], cells)
+        body << "<h2>Steps</h2>#{steps_table(detail)}"
         body << "<h2>Context</h2><pre>#{json(detail[:context])}</pre>"
-        body << "<h2>Timeline</h2>"
-        body << table(%w[time what from to], transitions.map do |t|
-          [time(t[:created_at]), h(t[:step_name] ? "step #{t[:step_name]}" : "task"), h(t[:from_state] || "-"),
-           state_badge(t[:to_state])]
-        end)
+        body << "<h2>Timeline</h2>#{timeline_table(transitions)}"
         layout("Task #{uuid}", body)
-      end
-
-      def step_result(results, error)
-        return "-" if results.nil?
-
-        error_hash = fetch_any(results, :error)
-        return "<pre>#{json(results)}</pre>" unless error_hash.is_a?(Hash)
-
-        backtrace = Array(fetch_any(error_hash, :backtrace))
-        trace = backtrace.empty? ? "" : "<details><summary>backtrace</summary><pre>#{h(backtrace.join("\n"))}</pre></details>"
-        %(<div class="error">#{h(error || fetch_any(error_hash, :message))}</div>#{trace})
-      end
-
-      def fetch_any(hash, key)
-        hash[key.to_s] || hash[key.to_sym]
       end
 
       def failures_page
@@ -104,8 +78,8 @@ module TaskerWorker
              h(s[:step_name]), link("/tasks/#{s[:task_uuid]}", "#{s[:namespace]}/#{s[:task_name]}"),
              state_badge(s[:state]), h(s[:attempts]), h(s[:message] || "-"), time(s[:failed_at])]
           end)
-          body << %(<button type="submit">Retry selected</button> ) +
-                  %(<button type="submit" formaction="#{h(url("/failures/discard"))}">Discard selected</button></form>)
+          body << %(<button type="submit">Retry selected</button> )
+          body << %(<button type="submit" formaction="#{h(url("/failures/discard"))}">Discard selected</button></form>)
         end
         layout("Failures", body)
       end
@@ -128,87 +102,6 @@ module TaskerWorker
            state_badge(w[:state]), time(w[:started_at]), time(w[:last_heartbeat]), h(w[:version])]
         end
         layout("Workers", table(%w[worker host pid namespaces concurrency state started heartbeat version], cells))
-      end
-
-      # ---- actions ----
-
-      def retry_step_action
-        confirm("Retry step #{@params["uuid"]}?") do
-          out = client.retry_step(@params["uuid"])
-          done("Retried step #{@params["uuid"]}: #{out[:steps]} step message(s) sent; the task is #{out[:task_state]}.",
-               out[:task_uuid])
-        end
-      end
-
-      def retry_task_action
-        confirm("Retry every failed step of task #{@params["uuid"]}?") do
-          out = client.retry_task(@params["uuid"])
-          done("Retried task #{out[:task_uuid]}: #{out[:steps]} step message(s) sent; the task is #{out[:task_state]}.",
-               out[:task_uuid])
-        end
-      end
-
-      def cancel_task_action
-        confirm("Cancel task #{@params["uuid"]}? Its steps not started will never run.") do
-          out = client.cancel_task(@params["uuid"])
-          done("Cancelled task #{out[:task_uuid]}: #{out[:steps]} step(s) cancelled.", out[:task_uuid])
-        end
-      end
-
-      def replay_action
-        confirm("Replay dead letter #{@params["uuid"]}?") do
-          msg_id = client.replay_dead_letter(@params["uuid"])
-          done("Replayed dead letter #{@params["uuid"]} as message #{msg_id}.", nil, "/dead_letters")
-        end
-      end
-
-      def bulk_retry_action
-        bulk("Retry", "retried") { |uuid| client.retry_step(uuid) }
-      end
-
-      # Discard: the step's task is cancelled (its steps not started never run); tasks are
-      # cancelled once each.
-      def bulk_discard_action
-        bulk("Discard (cancel the task of)", "discarded", by_task: true) { |task_uuid| client.cancel_task(task_uuid) }
-      end
-
-      def bulk(verb, past, by_task: false)
-        uuids = Array(request.params["step_uuids"]).flatten.grep(/\A\h{8}-\h{4}-\h{4}-\h{4}-\h{12}\z/).uniq
-        raise ArgumentError, "no steps selected" if uuids.empty?
-
-        confirm("#{verb} #{uuids.size} step(s)?", "step_uuids[]" => uuids) do
-          targets = by_task ? task_of(uuids) : uuids
-          results = targets.map do |uuid|
-            yield(uuid)
-            [uuid, "ok"]
-          rescue InvalidStateError, NotFoundError => e
-            [uuid, e.message]
-          end
-          ok = results.count { |_, r| r == "ok" }
-          list = results.map { |uuid, r| "<li>#{h(uuid)}: #{h(r)}</li>" }.join
-          layout("Done", %(<p class="notice">#{h("#{ok} of #{results.size} #{by_task ? "task(s)" : "step(s)"} #{past}.")}</p>) +
-                         "<ul>#{list}</ul><p>#{link("/failures", "Back to failures")}</p>")
-        end
-      end
-
-      def task_of(step_uuids)
-        wanted = step_uuids.to_set
-        client.failed_steps(limit: 1000).select { |s| wanted.include?(s[:step_uuid]) }.map { |s| s[:task_uuid] }.uniq
-      end
-
-      # Without confirm=yes: the confirm page (the same POST again, confirmed). With it: the action.
-      def confirm(question, fields = {})
-        return yield if request.params["confirm"] == "yes"
-
-        hidden_fields = fields.flat_map { |name, values| Array(values).map { |v| hidden(name, v) } }.join
-        form = %(<form method="post" action="#{h(url(request.path_info))}">#{hidden("csrf", @csrf)}#{hidden("confirm", "yes")}) +
-               %(#{hidden_fields}<button type="submit" id="confirm">Yes, do it</button></form>)
-        layout("Confirm", "<p>#{h(question)}</p>#{form}<p>#{link("/", "No, back to the overview")}</p>")
-      end
-
-      def done(what, task_uuid, back = nil)
-        back_html = task_uuid ? link("/tasks/#{task_uuid}", "Back to the task") : link(back || "/", "Back")
-        layout("Done", %(<p class="notice">#{h(what)}</p><p>#{back_html}</p>))
       end
     end
   end

@@ -5,6 +5,7 @@
 #   ruby -Ilib examples/demo.rb [--forever]
 
 require "tasker_worker"
+require "tasker_worker/web"
 require "pg"
 require "fileutils"
 
@@ -47,6 +48,12 @@ worker = TaskerWorker::Worker.new(orchestrate: true, templates_path: File.join(R
                                   concurrency: 10, namespaces: BATCH.map(&:first).uniq).start
 client = TaskerWorker::Client.for(URL)
 puts "worker     #{worker.concurrency} Ruby threads, embedded orchestrator, templates from examples/tasks"
+# The dashboard, for as long as the demo runs (TASKER_DEMO_WEB_PORT, default 9292; 0 picks a free port).
+TaskerWorker::Web.client = client
+web = TaskerWorker::Web.server(port: ENV.fetch("TASKER_DEMO_WEB_PORT", TaskerWorker::Web::DEFAULT_PORT),
+                               log: File.open(File.join(ROOT, "tmp/demo-web.log"), "a"))
+web_thread = Thread.new { web.start }
+puts "dashboard  http://#{web.config[:BindAddress]}:#{web.config[:Port]}/  (TaskerWorker::Web)"
 
 total = BATCH.sum { |b| b[2] }
 puts "submitting #{total} workflows ..."
@@ -123,11 +130,14 @@ puts "  worker: #{status[:counters].slice(:succeeded, :failed, :duplicates, :dea
 puts "  orchestrator: #{status[:orchestrator].slice(:tasks_completed, :tasks_failed, :steps_retried)}"
 
 if ARGV.include?("--forever")
-  puts "\nserving until Ctrl-C (create tasks with TaskerWorker::Client.create_task) ..."
+  puts "\nserving until Ctrl-C (create tasks with TaskerWorker::Client.create_task; " \
+       "dashboard at http://#{web.config[:BindAddress]}:#{web.config[:Port]}/) ..."
   stop = Queue.new
   %w[INT TERM].each { |sig| Signal.trap(sig) { stop << sig } }
   stop.pop
 end
+web.shutdown
+web_thread.join(5)
 report = worker.stop(timeout: 10)
 puts "\nstopped (#{report[:finished]} finished while stopping, #{report[:released]} released)"
 if unexpected.positive?

@@ -153,30 +153,59 @@ fn refusal(err: sqlx::Error) -> TaskerError {
     TaskerError::Database(err)
 }
 
+/// A state with at most this many tasks is listed from the state's index (its tasks sorted),
+/// a commoner one by walking tasks newest first (issue 18: < 100 ms with 100k tasks either way).
+const RARE_STATE_TASKS: i64 = 20_000;
+
 pub async fn tasks(pool: &PgPool, filter: &TaskFilter) -> TaskerResult<Vec<TaskRow>> {
-    Ok(sqlx::query_as::<_, TaskRow>(
-        "SELECT t.task_uuid, tn.name AS namespace, nt.name, nt.version, tt.to_state AS state, t.created_at::timestamptz AS created_at, \
-                t.completed_at::timestamptz AS completed_at, \
+    if let Some(state) = &filter.state {
+        let in_state: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM tasker.task_transitions \
+              WHERE most_recent AND to_state = $1 LIMIT $2) s",
+        )
+        .bind(state)
+        .bind(RARE_STATE_TASKS + 1)
+        .fetch_one(pool)
+        .await?;
+        if in_state <= RARE_STATE_TASKS {
+            return tasks_query(pool, filter, true).await;
+        }
+    }
+    tasks_query(pool, filter, false).await
+}
+
+/// `from_state`: candidates are the state's tasks (materialised, then sorted), not every task.
+async fn tasks_query(pool: &PgPool, filter: &TaskFilter, from_state: bool) -> TaskerResult<Vec<TaskRow>> {
+    let from = if from_state {
+        "FROM (SELECT task_uuid FROM tasker.task_transitions WHERE most_recent AND to_state = $1 OFFSET 0) c \
+           JOIN tasker.tasks t ON t.task_uuid = c.task_uuid "
+    } else {
+        "FROM tasker.tasks t "
+    };
+    let sql = format!(
+        "SELECT t.task_uuid, tn.name AS namespace, nt.name, nt.version, tt.to_state AS state, \
+                t.created_at::timestamptz AS created_at, t.completed_at::timestamptz AS completed_at, \
                 (SELECT count(*) FROM tasker.workflow_steps ws WHERE ws.task_uuid = t.task_uuid) AS steps, \
                 (SELECT count(*) FROM tasker.workflow_steps ws \
                    JOIN tasker.workflow_step_transitions tr \
                      ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent AND tr.to_state = 'error' \
                   WHERE ws.task_uuid = t.task_uuid) AS steps_in_error \
-           FROM tasker.tasks t \
+           {from}\
            JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid \
            JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \
            JOIN tasker.task_transitions tt ON tt.task_uuid = t.task_uuid AND tt.most_recent \
           WHERE ($1::text IS NULL OR tt.to_state = $1) AND ($2::text IS NULL OR tn.name = $2) \
             AND ($3::text IS NULL OR nt.name = $3) AND ($4::timestamptz IS NULL OR t.created_at < $4) \
-          ORDER BY t.created_at DESC, t.task_uuid DESC LIMIT $5",
-    )
-    .bind(&filter.state)
-    .bind(&filter.namespace)
-    .bind(&filter.name)
-    .bind(filter.before)
-    .bind(filter.limit.clamp(1, MAX_LIST_LIMIT))
-    .fetch_all(pool)
-    .await?)
+          ORDER BY t.created_at DESC, t.task_uuid DESC LIMIT $5"
+    );
+    Ok(sqlx::query_as::<_, TaskRow>(&sql)
+        .bind(&filter.state)
+        .bind(&filter.namespace)
+        .bind(&filter.name)
+        .bind(filter.before)
+        .bind(filter.limit.clamp(1, MAX_LIST_LIMIT))
+        .fetch_all(pool)
+        .await?)
 }
 
 /// The task (`task_summary`) and its DAG.
@@ -376,19 +405,7 @@ pub async fn status(pool: &PgPool) -> TaskerResult<Status> {
         Err(other) => return Err(other),
     }
     status.workers = workers(pool).await?;
-    let queues: Vec<(String, i64, Option<i32>)> = sqlx::query_as(
-        "SELECT queue_name, queue_length, oldest_msg_age_sec FROM pgmq.metrics_all() ORDER BY queue_name",
-    )
-    .fetch_all(pool)
-    .await?;
-    status.queues = queues
-        .into_iter()
-        .map(|(queue_name, length, oldest)| QueueDepth {
-            queue_name,
-            length,
-            oldest_message_age_seconds: oldest,
-        })
-        .collect();
+    status.queues = queue_depths(pool).await?;
     status.tasks_by_state = counts(
         pool,
         "SELECT to_state, count(*) FROM tasker.task_transitions WHERE most_recent GROUP BY to_state",
@@ -402,7 +419,137 @@ pub async fn status(pool: &PgPool) -> TaskerResult<Status> {
     Ok(status)
 }
 
+async fn queue_depths(pool: &PgPool) -> TaskerResult<Vec<QueueDepth>> {
+    let queues: Vec<(String, i64, Option<i32>)> = sqlx::query_as(
+        "SELECT queue_name, queue_length, oldest_msg_age_sec FROM pgmq.metrics_all() ORDER BY queue_name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(queues
+        .into_iter()
+        .map(|(queue_name, length, oldest)| QueueDepth {
+            queue_name,
+            length,
+            oldest_message_age_seconds: oldest,
+        })
+        .collect())
+}
+
 async fn counts(pool: &PgPool, sql: &'static str) -> TaskerResult<BTreeMap<String, i64>> {
     let rows: Vec<(String, i64)> = sqlx::query_as(sql).fetch_all(pool).await?;
     Ok(rows.into_iter().collect())
+}
+
+// ---- The dashboard's views (issue 18, lib/tasker_worker/web.rb) ----
+
+/// Steps that finished (complete) and failed (error) in one minute of the last hour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ActivityMinute {
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+    pub failed: i64,
+}
+
+/// `activity`: the last hour, minute by minute (minutes with neither left out), its totals,
+/// and every queue's depth (the overview's numbers, without `status`'s counts of every row).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Activity {
+    pub completed_last_hour: i64,
+    pub failed_last_hour: i64,
+    /// completed_last_hour / 3600.
+    pub steps_per_second: f64,
+    pub minutes: Vec<ActivityMinute>,
+    pub queues: Vec<QueueDepth>,
+}
+
+/// A step in `error` or `waiting_for_retry`, with its task and its stored error.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct FailedStep {
+    pub step_uuid: Uuid,
+    pub step_name: String,
+    pub task_uuid: Uuid,
+    pub namespace: String,
+    pub task_name: String,
+    pub state: String,
+    pub attempts: i32,
+    /// `results.error.error_type` (or `error_class`), `unknown` when the step stored neither.
+    pub error_type: String,
+    pub message: Option<String>,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// One state change of a task (step_name None) or of one of its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Transition {
+    pub step_name: Option<String>,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Steps completed and failed over the last hour (step transitions to complete / error).
+pub async fn activity(pool: &PgPool) -> TaskerResult<Activity> {
+    let minutes: Vec<ActivityMinute> = sqlx::query_as(
+        "SELECT date_trunc('minute', created_at)::timestamptz AS minute, \
+                count(*) FILTER (WHERE to_state = 'complete') AS completed, \
+                count(*) FILTER (WHERE to_state = 'error') AS failed \
+           FROM tasker.workflow_step_transitions \
+          WHERE created_at > now() - interval '1 hour' AND to_state IN ('complete', 'error') \
+          GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let completed_last_hour = minutes.iter().map(|m| m.completed).sum::<i64>();
+    let failed_last_hour = minutes.iter().map(|m| m.failed).sum::<i64>();
+    Ok(Activity {
+        completed_last_hour,
+        failed_last_hour,
+        steps_per_second: completed_last_hour as f64 / 3600.0,
+        minutes,
+        queues: queue_depths(pool).await?,
+    })
+}
+
+/// Steps now in `error` or `waiting_for_retry`, most recently failed first, at most `limit`.
+pub async fn failed_steps(pool: &PgPool, limit: i64) -> TaskerResult<Vec<FailedStep>> {
+    Ok(sqlx::query_as::<_, FailedStep>(
+        "SELECT ws.workflow_step_uuid AS step_uuid, ns.name AS step_name, ws.task_uuid, tn.name AS namespace, \
+                nt.name AS task_name, tr.to_state AS state, coalesce(ws.attempts, 0) AS attempts, \
+                coalesce(ws.results #>> '{error,error_type}', ws.results #>> '{error,error_class}', 'unknown') \
+                  AS error_type, \
+                ws.results #>> '{error,message}' AS message, tr.created_at::timestamptz AS failed_at \
+           FROM tasker.workflow_step_transitions tr \
+           JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = tr.workflow_step_uuid \
+           JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+           JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid \
+           JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid \
+           JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \
+          WHERE tr.most_recent AND tr.to_state IN ('error', 'waiting_for_retry') \
+          ORDER BY tr.created_at DESC, ws.workflow_step_uuid LIMIT $1",
+    )
+    .bind(limit.clamp(1, MAX_LIST_LIMIT))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The task's transitions and its steps', oldest first; NotFound for an unknown task.
+pub async fn task_transitions(pool: &PgPool, task_uuid: Uuid) -> TaskerResult<Vec<Transition>> {
+    let rows = sqlx::query_as::<_, Transition>(
+        "SELECT NULL::text AS step_name, from_state::text, to_state::text, created_at::timestamptz AS created_at \
+           FROM tasker.task_transitions WHERE task_uuid = $1 \
+         UNION ALL \
+         SELECT ns.name, tr.from_state::text, tr.to_state::text, tr.created_at::timestamptz \
+           FROM tasker.workflow_steps ws \
+           JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+           JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid \
+          WHERE ws.task_uuid = $1 \
+          ORDER BY created_at, step_name NULLS FIRST LIMIT 2000",
+    )
+    .bind(task_uuid)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Err(TaskerError::NotFound(format!("no task {task_uuid}")));
+    }
+    Ok(rows)
 }

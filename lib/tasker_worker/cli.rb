@@ -82,7 +82,7 @@ module TaskerWorker
       OptionParser.new do |o|
         o.banner = "Usage: tasker_worker [options]   (runs a worker)\n" \
                    "       tasker_worker COMMAND ...   (status, tasks, task, cancel, retry, resolve, dead-letters, " \
-                   "replay, workers, migrate; `tasker_worker help` for each)"
+                   "replay, workers, web, migrate; `tasker_worker help` for each)"
         o.on("-c", "--concurrency N", Integer, "Ruby threads running handlers (default: max_concurrent_handlers in worker.toml, 10)") do |v|
           @options[:concurrency] = v
         end

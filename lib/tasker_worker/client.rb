@@ -41,7 +41,7 @@ module TaskerWorker
 
       %i[create_task task wait register_templates register_template_file
          tasks task_detail cancel_task retry_step retry_task resolve_step_manually
-         dead_letters replay_dead_letter workers status].each do |name|
+         dead_letters replay_dead_letter workers status activity failed_steps task_transitions].each do |name|
         define_method(name) { |*args, **kwargs| self.for.public_send(name, *args, **kwargs) }
       end
     end
@@ -124,6 +124,24 @@ module TaskerWorker
     #   oldest_message_age_seconds: }], tasks_by_state: {}, steps_by_state: {} }
     def status
       @native.status
+    end
+
+    # The dashboard's views (TaskerWorker::Web):
+    # { completed_last_hour:, failed_last_hour:, steps_per_second:, minutes: [{ minute:, completed:, failed: }] }
+    def activity
+      @native.activity
+    end
+
+    # Steps in error or waiting_for_retry, most recently failed first: [{ step_uuid:, step_name:,
+    # task_uuid:, namespace:, task_name:, state:, attempts:, error_type:, message:, failed_at: }]
+    def failed_steps(limit: 200)
+      @native.failed_steps(Integer(limit))
+    end
+
+    # The task's and its steps' transitions, oldest first: [{ step_name: (nil for the task),
+    # from_state:, to_state:, created_at: }]
+    def task_transitions(task_uuid)
+      @native.task_transitions(task_uuid.to_s)
     end
 
     # Polls until the task is complete or failed; raises TimeoutError after `timeout` seconds.

@@ -60,6 +60,9 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("replay_dead_letter", method!(NativeClient::replay_dead_letter, 1))?;
     class.define_method("workers", method!(NativeClient::workers, 0))?;
     class.define_method("status", method!(NativeClient::status, 0))?;
+    class.define_method("activity", method!(NativeClient::activity, 0))?;
+    class.define_method("failed_steps", method!(NativeClient::failed_steps, 1))?;
+    class.define_method("task_transitions", method!(NativeClient::task_transitions, 1))?;
     Ok(())
 }
 
@@ -312,6 +315,29 @@ impl NativeClient {
     fn status(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
         let status = rb_self.run(ruby, |pool| async move { operations::status(&pool).await })?;
         serde_magnus::serialize(ruby, &status)
+    }
+}
+
+impl NativeClient {
+    /// The dashboard's views (issue 18): `operations::activity`, `failed_steps`, `task_transitions`.
+    fn activity(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
+        let activity = rb_self.run(ruby, |pool| async move { operations::activity(&pool).await })?;
+        serde_magnus::serialize(ruby, &activity)
+    }
+
+    fn failed_steps(ruby: &Ruby, rb_self: &Self, limit: i64) -> Result<Value, Error> {
+        let rows = rb_self.run(ruby, move |pool| async move {
+            operations::failed_steps(&pool, limit).await
+        })?;
+        serde_magnus::serialize(ruby, &rows)
+    }
+
+    fn task_transitions(ruby: &Ruby, rb_self: &Self, task_uuid: String) -> Result<Value, Error> {
+        let uuid = parse_uuid(ruby, "task uuid", &task_uuid)?;
+        let rows = rb_self.run(ruby, move |pool| async move {
+            operations::task_transitions(&pool, uuid).await
+        })?;
+        serde_magnus::serialize(ruby, &rows)
     }
 }
 

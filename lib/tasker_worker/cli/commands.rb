@@ -24,6 +24,7 @@ module TaskerWorker
         "dead-letters" => "dead letters, newest first [--limit N]",
         "replay" => "replay ID: send a dead letter's message to its queue again",
         "workers" => "worker processes and their heartbeats",
+        "web" => "the dashboard (TaskerWorker::Web) at http://127.0.0.1:9292/ [--port N] [--bind HOST]; Ctrl-C stops it",
         "migrate" => "install PGMQ and the tasker schema (TaskerWorker::Database.migrate!)",
         "help" => "this list (tasker_worker --help: the worker's options)"
       }.freeze
@@ -116,6 +117,19 @@ module TaskerWorker
         [COMMANDS, lines]
       end
 
+      # Serves until INT or TERM.
+      def cmd_web
+        require_relative "../web"
+        Web.client = client
+        server = Web.server(host: @options.fetch(:bind, Web::DEFAULT_HOST), port: @options.fetch(:port, Web::DEFAULT_PORT),
+                            log: @err)
+        %w[INT TERM].each { |signal| trap(signal) { server.shutdown } }
+        address = "http://#{server.config[:BindAddress]}:#{server.config[:Port]}/"
+        @err.puts "tasker_worker web: the dashboard is at #{address} (Ctrl-C stops it)"
+        server.start
+        [{ "address" => address }, ["tasker_worker web: stopped"]]
+      end
+
       def cmd_migrate
         result = Database.migrate!(database_url)
         [result, [Database.describe(result)]]
@@ -141,6 +155,8 @@ module TaskerWorker
           o.on("--before TIME", "tasks: created before this RFC 3339 time") { |v| @options[:before] = v }
           o.on("--limit N", Integer, "tasks, dead-letters: at most N rows (default 50)") { |v| @options[:limit] = v }
           o.on("--result JSON", "resolve: the step's result") { |v| @options[:result] = v }
+          o.on("--port N", Integer, "web: the port (default 9292)") { |v| @options[:port] = v }
+          o.on("--bind HOST", "web: the address to listen on (default 127.0.0.1)") { |v| @options[:bind] = v }
           o.on("-h", "--help", "this help") { @out.puts(o.help) || exit(EXIT_OK) }
         end
       end

@@ -465,6 +465,20 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     .await
     .unwrap();
     assert_eq!(listed.len(), 3);
+    // The dashboard's reads, on their timestamp columns.
+    let (failing_task, _, _) = expected[2];
+    let timeline = tasker_worker::operations::task_transitions(&pool, failing_task)
+        .await
+        .unwrap();
+    assert!(timeline.iter().any(|t| t.to_state == "error"), "{timeline:?}");
+    let failed = tasker_worker::operations::failed_steps(&pool, 10).await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let activity = tasker_worker::operations::activity(&pool).await.unwrap();
+    assert_eq!(
+        (activity.completed_last_hour, activity.failed_last_hour),
+        (8, 1),
+        "{activity:?}"
+    );
     // Their audit: one row per result the worker committed (linear 4: c failed once; diamond 5:
     // right failed once; failing 2), each with the worker's uuid and the task's correlation id.
     let audit: Vec<(Option<uuid::Uuid>, Option<uuid::Uuid>, uuid::Uuid)> = sqlx::query_as(

@@ -30,7 +30,7 @@ module Bench
       sync = ThrowawayDatabase.setting(url, "synchronous_commit")
       worker = TaskerWorker::Worker.new(registry: Bench.noop_registry, concurrency: concurrency,
                                         namespaces: [Prepared::NAMESPACE], database_url: url, templates_path: nil)
-      pg_before = PgWork.snapshot(url)
+      pg_before = PgWork.snapshot_before(url)
       cpu_before = Cpu.snapshot(url)
       started = Bench.now
       worker.start
@@ -43,7 +43,7 @@ module Bench
       status = worker.status
       worker.stop(timeout: 10)
       pg_after = PgWork.snapshot_after(url)
-      pg = PgWork.per_step(url, pg_before, pg_after, succeeded)
+      pg = PgWork.per_step(url, pg_before, pg_after, succeeded, keep: ENV["BENCH_WAL_BREAKDOWN"] == "1")
       committed = ThrowawayDatabase.committed_steps(url)
       counters = status[:counters]
       Bench.log(format("concurrency %d: %d steps in %.2f s = %.1f steps/s (synchronous_commit=%s, " \

@@ -13,14 +13,29 @@
 # - Commits: pg_stat_database.xact_commit delta for the database (the statistics collector
 #   flushes with a delay; the snapshot after waits ~0.6 s and forces a fresh snapshot).
 #
-# Needs a superuser (pg_walinspect) and the WAL of the range still on disk; a failure raises
-# naming the cause rather than printing nothing.
+# The WAL of the range must still be on disk when it is read: the server is shared and busy
+# and its checkpoints recycle segments within seconds, so the snapshot before creates a
+# temporary physical replication slot (reserving WAL from its LSN on) on a connection held
+# until the figures are read; closing that connection drops the slot. Needs a superuser
+# (pg_walinspect, the slot) and a free replication slot; a failure raises naming the cause
+# rather than printing nothing.
 require "pg"
 require_relative "common"
 
 module Bench
   module PgWork
     module_function
+
+    # The snapshot before: holds the WAL from here on (see the header) until #per_step.
+    def snapshot_before(url)
+      holder = PG.connect(url)
+      holder.exec("SELECT pg_create_physical_replication_slot($1, true, true)",
+                  ["tw_bench_wal_#{Process.pid}_#{holder.backend_pid}"])
+      snapshot(url).merge(holder: holder)
+    rescue StandardError
+      holder&.close
+      raise
+    end
 
     def snapshot(url)
       conn = PG.connect(url)
@@ -47,8 +62,10 @@ module Bench
     end
 
     # { "wal records" => per step, "wal bytes" => per step, "commits" => per step, ... }.
-    def per_step(url, before, after, steps)
+    # Releases the WAL held since #snapshot_before unless `keep: true` (for a #breakdown next).
+    def per_step(url, before, after, steps, keep: false)
       records, bytes = attributed(url, before, after)
+      release(before) unless keep
       {
         "wal records" => (records.to_f / steps).round(2),
         "wal bytes" => (bytes.to_f / steps).round(1),
@@ -81,6 +98,10 @@ module Bench
       conn&.close
     end
 
+    def release(before)
+      before[:holder]&.close
+    end
+
     # Records per step by resource manager and type (the ten largest), for the cost table.
     def breakdown(url, before, after, steps)
       conn = PG.connect(url)
@@ -107,6 +128,7 @@ module Bench
       end
     ensure
       conn&.close
+      release(before)
     end
   end
 end

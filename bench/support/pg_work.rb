@@ -43,7 +43,7 @@ module Bench
       conn.exec("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
       conn.exec("SELECT pg_stat_clear_snapshot()")
       row = conn.exec(<<~SQL).first
-        SELECT pg_current_wal_insert_lsn()::text AS lsn,
+        SELECT pg_current_wal_flush_lsn()::text AS lsn,  -- pg_walinspect reads up to the flushed WAL
                (SELECT wal_records FROM pg_stat_wal) AS wal_records,
                (SELECT wal_bytes FROM pg_stat_wal) AS wal_bytes,
                (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits,

@@ -1,0 +1,16 @@
+-- Issue 19: less PostgreSQL work per step on the worker's hot path.
+--
+-- A step row is updated twice per run of its handler (the claim: attempts, in_process,
+-- last_attempted_at; the result: results, in_process), and no indexed column of
+-- tasker.workflow_steps changes in either, so both updates can be HOT (heap-only: no new
+-- entry in the table's three indexes, no row lock record for leaving the page) when the new
+-- version fits on the row's page. With the default fillfactor (100) the pages are packed full
+-- when the steps are created, and 50-80% of these updates went to another page and wrote an
+-- entry in every index (bench/drain.rb with BENCH_WAL_BREAKDOWN=1). Half of each page is left
+-- free for the new versions (75 still sent about half of them to other pages); HOT pruning
+-- reclaims the dead ones on later visits. The gain measured is small (non-HOT step updates
+-- 1.03 -> 0.65 per step, about 1.5 WAL records of 38; BENCHMARKS.md, session 7); the table
+-- takes up to twice the pages. A storage parameter only: row shapes and the tasker-core
+-- protocol are unchanged, and pages written before this migration keep their packing until
+-- rewritten.
+ALTER TABLE tasker.workflow_steps SET (fillfactor = 50);

@@ -7,11 +7,14 @@
 #
 #   ruby -Ilib bench/drain.rb [--quick] [--concurrency 1,4,10,25]
 #
-# Prints one RESULT line per concurrency.
+# Prints one RESULT line per concurrency, with PostgreSQL's work per step (backend CPU, WAL
+# records and bytes of this database, commits; bench/support/pg_work.rb) next to throughput.
+# BENCH_WAL_BREAKDOWN=1 also logs the WAL records per step by record type and relation.
 require_relative "support/worker_setup"
 require_relative "support/prepare"
 require_relative "support/database"
 require_relative "support/cpu"
+require_relative "support/pg_work"
 
 module Bench
   module Drain
@@ -27,6 +30,7 @@ module Bench
       sync = ThrowawayDatabase.setting(url, "synchronous_commit")
       worker = TaskerWorker::Worker.new(registry: Bench.noop_registry, concurrency: concurrency,
                                         namespaces: [Prepared::NAMESPACE], database_url: url, templates_path: nil)
+      pg_before = PgWork.snapshot_before(url)
       cpu_before = Cpu.snapshot(url)
       started = Bench.now
       worker.start
@@ -38,6 +42,8 @@ module Bench
       cpu = Cpu.per_step(cpu_before, Cpu.snapshot(url), succeeded)
       status = worker.status
       worker.stop(timeout: 10)
+      pg_after = PgWork.snapshot_after(url)
+      pg = PgWork.per_step(url, pg_before, pg_after, succeeded, keep: ENV["BENCH_WAL_BREAKDOWN"] == "1")
       committed = ThrowawayDatabase.committed_steps(url)
       counters = status[:counters]
       Bench.log(format("concurrency %d: %d steps in %.2f s = %.1f steps/s (synchronous_commit=%s, " \
@@ -45,13 +51,30 @@ module Bench
                        succeeded / seconds, sync, counters[:messages_read].fdiv(counters[:read_batches]),
                        counters[:succeeded].fdiv(counters[:commit_batches])))
       Bench.log("  CPU µs per step: #{cpu}")
+      round_trips = (counters[:read_batches] + counters[:commit_batches]).fdiv(succeeded).round(3)
+      log_pg_work(url, pg, round_trips, pg_before, pg_after, succeeded)
       raise "only #{committed} of #{tasks} steps reached enqueued_for_orchestration" if committed < tasks
 
       Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, seconds: seconds.round(3),
                    steps_per_s: (succeeded / seconds).round(1), synchronous_commit: sync,
                    steps_per_read: counters[:messages_read].fdiv(counters[:read_batches]).round(2),
                    steps_per_commit: counters[:succeeded].fdiv(counters[:commit_batches]).round(2),
-                   cpu_us_per_step: cpu, quick: Bench.quick?)
+                   cpu_us_per_step: cpu, pg_per_step: pg,
+                   round_trips_per_step: round_trips,
+                   quick: Bench.quick?)
+    end
+
+    # PostgreSQL's work per step; with BENCH_WAL_BREAKDOWN=1 also the WAL records per step by
+    # record type and relation (the largest 25).
+    def log_pg_work(url, per_step, round_trips, before, after, steps)
+      Bench.log("  PostgreSQL per step: #{per_step}; round trips per step: #{round_trips} " \
+                "(claim calls that read messages + commit transactions)")
+      return unless ENV["BENCH_WAL_BREAKDOWN"] == "1"
+
+      PgWork.breakdown(url, before, after, steps).each do |row|
+        Bench.log(format("    %-22s %-56s %6.2f records %7.1f bytes per step", row[:kind], row[:relation],
+                         row[:per_step], row[:bytes_per_step]))
+      end
     end
   end
 end

@@ -12,6 +12,7 @@
 require "json"
 require "time"
 require_relative "common"
+require_relative "pg_work_table"
 
 module Bench
   class Report
@@ -251,6 +252,11 @@ module Bench
         that CPU time divided by the wall time (the machine has #{@machine[:nproc]}).
 
         #{cpu_table(concurrencies)}
+        PostgreSQL's work per step during the drain (median over the runs; bench/support/pg_work.rb):
+        WAL records and bytes of the benchmark's database (pg_walinspect), commits, round trips
+        (claim calls that read messages + commit transactions).
+
+        #{PgWorkTable.render(concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] }) { |v, d| fmt(v, d) }}
       MD
     end
 

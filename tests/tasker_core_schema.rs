@@ -53,10 +53,7 @@ async fn steps_created_with_null_attempts_are_claimed_counted_from_one_and_retri
         }),
     );
     let config = worker_config(&db, &["nullattempts"]);
-    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
-    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
-        .await
-        .unwrap();
+    // The task exists before anything can claim its steps: they are counted as created.
     let task = create_task(&db.pool, &task_request("nullattempts", "flaky", json!({})))
         .await
         .unwrap();
@@ -68,6 +65,10 @@ async fn steps_created_with_null_attempts_are_claimed_counted_from_one_and_retri
     .await
     .unwrap();
     assert_eq!(nulls, 2, "the steps start as tasker-core's do");
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
+        .await
+        .unwrap();
 
     let state = wait_settled(&db.pool, task, Duration::from_secs(30)).await;
     assert_eq!(state, "complete");

@@ -126,6 +126,19 @@ module TaskerWorker
       @native.status
     end
 
+    # One retention round now, with the configured ages (TaskerWorker.configuration: its
+    # retention_* options, the file, the defaults): deletes completed (and, when
+    # retention_failed_after is set, failed) tasks older than their age with their steps, edges
+    # and transitions, and archived queue messages older than retention_archive_after. With
+    # dry_run: counts them, deletes nothing. Returns { ran:, dry_run:, batches:,
+    # deleted: { "tasker.tasks" => n, ..., "pgmq.a_<queue>" => n } }; ran is false when another
+    # process was pruning (nothing done).
+    def prune(dry_run: false, configuration: TaskerWorker.configuration)
+      retention = configuration.effective.fetch(:retention)
+      @native.prune(*retention.values_at(:completed_after_seconds, :failed_after_seconds, :archive_after_seconds,
+                                         :batch_size), dry_run ? true : false)
+    end
+
     # Polls until the task is complete or failed; raises TimeoutError after `timeout` seconds.
     def wait(task_uuid, timeout: 30, interval: 0.05)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout

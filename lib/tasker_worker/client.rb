@@ -41,7 +41,7 @@ module TaskerWorker
 
       %i[create_task task wait register_templates register_template_file
          tasks task_detail cancel_task retry_step retry_task resolve_step_manually
-         dead_letters replay_dead_letter workers status].each do |name|
+         dead_letters replay_dead_letter workers status prune].each do |name|
         define_method(name) { |*args, **kwargs| self.for.public_send(name, *args, **kwargs) }
       end
     end

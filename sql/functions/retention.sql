@@ -68,7 +68,7 @@ CREATE OR REPLACE FUNCTION tasker.retention_prune_tasks(
     p_batch_size         integer
 )
 RETURNS TABLE (table_name text, deleted bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = tasker, public AS $$
 DECLARE
     v_locked uuid[];
     v_tasks  uuid[];
@@ -136,7 +136,7 @@ CREATE OR REPLACE FUNCTION tasker.retention_prune_archive(
     p_dry_run            boolean
 )
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = tasker, public AS $$
 DECLARE
     v_table text := 'a_' || p_queue;
     v_n     bigint;
@@ -162,7 +162,7 @@ $$;
 -- entries. Applies only where autovacuum runs.
 CREATE OR REPLACE FUNCTION tasker.retention_queue_settings(p_queue text)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = tasker, public AS $$
 BEGIN
     EXECUTE format('ALTER TABLE pgmq.%I SET (autovacuum_vacuum_scale_factor = 0,'
                    ' autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_insert_scale_factor = 0,'

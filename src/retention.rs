@@ -111,7 +111,10 @@ pub async fn prune(pool: &PgPool, policy: &RetentionPolicy, dry_run: bool) -> Ta
         return Ok(report);
     }
     report.ran = true;
-    let outcome = prune_locked(&mut conn, policy, &mut report).await;
+    let mut outcome = prune_locked(&mut conn, policy, &mut report).await;
+    if outcome.is_ok() && !dry_run {
+        outcome = vacuum(&mut conn, &report).await;
+    }
     // Unlocked explicitly: a closed session's locks go only when its backend has exited,
     // which the next round may not wait for. Closing still releases it if this fails.
     if outcome.is_ok() {
@@ -198,6 +201,26 @@ async fn prune_locked(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// VACUUM (ANALYZE) of every table the round deleted rows from: the deleted rows' index
+/// entries would otherwise stay until autovacuum comes (never, where it is off), and a drain's
+/// index scans step over them. Outside a transaction, on the round's own connection; it
+/// blocks no reads or writes.
+async fn vacuum(conn: &mut PgConnection, report: &PruneReport) -> TaskerResult<()> {
+    // The names come from our own functions and pgmq.meta; quoted all the same.
+    let quote = |part: &str| format!("\"{}\"", part.replace('"', "\"\""));
+    let statements: Vec<String> = report
+        .deleted
+        .iter()
+        .filter(|(_, rows)| *rows > 0)
+        .filter_map(|(table, _)| table.split_once('.'))
+        .map(|(schema, name)| format!("VACUUM (ANALYZE) {}.{}", quote(schema), quote(name)))
+        .collect();
+    for sql in statements {
+        sqlx::query(&sql).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -35,6 +35,59 @@ pub struct TaskerConfig {
     pub worker: WorkerConfig,
     pub runtime: RuntimeConfig,
     pub metrics: MetricsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// What retention deletes and how often (see `crate::retention`). An age of 0 keeps that
+/// kind for ever.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Completed tasks (complete, resolved_manually) finished longer ago are deleted.
+    pub completed_after_seconds: u64,
+    /// Failed tasks (error, cancelled) finished longer ago are deleted; 0 (the default): kept.
+    pub failed_after_seconds: u64,
+    /// PGMQ archive rows (`pgmq.a_<queue>`, every queue) archived longer ago are deleted.
+    pub archive_after_seconds: u64,
+    /// A worker process runs a round this often; 0: only on demand.
+    pub interval_seconds: u64,
+    /// Most tasks (or archive rows) deleted per transaction.
+    pub batch_size: u32,
+}
+
+impl RetentionConfig {
+    pub fn interval(&self) -> Option<Duration> {
+        (self.interval_seconds > 0).then(|| Duration::from_secs(self.interval_seconds))
+    }
+
+    fn check(&self, issues: &mut Vec<Issue>) {
+        // Past a century an age is a typo; PostgreSQL's intervals hold it either way.
+        const MAX_AGE: u64 = 100 * 365 * 24 * 60 * 60;
+        check_range(
+            issues,
+            "retention.completed_after_seconds",
+            self.completed_after_seconds,
+            0..=MAX_AGE,
+        );
+        check_range(
+            issues,
+            "retention.failed_after_seconds",
+            self.failed_after_seconds,
+            0..=MAX_AGE,
+        );
+        check_range(
+            issues,
+            "retention.archive_after_seconds",
+            self.archive_after_seconds,
+            0..=MAX_AGE,
+        );
+        // Below 10 s the rounds would be a busy loop of empty scans against the database.
+        if self.interval_seconds != 0 && self.interval_seconds < 10 {
+            let message = format!("must be 0 (off) or at least 10, got {}", self.interval_seconds);
+            issues.push(Issue::new("retention.interval_seconds", message));
+        }
+        check_range(issues, "retention.batch_size", self.batch_size, 1..=100_000);
+    }
 }
 
 /// The HTTP listener serving `/metrics`, `/health` and `/ready` (see `crate::metrics`).
@@ -273,6 +326,7 @@ impl TaskerConfig {
         self.worker.check(&mut issues);
         self.runtime.check(&mut issues);
         self.metrics.check(&mut issues);
+        self.retention.check(&mut issues);
         issues
     }
 }

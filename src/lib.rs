@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod node;
 pub mod operations;
 pub mod orchestration;
+pub mod retention;
 pub mod worker;
 
 #[cfg(any(test, feature = "test-support"))]

@@ -212,3 +212,46 @@ async fn a_message_out_of_order_and_a_dead_letter_are_each_logged() {
     core.shutdown().await.unwrap();
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_retention_round_is_logged_once_with_its_counts() {
+    captured();
+    let db = TestDatabase::migrated().await;
+    let client = MessageClient::new(db.pool.clone());
+    client.create_queue("worker_logret_queue").await.expect("queue");
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(
+            client
+                .send_with_notify("worker_logret_queue", &json!({ "i": i }), 0)
+                .await
+                .expect("send"),
+        );
+    }
+    client
+        .archive("worker_logret_queue", &ids)
+        .await
+        .expect("archive");
+    sqlx::query("UPDATE pgmq.a_worker_logret_queue SET archived_at = now() - interval '2 days'")
+        .execute(&db.pool)
+        .await
+        .expect("backdate");
+    let policy = tasker_worker::retention::RetentionPolicy {
+        completed_after: Some(Duration::from_secs(86_400)),
+        failed_after: None,
+        archive_after: Some(Duration::from_secs(86_400)),
+        batch_size: 100,
+    };
+    tasker_worker::retention::round(&db.pool, &policy).await;
+    // 7 archived messages: a count no other test of this binary logs.
+    let line = wait_event("retention_pruned", "archived_messages", "7").await;
+    assert_eq!(line.level, tracing::Level::INFO);
+    assert_eq!(
+        line.fields.get("tasks").map(String::as_str),
+        Some("0"),
+        "{line:?}"
+    );
+    assert!(line.fields.contains_key("duration_ms"), "{line:?}");
+    assert_eq!(events("retention_pruned", "archived_messages", "7").len(), 1);
+    db.drop_database().await;
+}

@@ -41,7 +41,7 @@ module TaskerWorker
 
       %i[create_task task wait register_templates register_template_file
          tasks task_detail cancel_task retry_step retry_task resolve_step_manually
-         dead_letters replay_dead_letter workers status activity failed_steps task_transitions].each do |name|
+         dead_letters replay_dead_letter workers status activity failed_steps task_transitions prune].each do |name|
         define_method(name) { |*args, **kwargs| self.for.public_send(name, *args, **kwargs) }
       end
     end
@@ -142,6 +142,19 @@ module TaskerWorker
     # from_state:, to_state:, created_at: }]
     def task_transitions(task_uuid)
       @native.task_transitions(task_uuid.to_s)
+    end
+
+    # One retention round now, with the configured ages (TaskerWorker.configuration: its
+    # retention_* options, the file, the defaults): deletes completed (and, when
+    # retention_failed_after is set, failed) tasks older than their age with their steps, edges
+    # and transitions, and archived queue messages older than retention_archive_after. With
+    # dry_run: counts them, deletes nothing. Returns { ran:, dry_run:, batches:,
+    # deleted: { "tasker.tasks" => n, ..., "pgmq.a_<queue>" => n } }; ran is false when another
+    # process was pruning (nothing done).
+    def prune(dry_run: false, configuration: TaskerWorker.configuration)
+      retention = configuration.effective.fetch(:retention)
+      @native.prune(*retention.values_at(:completed_after_seconds, :failed_after_seconds, :archive_after_seconds,
+                                         :batch_size), dry_run ? true : false)
     end
 
     # Polls until the task is complete or failed; raises TimeoutError after `timeout` seconds.

@@ -210,6 +210,11 @@ impl MessageClient {
             .bind(queue_name)
             .execute(&mut *tx)
             .await?;
+        // Autovacuum settings for its q_/a_ tables (sql/functions/retention.sql).
+        sqlx::query("SELECT tasker.retention_queue_settings($1)")
+            .bind(queue_name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

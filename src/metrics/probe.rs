@@ -198,6 +198,11 @@ impl Probe {
             c.succeeded,
         );
         registry.register(
+            "retention_deleted_rows",
+            "Rows deleted by retention in this process, by table",
+            crate::retention::deleted_rows().clone(),
+        );
+        registry.register(
             "steps_failed",
             "Failure results committed, by error type",
             timings().failed_by_type.clone(),

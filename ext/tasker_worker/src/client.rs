@@ -11,6 +11,7 @@ use tasker_worker::database::{self, PoolSettings};
 use tasker_worker::limits;
 use tasker_worker::operations::{self, TaskFilter};
 use tasker_worker::orchestration::{self, TaskRequest, TaskTemplate};
+use tasker_worker::retention;
 use tasker_worker::{TaskerError, TaskerResult};
 
 #[magnus::wrap(class = "TaskerWorker::Native::Client", free_immediately, size)]
@@ -63,6 +64,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_method("activity", method!(NativeClient::activity, 0))?;
     class.define_method("failed_steps", method!(NativeClient::failed_steps, 1))?;
     class.define_method("task_transitions", method!(NativeClient::task_transitions, 1))?;
+    class.define_method("prune", method!(NativeClient::prune, 5))?;
     Ok(())
 }
 
@@ -315,6 +317,39 @@ impl NativeClient {
     fn status(ruby: &Ruby, rb_self: &Self) -> Result<Value, Error> {
         let status = rb_self.run(ruby, |pool| async move { operations::status(&pool).await })?;
         serde_magnus::serialize(ruby, &status)
+    }
+
+    /// One retention round; ages in seconds (0: that kind kept), as Ruby's configuration has them.
+    fn prune(
+        ruby: &Ruby,
+        rb_self: &Self,
+        completed_after_s: u64,
+        failed_after_s: u64,
+        archive_after_s: u64,
+        batch_size: u32,
+        dry_run: bool,
+    ) -> Result<RHash, Error> {
+        let config = tasker_worker::config::RetentionConfig {
+            completed_after_seconds: completed_after_s,
+            failed_after_seconds: failed_after_s,
+            archive_after_seconds: archive_after_s,
+            interval_seconds: 0,
+            batch_size,
+        };
+        let policy = retention::RetentionPolicy::from(&config);
+        let report = rb_self.run(ruby, move |pool| async move {
+            retention::prune(&pool, &policy, dry_run).await
+        })?;
+        let deleted = ruby.hash_new();
+        for (table, rows) in &report.deleted {
+            deleted.aset(table.as_str(), *rows)?;
+        }
+        let hash = ruby.hash_new();
+        hash.aset(ruby.to_symbol("ran"), report.ran)?;
+        hash.aset(ruby.to_symbol("dry_run"), report.dry_run)?;
+        hash.aset(ruby.to_symbol("batches"), report.batches)?;
+        hash.aset(ruby.to_symbol("deleted"), deleted)?;
+        Ok(hash)
     }
 }
 

@@ -25,6 +25,7 @@ module TaskerWorker
         "replay" => "replay ID: send a dead letter's message to its queue again",
         "workers" => "worker processes and their heartbeats",
         "web" => "the dashboard (TaskerWorker::Web) at http://127.0.0.1:9292/ [--port N] [--bind HOST]; Ctrl-C stops it",
+        "prune" => "delete old finished tasks and archived messages, per [retention] [--dry-run: count only]",
         "migrate" => "install PGMQ and the tasker schema (TaskerWorker::Database.migrate!)",
         "help" => "this list (tasker_worker --help: the worker's options)"
       }.freeze
@@ -111,6 +112,12 @@ module TaskerWorker
         [rows, Format.table(rows, %i[worker_id hostname pid state namespaces concurrency last_heartbeat version])]
       end
 
+      def cmd_prune
+        report = client.prune(dry_run: @options[:dry_run])
+        @exit = EXIT_FAILED unless report[:ran]
+        [report, Format.prune(report)]
+      end
+
       def cmd_help
         lines = ["Usage: tasker_worker COMMAND [options] (tasker_worker COMMAND --help for its options)", ""] +
                 COMMANDS.map { |name, what| format("  %-13s %s", name, what) }
@@ -157,6 +164,7 @@ module TaskerWorker
           o.on("--result JSON", "resolve: the step's result") { |v| @options[:result] = v }
           o.on("--port N", Integer, "web: the port (default 9292)") { |v| @options[:port] = v }
           o.on("--bind HOST", "web: the address to listen on (default 127.0.0.1)") { |v| @options[:bind] = v }
+          o.on("--dry-run", "prune: count what would be deleted, delete nothing") { @options[:dry_run] = true }
           o.on("-h", "--help", "this help") { @out.puts(o.help) || exit(EXIT_OK) }
         end
       end
@@ -222,6 +230,14 @@ module TaskerWorker
           ["", "queues:"] + table(status[:queues], %i[queue_name length oldest_message_age_seconds]) +
           ["", "tasks by state:"] + counts(status[:tasks_by_state]) +
           ["", "steps by state:"] + counts(status[:steps_by_state])
+      end
+
+      def prune(report)
+        return ["another process is pruning now; nothing done"] unless report[:ran]
+
+        verb = report[:dry_run] ? "would delete" : "deleted"
+        rows = report[:deleted].map { |table, n| { table: table, rows: n } }
+        ["#{verb} #{report[:deleted].values.sum} row(s) in #{report[:batches]} batch(es):"] + table(rows, %i[table rows])
       end
 
       def counts(hash)

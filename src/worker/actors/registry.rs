@@ -9,6 +9,7 @@
 //! ```
 
 use crate::config::TaskerConfig;
+use crate::retention::{Retention, RetentionPolicy};
 use crate::worker::actor_command_processor::ActorCommandProcessor;
 use crate::worker::actors::messages::{StepCompletion, WorkerCommand};
 use crate::worker::actors::step_executor_actor::{concurrent_batches, StepExecutorActor};
@@ -60,6 +61,8 @@ pub struct WorkerActorRegistry {
     domain_event_publisher: Task,
     /// Registers the process in `tasker.workers`; stopped last, it records `stopped`.
     heartbeat: Task,
+    /// Retention rounds every `retention.interval_seconds` (none when 0).
+    retention: Option<Task>,
     pub command_tx: mpsc::Sender<WorkerCommand>,
     pub wake: Arc<Notify>,
 }
@@ -185,6 +188,15 @@ impl WorkerActorRegistry {
         };
         let heartbeat = Task::spawn_source(|stop| heartbeat.run(stop));
 
+        let retention = config.retention.interval().map(|interval| {
+            let retention = Retention {
+                pool: state.pool.clone(),
+                policy: RetentionPolicy::from(&config.retention),
+                interval,
+            };
+            Task::spawn_source(|stop| retention.run(stop))
+        });
+
         Self {
             state,
             event_system,
@@ -195,6 +207,7 @@ impl WorkerActorRegistry {
             completion_processor,
             domain_event_publisher,
             heartbeat,
+            retention,
             command_tx,
             wake,
         }
@@ -224,9 +237,13 @@ impl WorkerActorRegistry {
             completion_processor,
             domain_event_publisher,
             heartbeat,
+            retention,
             command_tx,
             wake: _,
         } = self;
+        if let Some(retention) = retention {
+            retention.stop().await;
+        }
         event_system.stop().await;
         command_processor.stop().await;
         drop(command_tx);

@@ -221,20 +221,7 @@ async fn a_workflow_runs_on_tables_with_their_timestamp_columns_and_no_defaults(
     }
     let template = TaskTemplate::from_yaml(DIAMOND, "test").unwrap();
     register_template(&db.pool, &template).await.unwrap();
-    let registry = Arc::new(InMemoryHandlerRegistry::new());
-    registry.register(
-        "Ok",
-        handler_fn(|_ctx| async move { Ok(StepSuccess::new(json!({"ok": true}))) }),
-    );
-    registry.register(
-        "Flaky",
-        handler_fn(|ctx| async move {
-            if ctx.attempts == 1 {
-                return Err(StepFailure::new("", "first attempt fails", true));
-            }
-            Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
-        }),
-    );
+    let registry = ok_and_flaky();
     let config = worker_config(&db, &["theirtypes"]);
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
     let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
@@ -409,20 +396,7 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
             .await
             .unwrap();
     }
-    let registry = Arc::new(InMemoryHandlerRegistry::new());
-    registry.register(
-        "Ok",
-        handler_fn(|_ctx| async move { Ok(StepSuccess::new(json!({"ok": true}))) }),
-    );
-    registry.register(
-        "Flaky",
-        handler_fn(|ctx| async move {
-            if ctx.attempts == 1 {
-                return Err(StepFailure::new("", "first attempt fails", true));
-            }
-            Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
-        }),
-    );
+    let registry = ok_and_flaky();
     registry.register(
         "Broken",
         handler_fn(|_ctx| async move { Err(StepFailure::new("", "card declined", false)) }),
@@ -498,4 +472,23 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     orchestrator.shutdown().await;
     pool.close().await;
     db.drop_database().await;
+}
+
+/// Handlers `Ok` (succeeds) and `Flaky` (fails its first attempt retryably, then succeeds).
+fn ok_and_flaky() -> Arc<InMemoryHandlerRegistry> {
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    registry.register(
+        "Ok",
+        handler_fn(|_ctx| async move { Ok(StepSuccess::new(json!({"ok": true}))) }),
+    );
+    registry.register(
+        "Flaky",
+        handler_fn(|ctx| async move {
+            if ctx.attempts == 1 {
+                return Err(StepFailure::new("", "first attempt fails", true));
+            }
+            Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
+        }),
+    );
+    registry
 }

@@ -35,5 +35,6 @@ RSpec.configure do |config|
     config.around { |example| GcStress.run { example.run } }
   end
 
+  config.after { TestDatabase.drop_created }
   config.after(:suite) { TestDatabase.drop_all }
 end

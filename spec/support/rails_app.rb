@@ -20,7 +20,7 @@ class RailsApp
 
   def initialize
     @root = File.join(Dir.mktmpdir("tasker_worker_rails"), "shop")
-    @databases = { "development" => TestDatabase.create, "test" => TestDatabase.create }
+    @databases = { "development" => TestDatabase.create(keep: true), "test" => TestDatabase.create(keep: true) }
   end
 
   def generate

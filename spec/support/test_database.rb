@@ -11,17 +11,21 @@ module TestDatabase
   PREFIX = "tw_test_"
 
   @created = []
+  @kept = []
 
   class << self
     def url
       ENV.fetch("DATABASE_URL", DEFAULT_URL)
     end
 
-    # Creates an empty database and returns its URL.
-    def create
+    # Creates an empty database and returns its URL. It is dropped after the example that
+    # created it (its connections, and the Client pools on it, go with it: the server's
+    # connection limit is shared by the whole suite), unless `keep:` makes it live until the
+    # suite ends (a fixture shared by several examples, such as the generated Rails app's).
+    def create(keep: false)
       name = "#{PREFIX}rb_#{SecureRandom.hex(6)}"
       admin { |conn| conn.exec(%(CREATE DATABASE "#{name}")) }
-      @created << name
+      (keep ? @kept : @created) << name
       url_for(name)
     end
 
@@ -36,9 +40,17 @@ module TestDatabase
             "Run bin/setup or set DATABASE_URL."
     end
 
-    def drop_all
+    # The databases made during the example (after its own `after` hooks stopped its workers).
+    def drop_created
       @created.each { |name| admin { |conn| conn.exec(%(DROP DATABASE IF EXISTS "#{name}" WITH (FORCE))) } }
       @created.clear
+    end
+
+    def drop_all
+      drop_created
+      @created.concat(@kept)
+      @kept.clear
+      drop_created
     end
 
     private

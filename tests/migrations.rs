@@ -392,3 +392,16 @@ async fn a_migration_changed_after_it_was_applied_is_refused_by_name() {
     );
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn our_send_with_notify_is_marked_so_a_later_migrate_replaces_it() {
+    let db = TestDatabase::migrated().await;
+    let marked: Option<String> = sqlx::query_scalar(
+        "SELECT obj_description('tasker.pgmq_send_with_notify(text, jsonb, integer)'::regprocedure, 'pg_proc')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(marked.as_deref(), Some("tasker_worker"));
+    db.drop_database().await;
+}

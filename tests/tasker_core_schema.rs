@@ -280,7 +280,13 @@ async fn their_database() -> TestDatabase {
 /// Everything the catalog says about their tables and their migration record, one line each.
 async fn their_definitions(pool: &sqlx::PgPool) -> Vec<String> {
     let tables: Vec<String> = THEIR_TABLES.iter().map(|t| t.to_string()).collect();
-    sqlx::query_scalar(
+    // The catalog renders names relative to the search_path: read it with one fixed path.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL search_path = public")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let lines = sqlx::query_scalar(
         "SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable, column_default) \
            FROM information_schema.columns WHERE table_schema = 'tasker' AND table_name = ANY($1) \
          UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'tasker' AND tablename = ANY($1) \
@@ -293,13 +299,18 @@ async fn their_definitions(pool: &sqlx::PgPool) -> Vec<String> {
          UNION ALL SELECT format('options %s %s', relname, reloptions) FROM pg_class r \
            JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = 'tasker' AND r.relname = ANY($1) \
          UNION ALL SELECT format('function %s', md5(pg_get_functiondef('tasker.create_step_result_audit()'::regprocedure))) \
+         UNION ALL SELECT format('function %s %s', p.proname, md5(pg_get_functiondef(p.oid))) FROM pg_proc p \
+           JOIN pg_namespace n ON n.oid = p.pronamespace \
+          WHERE n.nspname = 'tasker' AND p.proname = 'pgmq_send_with_notify' \
          UNION ALL SELECT format('sqlx %s %s', version, checksum) FROM public._sqlx_migrations \
          ORDER BY 1",
     )
     .bind(&tables)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
-    .unwrap()
+    .unwrap();
+    tx.rollback().await.unwrap();
+    lines
 }
 
 /// Migrating on their schema adds our functions and tables beside theirs, never touches one of
@@ -309,6 +320,12 @@ async fn migrating_on_tasker_cores_schema_adds_only_our_objects_and_is_idempoten
     let db = their_database().await;
     let before = their_definitions(&db.pool).await;
     assert!(before.len() > 100, "{before:?}");
+    assert!(
+        before
+            .iter()
+            .any(|l| l.starts_with("function pgmq_send_with_notify")),
+        "their send-with-notify is in the comparison"
+    );
     let other = db.second_pool().await;
     let (first, second) = tokio::join!(migrate(&db.pool), migrate(&other));
     let (first, second) = (first.expect("first"), second.expect("second"));
@@ -391,6 +408,15 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
         .await
         .unwrap();
     assert_eq!(path, "public");
+    // Their send-with-notify is the one in place (ours carries the comment 'tasker_worker'):
+    // every step below is enqueued through it.
+    let marked: Option<String> = sqlx::query_scalar(
+        "SELECT obj_description('tasker.pgmq_send_with_notify(text, jsonb, integer)'::regprocedure, 'pg_proc')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(marked, None);
     for yaml in [LINEAR, FAILING, DIAMOND.replace("theirtypes", "theirs").as_str()] {
         register_template(&pool, &TaskTemplate::from_yaml(yaml, "test").unwrap())
             .await

@@ -25,6 +25,22 @@ AS $$ SELECT 7000 $$;
 -- pgmq.send plus a notification on pgmq_message_ready.{namespace}. Keeps tasker-core's name
 -- and signature (its orchestrator calls it unqualified). A notification is only a hint: the
 -- receiver still reads the queue, and a fallback poller covers lost notifications.
+--
+-- On a database whose `tasker` schema tasker-core's migrations made, their own function of this
+-- name and signature is kept (their orchestrator and ours both send through it, and its
+-- notifications are a superset of ours); ours is installed everywhere else, marked by the
+-- comment 'tasker_worker' so that a later migrate replaces only its own definition.
+DO $install$
+DECLARE
+    existing regprocedure := to_regprocedure('tasker.pgmq_send_with_notify(text, jsonb, integer)');
+BEGIN
+    IF existing IS NOT NULL
+       AND coalesce(obj_description(existing, 'pg_proc'), '') <> 'tasker_worker'
+       AND EXISTS (SELECT 1 FROM tasker.tasker_worker_migrations WHERE mode = 'tasker_core_schema')
+    THEN
+        RETURN;
+    END IF;
+    EXECUTE $definition$
 CREATE OR REPLACE FUNCTION tasker.pgmq_send_with_notify(
     queue_name    text,
     message       jsonb,
@@ -65,7 +81,11 @@ BEGIN
     PERFORM pg_notify('pgmq_message_ready.' || ns, payload);
     RETURN new_msg_id;
 END;
-$$;
+$$
+$definition$;
+    COMMENT ON FUNCTION tasker.pgmq_send_with_notify(text, jsonb, integer) IS 'tasker_worker';
+END
+$install$;
 
 -- Prepares the read of pgmq.q_{p_queue_name} for this session (tasker_read_{p_queue_name})
 -- unless it is prepared already; returns the statement's name. Planning the read on every

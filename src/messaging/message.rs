@@ -31,9 +31,14 @@ pub enum NotifyEvent {
         queue_name: String,
         namespace: String,
         ready_at: String,
+        /// Absent from tasker-core's truncated form (a payload over about 7800 bytes).
+        #[serde(default)]
         delay_seconds: i32,
         #[serde(default)]
         payload_omitted: bool,
+        /// tasker-core's function sets it on the truncated form; ours never does.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
 }
 
@@ -86,5 +91,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(large.queue_name(), "worker_a_queue");
+        // tasker-core's truncated form has no delay_seconds.
+        let truncated: NotifyEvent = serde_json::from_str(
+            r#"{"event_type":"message_ready","msg_id":9,"queue_name":"worker_a_queue","namespace":"a",
+                "ready_at":"2026-01-01T00:00:00Z","truncated":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            truncated,
+            NotifyEvent::MessageReady {
+                msg_id: 9,
+                truncated: true,
+                delay_seconds: 0,
+                ..
+            }
+        ));
     }
 }

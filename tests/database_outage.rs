@@ -297,7 +297,12 @@ async fn a_result_that_fails_to_commit_while_the_database_is_away_commits_as_soo
             .await
             .unwrap();
     assert_eq!(attempts, [1, 1], "no step was re-run after a lease");
-    let counters = worker.status_now().counters;
+    // The commit is visible before the completion processor counts it.
+    let counters = wait_for("both results to be counted", Duration::from_secs(10), || async {
+        let counters = worker.status_now().counters;
+        (counters.succeeded >= 2).then_some(counters)
+    })
+    .await;
     assert_eq!(
         (
             counters.succeeded,

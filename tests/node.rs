@@ -89,8 +89,18 @@ fn a_node_runs_workflows_then_stops_worker_before_orchestrator_with_a_report() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let running = node.status();
-    let worker = running.worker.expect("a running worker reports its status");
+    // The orchestrator can settle the task before the completion processor, whose commit it
+    // read, has counted that commit: wait for the count rather than reading it once.
+    let running = loop {
+        let status = node.status();
+        let worker = status.worker.as_ref().expect("a running worker reports its status");
+        if worker.counters.succeeded >= 2 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker never counted both results");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let worker = running.worker.clone().unwrap();
     assert!(worker.running);
     assert_eq!(worker.counters.succeeded, 2);
     assert_eq!(running.orchestrator.unwrap().tasks_completed, 1);

@@ -118,7 +118,12 @@ async fn one_step_is_claimed_run_and_committed_with_its_orchestration_message() 
         .unwrap();
     assert_eq!(archived, 1, "the worker message is archived with the result");
 
-    let status = core.status().await.unwrap();
+    // The commit is visible before the completion processor counts it.
+    let status = wait_for("the result to be counted", Duration::from_secs(10), || async {
+        let status = core.status().await.unwrap();
+        (status.counters.succeeded >= 1).then_some(status)
+    })
+    .await;
     assert_eq!(
         (
             status.counters.claimed,
@@ -332,10 +337,15 @@ async fn two_workers_racing_on_duplicate_messages_commit_one_result_per_step() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 20, "each step ran once");
     assert_eq!(orchestration_messages(&db.pool).await.len(), 20);
-    let (sa, sb) = (
-        a.status().await.unwrap().counters,
-        b.status().await.unwrap().counters,
-    );
+    // Commits are visible before their completion processors count them.
+    let (sa, sb) = wait_for("every result to be counted", WAIT, || async {
+        let (sa, sb) = (
+            a.status().await.unwrap().counters,
+            b.status().await.unwrap().counters,
+        );
+        (sa.succeeded + sb.succeeded >= 20).then_some((sa, sb))
+    })
+    .await;
     assert_eq!(sa.succeeded + sb.succeeded, 20);
     assert_eq!(sa.duplicates + sb.duplicates, 40, "{sa:?} {sb:?}");
     a.shutdown().await.unwrap();

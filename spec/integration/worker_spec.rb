@@ -154,6 +154,8 @@ RSpec.describe TaskerWorker::Worker, :worker, :ffi do
     steps = Array.new(300) { |i| one_step("many", "Sum", context: { a: i, b: 1 }) }
 
     steps.each_with_index { |rows, i| expect(rows.wait_for_result("only")["result"]).to eq("sum" => i + 1) }
+    # A result is visible in the database just before the worker counts it.
+    wait_until("all 300 results counted", timeout: 10) { worker.status[:counters][:succeeded] >= 300 }
     expect(worker.status[:counters]).to include(succeeded: 300, failed: 0)
   end
 end

@@ -147,6 +147,10 @@ pub struct WorkerConfig {
     pub completion_batch_size: u32,
     pub max_delivery_attempts: u32,
     pub shutdown_timeout_ms: u64,
+    /// The lease-only claim (issue 19): a claim writes only the step row (attempts,
+    /// in_process), no `in_progress` transition; the commit writes that transition with the
+    /// result. A running step then shows as `enqueued` with `in_process` true.
+    pub lean_claim: bool,
     /// Steps claimed ahead of the handlers, waiting for a free one. Unset: as many as
     /// `max_concurrent_handlers`; 0: claim only for idle handlers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

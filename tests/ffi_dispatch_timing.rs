@@ -87,6 +87,7 @@ impl Harness {
                 attempts: 1,
                 reclaimed_from: None,
                 enqueued_at: None,
+                lease: None,
             },
             context: Arc::new(context),
             permit: self.slots.clone().try_acquire_owned().unwrap(),

@@ -243,7 +243,7 @@ module Bench
         `orchestration_step_results`, `pgmq.archive`).
 
         #{table}
-        #{ratio_line("Ratio tasker_worker at concurrency 10 / baseline (same round)", drain_ratios)}
+        #{ratio_line("Ratio tasker_worker at concurrency 10 / baseline (same round)", drain_ratios)}#{peer_ratios}
         Batching (median): #{batching.join("; ")}.
 
         CPU time per step during the drain (median over the runs; µs; from /proc: this process's
@@ -256,7 +256,8 @@ module Bench
         WAL records and bytes of the benchmark's database (pg_walinspect), commits, round trips
         (claim calls that read messages + commit transactions).
 
-        #{PgWorkTable.render(concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] }) { |v, d| fmt(v, d) }}
+        #{PgWorkTable.render(concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] } + [["peer: batched PGMQ, 10 threads", results("peer_batched_pgmq")]].reject { |_, rows| rows.empty? }) { |v, d| fmt(v, d) }}
+        #{sidekiq_cpu}
       MD
     end
 
@@ -267,6 +268,7 @@ module Bench
     def cpu_table(concurrencies)
       subjects = concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] }
       subjects << ["baseline, 10 threads", results("baseline_ruby_pgmq_worker")]
+      subjects << ["peer: batched PGMQ, 10 threads", results("peer_batched_pgmq")] if results("peer_batched_pgmq").any?
       head = "| | #{CPU_COLUMNS.map(&:first).join(" | ")} |\n|---|#{"---:|" * CPU_COLUMNS.size}\n"
       lines = subjects.map do |label, rows|
         cells = CPU_COLUMNS.map do |_, key|
@@ -276,6 +278,28 @@ module Bench
         "| #{label} | #{cells.join(" | ")} |"
       end
       "#{head}#{lines.join("\n")}\n"
+    end
+
+    PEERS = [["peer_batched_pgmq", "peer: batched pure-Ruby PGMQ worker (read 10 + send_batch + archive), 10 threads"],
+             ["peer_sidekiq", "peer: Sidekiq 6 on a local Redis (no persistence), `-c 10`"]].freeze
+
+    # The Sidekiq peer's CPU per job (its process and redis-server), medians.
+    def sidekiq_cpu
+      rows = results("peer_sidekiq")
+      return "" if rows.empty?
+
+      cpu = ->(key) { fmt(Bench.median(rows.map { |r| (r[:result][:cpu_us_per_step] || {})[key] }.compact), 0) }
+      "Sidekiq peer, CPU µs per job (median): sidekiq process #{cpu.call(:"sidekiq process")}, " \
+        "redis-server #{cpu.call(:"redis-server")}.\n"
+    end
+
+    # tasker_worker at concurrency 10 / each peer, same round.
+    def peer_ratios
+      PEERS.filter_map do |bench, label|
+        ratios = round_ratios(->(r) { in_round("drain", :steps_per_s, r, concurrency: 10) },
+                              ->(r) { in_round(bench, :steps_per_s, r) })
+        ratio_line("Ratio tasker_worker at concurrency 10 / #{label.sub(/\Apeer: /, "")} (same round)", ratios) unless ratios.empty?
+      end.join
     end
 
     def drain_table(concurrencies)
@@ -296,6 +320,12 @@ module Bench
                                                                   end.join(" | ")} | **#{fmt(
                                                                     Bench.median(base.compact), 0
                                                                   )}** |"
+      PEERS.each do |bench, label|
+        vals = rs.map { |r| in_round(bench, :steps_per_s, r) }
+        next if vals.compact.empty?
+
+        lines << "| #{label} | #{vals.map { |v| fmt(v, 0) }.join(" | ")} | **#{fmt(Bench.median(vals.compact), 0)}** |"
+      end
       "#{head}#{lines.join("\n")}\n"
     end
 

@@ -22,6 +22,7 @@ module TaskerWorker
       completion_batch_size: "worker.completion_batch_size",
       max_delivery_attempts: "worker.max_delivery_attempts",
       shutdown_timeout: "worker.shutdown_timeout_ms",
+      lean_claim: "worker.lean_claim",
       concurrency: "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers",
       prefetch: "worker.prefetch",
       handler_timeout: "worker.mpsc_channels.handler_dispatch.handler_timeout_ms",
@@ -117,6 +118,14 @@ module TaskerWorker
           reject(option, value, "a finite number of seconds") unless value.is_a?(Numeric) && value.real? && value.finite?
           core_checked(option, value)
         end)
+      end
+    end
+
+    # true: the lease-only claim (no in_progress transition until the result commits).
+    def lean_claim=(value)
+      @lean_claim = optional(value) do
+        reject(:lean_claim, value, "true or false") unless [true, false].include?(value)
+        core_checked(:lean_claim, value)
       end
     end
 

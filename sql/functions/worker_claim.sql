@@ -273,6 +273,49 @@ SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM tasker.worker_claim_read(p_queue_name, p_worker_id, p_qty, p_vt_seconds, p_tokens, false);
+END;
+$$;
+
+-- tasker.worker_claim_next with the lease-only claim (tasker.worker_claim_steps_lean): a
+-- claimed row's `previous` is the step's current transition, which the commit checks, and its
+-- `token` the uuid the commit gives the in_progress transition.
+CREATE OR REPLACE FUNCTION tasker.worker_claim_next_lean(
+    p_queue_name text, p_worker_id text, p_qty integer, p_vt_seconds double precision, p_tokens uuid[])
+RETURNS TABLE (
+    msg_id bigint, read_ct integer, enqueued_at timestamptz, vt timestamptz, message jsonb,
+    action text, state text, token uuid, previous uuid,
+    workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
+    retryable boolean, step_name text, context jsonb, correlation_id uuid, task_name text,
+    task_version text, namespace text, step_definition jsonb, dependency_results jsonb
+)
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM tasker.worker_claim_read(p_queue_name, p_worker_id, p_qty, p_vt_seconds, p_tokens, true);
+END;
+$$;
+
+-- The body of both: p_lean picks the claim.
+CREATE OR REPLACE FUNCTION tasker.worker_claim_read(
+    p_queue_name text, p_worker_id text, p_qty integer, p_vt_seconds double precision, p_tokens uuid[],
+    p_lean boolean)
+RETURNS TABLE (
+    msg_id bigint, read_ct integer, enqueued_at timestamptz, vt timestamptz, message jsonb,
+    action text, state text, token uuid, previous uuid,
+    workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
+    retryable boolean, step_name text, context jsonb, correlation_id uuid, task_name text,
+    task_version text, namespace text, step_definition jsonb, dependency_results jsonb
+)
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
 #variable_conflict use_column
 DECLARE
     read_statement text;
@@ -289,6 +332,7 @@ DECLARE
     c_msg   bigint[];
     c_corr  uuid[];
     c_token uuid[];
+    c_read_ct integer[];
     r_msg     bigint[];
     r_action  text[];
     r_state   text[];
@@ -313,8 +357,9 @@ BEGIN
            array_agg(x.msg_id ORDER BY x.n) FILTER (WHERE x.ok),
            array_agg(x.correlation_id ORDER BY x.n) FILTER (WHERE x.ok),
            array_agg(p_tokens[x.n::integer] ORDER BY x.n) FILTER (WHERE x.ok),
+           array_agg(m_read_ct[x.n::integer] ORDER BY x.n) FILTER (WHERE x.ok),
            array_agg(x.msg_id) FILTER (WHERE x.other_task)
-      INTO h_n, h_ctx, h_ok, c_step, c_msg, c_corr, c_token, o_msg
+      INTO h_n, h_ctx, h_ok, c_step, c_msg, c_corr, c_token, c_read_ct, o_msg
       FROM (SELECT p.n, p.msg_id, p.step_uuid, p.correlation_id,
                    ROW(h.*)::tasker.worker_step_context AS h,
                    h.task_uuid IS NOT NULL AND h.task_uuid = p.task_uuid
@@ -332,7 +377,12 @@ BEGIN
         PERFORM tasker.worker_archive(p_queue_name, o_msg);
     END IF;
 
-    IF c_step IS NOT NULL THEN
+    IF c_step IS NOT NULL AND p_lean THEN
+        SELECT array_agg(c.msg_id), array_agg(c.action), array_agg(c.state), array_agg(c.token),
+               array_agg(c.previous), array_agg(c.attempts)
+          INTO r_msg, r_action, r_state, r_token, r_prev, r_attempts
+          FROM tasker.worker_claim_steps_lean(p_queue_name, p_worker_id, c_step, c_msg, c_read_ct, c_token) c;
+    ELSIF c_step IS NOT NULL THEN
         SELECT array_agg(c.msg_id), array_agg(c.action), array_agg(c.state), array_agg(c.token),
                array_agg(c.previous), array_agg(c.attempts)
           INTO r_msg, r_action, r_state, r_token, r_prev, r_attempts
@@ -356,5 +406,120 @@ BEGIN
       LEFT JOIN unnest(r_msg, r_action, r_state, r_token, r_prev, r_attempts)
                 AS r(msg_id, action, state, token, previous, attempts) ON r.msg_id = m.msg_id
      ORDER BY m.msg_id;
+END;
+$$;
+
+-- The lease-only claim (worker.lean_claim = true; issue 19). The same decisions as
+-- tasker.worker_claim_steps, but the claim writes no transition: the step keeps its current
+-- transition (`enqueued`, or `pending` with every parent complete) while it runs, and the claim
+-- is the message's lease itself, named by (queue, msg_id, read_ct) and the step's current
+-- transition (`previous` in the result). The only row written is the step's: attempts + 1,
+-- in_process = true, last_attempted_at (a step that crashes its worker on every attempt still
+-- runs out of attempts and is failed as max_attempts_exceeded). tasker.worker_commit_results_lean
+-- commits a result only while the message is still in the queue with that read_ct (a later
+-- read after the lease lapsed raised it) and the step's current transition is still `previous`
+-- (nothing else moved the step meanwhile), and writes the `in_progress` transition there,
+-- with the result, so tasker-core's orchestrator finds the rows it always finds.
+-- Telling a reclaim from a duplicate without a claim row: a step already in_process through a
+-- message read for the first time (read_ct 1) is held through another message: duplicate; read
+-- before (read_ct > 1): its lease lapsed, reclaim. A duplicate misjudged as a reclaim (a message
+-- for the held step read before and left, e.g. as missing) only runs twice: the commits' checks
+-- let at most one of the two results count. A step `in_progress` by the transition claim
+-- (a worker without lean_claim) is claimed as before: reclaim through its own message, else
+-- duplicate; the lean commit then writes no second in_progress row.
+CREATE OR REPLACE FUNCTION tasker.worker_claim_steps_lean(
+    p_queue_name      text,
+    p_worker_id       text,
+    p_step_uuids      uuid[],
+    p_msg_ids         bigint[],
+    p_read_cts        integer[],
+    p_tokens          uuid[]
+)
+RETURNS TABLE (msg_id bigint, action text, state text, token uuid, previous uuid, attempts integer)
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    d_msg     bigint[];
+    d_step    uuid[];
+    d_token   uuid[];
+    d_prev    uuid[];
+    d_state   text[];
+    d_action  text[];
+    d_attempts integer[];
+    b_step    uuid[];
+    b_attempts integer[];
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM 1 FROM tasker.workflow_steps s
+     WHERE s.workflow_step_uuid = ANY(p_step_uuids)
+     ORDER BY s.workflow_step_uuid
+       FOR UPDATE;
+
+    SELECT array_agg(i.msg_id ORDER BY i.n), array_agg(i.step_uuid ORDER BY i.n),
+           array_agg(i.token ORDER BY i.n),
+           array_agg(c.workflow_step_transition_uuid ORDER BY i.n), array_agg(c.to_state ORDER BY i.n),
+           array_agg(CASE WHEN c.to_state IS NULL THEN 'missing'
+                          WHEN c.to_state = 'in_progress' THEN
+                               CASE WHEN c.metadata ->> 'queue_name' = p_queue_name
+                                         AND c.metadata ->> 'msg_id' = i.msg_id::text
+                                    THEN CASE WHEN coalesce(s.attempts, 0) >= s.max_attempts THEN 'exhausted' ELSE 'reclaim' END
+                                    ELSE 'duplicate' END
+                          WHEN c.to_state IN ('enqueued_for_orchestration', 'enqueued_as_error_for_orchestration')
+                               THEN 'duplicate'
+                          WHEN c.to_state NOT IN ('pending', 'enqueued') THEN 'out_of_order'
+                          WHEN EXISTS (SELECT 1 FROM unnest(p_step_uuids, p_msg_ids) AS o(step_uuid, msg_id)
+                                        WHERE o.step_uuid = i.step_uuid AND o.msg_id < i.msg_id) THEN 'duplicate'
+                          WHEN s.in_process AND coalesce(i.read_ct, 1) <= 1 THEN 'duplicate'
+                          WHEN c.to_state = 'pending'
+                               AND EXISTS (SELECT 1 FROM tasker.workflow_step_edges pe
+                                             LEFT JOIN tasker.workflow_step_transitions pt
+                                               ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent
+                                            WHERE pe.to_step_uuid = i.step_uuid
+                                              AND coalesce(pt.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
+                               THEN 'out_of_order'
+                          WHEN coalesce(s.attempts, 0) >= s.max_attempts THEN 'exhausted'
+                          WHEN s.in_process THEN 'reclaim'
+                          ELSE 'claim' END ORDER BY i.n),
+           array_agg(coalesce(s.attempts, 0) ORDER BY i.n)
+      INTO d_msg, d_step, d_token, d_prev, d_state, d_action, d_attempts
+      FROM unnest(p_step_uuids, p_msg_ids, p_read_cts, p_tokens) WITH ORDINALITY
+           AS i(step_uuid, msg_id, read_ct, token, n)
+      LEFT JOIN tasker.workflow_step_transitions c
+        ON c.workflow_step_uuid = i.step_uuid AND c.most_recent
+      LEFT JOIN tasker.workflow_steps s ON s.workflow_step_uuid = i.step_uuid;
+
+    IF d_msg IS NULL THEN
+        RETURN;
+    END IF;
+
+    IF d_action && ARRAY['claim', 'reclaim'] THEN
+        WITH bumped AS (
+            UPDATE tasker.workflow_steps s
+               SET attempts = coalesce(s.attempts, 0) + 1, in_process = true, last_attempted_at = now(), updated_at = now()
+              FROM unnest(d_step, d_action) AS d(step_uuid, action)
+             WHERE s.workflow_step_uuid = d.step_uuid AND d.action IN ('claim', 'reclaim')
+            RETURNING s.workflow_step_uuid, s.attempts
+        )
+        SELECT array_agg(b.workflow_step_uuid), array_agg(b.attempts) INTO b_step, b_attempts FROM bumped b;
+    END IF;
+
+    IF d_action && ARRAY['duplicate', 'out_of_order'] THEN
+        PERFORM tasker.worker_archive(p_queue_name,
+                    ARRAY(SELECT d.msg_id FROM unnest(d_msg, d_action) AS d(msg_id, action)
+                           WHERE d.action IN ('duplicate', 'out_of_order')));
+    END IF;
+
+    RETURN QUERY
+    SELECT d.msg_id, d.action, d.to_state,
+           CASE WHEN d.action IN ('claim', 'reclaim', 'exhausted') THEN d.token END,
+           d.prev_uuid,
+           CASE WHEN d.action IN ('claim', 'reclaim') THEN b_attempts[array_position(b_step, d.step_uuid)]
+                WHEN d.action = 'exhausted' THEN d.attempts END
+      FROM unnest(d_msg, d_step, d_token, d_prev, d_state, d_action, d_attempts)
+           AS d(msg_id, step_uuid, token, prev_uuid, to_state, action, attempts);
 END;
 $$;

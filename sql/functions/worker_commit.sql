@@ -116,3 +116,183 @@ BEGIN
     RETURN QUERY SELECT unnest(live_tokens);
 END;
 $$;
+
+-- The messages of p_queue_name among p_msg_ids still held through the read that made each
+-- claim (read_ct unchanged: no later read after a lapsed lease), locked until the transaction
+-- ends (a reader skips them). The lean commit's lease check.
+CREATE OR REPLACE FUNCTION tasker.worker_held_messages(p_queue_name text, p_msg_ids bigint[], p_read_cts integer[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+DECLARE
+    held bigint[];
+BEGIN
+    IF p_queue_name IS NULL OR p_queue_name !~ '^[a-z0-9_]{1,47}$' THEN
+        RAISE EXCEPTION 'invalid queue name %', p_queue_name USING ERRCODE = '22023';
+    END IF;
+    EXECUTE format(
+        'SELECT array_agg(q.msg_id) FROM (SELECT q.msg_id FROM pgmq.%I q '
+        'JOIN unnest($1, $2) AS i(msg_id, read_ct) ON q.msg_id = i.msg_id AND q.read_ct = i.read_ct '
+        'ORDER BY q.msg_id FOR UPDATE OF q) q', 'q_' || p_queue_name)
+      INTO held USING p_msg_ids, p_read_cts;
+    RETURN held;
+END;
+$$;
+
+-- Commits a batch of results of lease-only claims (tasker.worker_claim_steps_lean;
+-- worker.lean_claim = true). As tasker.worker_commit_results, but a result is live when its
+-- message is still held (tasker.worker_held_messages: in the queue, read_ct as at the claim)
+-- AND the step's current transition is still p_previous (the one the claim found); for each
+-- live result it writes the claim's `in_progress` transition (uuid p_tokens[n], not most
+-- recent; none when the claim found the step in_progress already) and then the result's
+-- enqueued_(as_error_)for_orchestration transition, so the history reads as the transition
+-- claim's does. Returns the tokens that committed; the others changed nothing.
+CREATE OR REPLACE FUNCTION tasker.worker_commit_results_lean(
+    p_tokens           uuid[],
+    p_previous         uuid[],
+    p_read_cts         integer[],
+    p_step_uuids       uuid[],
+    p_transition_uuids uuid[],
+    p_to_states        text[],
+    p_metadata         jsonb[],
+    p_results          jsonb[],
+    p_messages         jsonb[],
+    p_queue_names      text[],
+    p_msg_ids          bigint[]
+)
+RETURNS SETOF uuid
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+DECLARE
+    held          text[] := '{}';  -- queue_name:msg_id
+    held_queue    record;
+    live_tokens   uuid[];
+    live_steps    uuid[];
+    live_from     text[];
+    live_sort     integer[];
+    live_results  jsonb[];
+    sent_at       timestamptz := clock_timestamp();
+    payloads      text[];
+    payload       text;
+    archive_to    record;
+BEGIN
+    PERFORM 1 FROM tasker.workflow_steps s
+     WHERE s.workflow_step_uuid = ANY(p_step_uuids)
+     ORDER BY s.workflow_step_uuid
+       FOR UPDATE;
+
+    FOR held_queue IN
+        SELECT i.queue_name, array_agg(i.msg_id) AS msg_ids, array_agg(i.read_ct) AS read_cts
+          FROM unnest(p_queue_names, p_msg_ids, p_read_cts) AS i(queue_name, msg_id, read_ct)
+         GROUP BY i.queue_name
+    LOOP
+        held := held || ARRAY(SELECT held_queue.queue_name || ':' || h.msg_id
+                                FROM unnest(tasker.worker_held_messages(held_queue.queue_name, held_queue.msg_ids,
+                                                                        held_queue.read_cts)) AS h(msg_id));
+    END LOOP;
+
+    -- Retire the claim's transition where the lease still holds; one live result per step.
+    WITH candidates AS (
+        SELECT DISTINCT ON (i.step_uuid) i.*
+          FROM unnest(p_tokens, p_previous, p_step_uuids, p_queue_names, p_msg_ids)
+               AS i(token, previous, step_uuid, queue_name, msg_id)
+         WHERE i.queue_name || ':' || i.msg_id = ANY(held)
+         ORDER BY i.step_uuid, i.msg_id
+    ), retired AS (
+        UPDATE tasker.workflow_step_transitions t
+           SET most_recent = false, updated_at = now()
+          FROM candidates c
+         WHERE t.workflow_step_transition_uuid = c.previous AND t.workflow_step_uuid = c.step_uuid
+           AND t.most_recent
+        RETURNING c.token, t.workflow_step_uuid, t.to_state, t.sort_key
+    )
+    SELECT array_agg(r.token), array_agg(r.workflow_step_uuid), array_agg(r.to_state), array_agg(r.sort_key)
+      INTO live_tokens, live_steps, live_from, live_sort
+      FROM retired r;
+
+    IF live_tokens IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- The claim's in_progress transition (unless the claim found it written), then the result's.
+    INSERT INTO tasker.workflow_step_transitions
+        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
+         created_at, updated_at)
+    SELECT i.token, l.step_uuid, l.from_state, 'in_progress',
+           jsonb_build_object(
+               'event', CASE WHEN i.read_ct > 1 THEN 'reclaim' ELSE 'start' END,
+               'worker_id', i.metadata ->> 'worker_id',
+               'queue_name', i.queue_name,
+               'msg_id', i.msg_id::text,
+               'read_ct', i.read_ct,
+               'correlation_id', i.metadata -> 'correlation_id',
+               'claimed_at', s.last_attempted_at,
+               'timestamp', clock_timestamp()),
+           l.sort_key + 1, false, now(), now()
+      FROM unnest(live_tokens, live_steps, live_from, live_sort) AS l(token, step_uuid, from_state, sort_key)
+      JOIN unnest(p_tokens, p_read_cts, p_metadata, p_queue_names, p_msg_ids)
+           AS i(token, read_ct, metadata, queue_name, msg_id) ON i.token = l.token
+      JOIN tasker.workflow_steps s ON s.workflow_step_uuid = l.step_uuid
+     WHERE l.from_state <> 'in_progress'
+    UNION ALL
+    SELECT i.transition_uuid, l.step_uuid, 'in_progress', i.to_state, i.metadata,
+           l.sort_key + CASE WHEN l.from_state = 'in_progress' THEN 1 ELSE 2 END, true, now(), now()
+      FROM unnest(live_tokens, live_steps, live_from, live_sort) AS l(token, step_uuid, from_state, sort_key)
+      JOIN unnest(p_tokens, p_transition_uuids, p_to_states, p_metadata)
+           AS i(token, transition_uuid, to_state, metadata) ON i.token = l.token;
+
+    SELECT array_agg(i.results ORDER BY l.n)
+      INTO live_results
+      FROM unnest(live_tokens) WITH ORDINALITY AS l(token, n)
+      JOIN unnest(p_tokens, p_results) AS i(token, results) ON i.token = l.token;
+
+    UPDATE tasker.workflow_steps s
+       SET results = live_results[array_position(live_steps, s.workflow_step_uuid)],
+           in_process = false, updated_at = now()
+     WHERE s.workflow_step_uuid = ANY(live_steps);
+
+    WITH sent AS (
+        INSERT INTO pgmq.q_orchestration_step_results (vt, message)
+        SELECT sent_at, i.message
+          FROM unnest(p_tokens, p_messages) WITH ORDINALITY AS i(token, message, n)
+         WHERE i.token = ANY(live_tokens)
+         ORDER BY i.n
+        RETURNING msg_id, message
+    ), built AS (
+        SELECT s.msg_id,
+               json_build_object(
+                   'event_type', 'message_with_payload', 'msg_id', s.msg_id,
+                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
+                   'message', s.message, 'ready_at', sent_at, 'delay_seconds', 0)::text AS full_payload,
+               json_build_object(
+                   'event_type', 'message_ready', 'msg_id', s.msg_id,
+                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
+                   'ready_at', sent_at, 'delay_seconds', 0, 'payload_omitted', true)::text AS short_payload
+          FROM sent s
+    )
+    SELECT array_agg(CASE WHEN length(b.full_payload) > tasker.pgmq_payload_size_threshold()
+                          THEN b.short_payload ELSE b.full_payload END ORDER BY b.msg_id)
+      INTO payloads
+      FROM built b;
+    FOREACH payload IN ARRAY payloads LOOP
+        PERFORM pg_notify('pgmq_message_ready.orchestration', payload);
+    END LOOP;
+
+    FOR archive_to IN
+        SELECT i.queue_name, array_agg(i.msg_id) AS msg_ids
+          FROM unnest(p_tokens, p_queue_names, p_msg_ids) AS i(token, queue_name, msg_id)
+         WHERE i.token = ANY(live_tokens)
+         GROUP BY i.queue_name
+    LOOP
+        PERFORM tasker.worker_archive(archive_to.queue_name, archive_to.msg_ids);
+    END LOOP;
+
+    RETURN QUERY SELECT unnest(live_tokens);
+END;
+$$;

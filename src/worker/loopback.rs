@@ -77,6 +77,7 @@ fn message(slots: &Arc<Semaphore>, context: &Arc<StepContext>) -> DispatchHandle
             attempts: 1,
             reclaimed_from: None,
             enqueued_at: None,
+            lease: None,
         },
         context: context.clone(),
         permit,

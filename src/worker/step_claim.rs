@@ -16,6 +16,11 @@
 //!   `waiting_for_retry`, ...), or a step of another task → out of order.
 //!
 //! Duplicate and out-of-order messages are archived; nothing runs for them.
+//!
+//! With `worker.lean_claim` the claim writes no transition (`tasker.worker_claim_steps_lean`,
+//! sql/functions/worker_claim.sql): the claim is the message's lease, named by its read count
+//! and the step's current transition (`Lease`), which the commit checks; the `in_progress`
+//! transition (uuid `token`) is written by the commit, with the result.
 
 use crate::error::TaskerResult;
 use crate::messaging::client::{queue_error, validate_queue_name};
@@ -45,6 +50,18 @@ pub struct Claim {
     pub reclaimed_from: Option<Uuid>,
     /// When its message was first enqueued (for the end-to-end latency), when known.
     pub enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// A lease-only claim (`worker.lean_claim`): what its commit checks. None: the claim is
+    /// the `in_progress` transition `token`.
+    pub lease: Option<Lease>,
+}
+
+/// What a lease-only claim holds: its message as read (`read_ct`; a later read after the
+/// lease lapsed raises it) and the step's transition when claimed (`previous`; anything
+/// that moves the step replaces it). The commit counts only while both still hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub read_ct: i32,
+    pub previous: Uuid,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,12 +86,17 @@ pub enum ClaimOutcome {
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest {
     pub msg_id: i64,
+    /// The message's read count as read (the lease-only claim's token).
+    pub read_ct: i32,
     pub message: StepMessage,
 }
 
 /// One round trip: `tasker.worker_claim_steps` (sql/functions/worker_claim.sql) locks, decides,
 /// inserts the claims and archives duplicates; its claims commit asynchronously (see there).
 const CLAIM_SQL: &str = include_str!("../../sql/queries/claim_steps.sql");
+/// The same with the lease-only claim (`tasker.worker_claim_steps_lean`).
+const CLAIM_LEAN_SQL: &str = "SELECT msg_id, action, state, token, previous, attempts \
+     FROM tasker.worker_claim_steps_lean($1, $2, $3, $4, $5, $6)";
 
 /// Claims a batch of messages read from `queue_name`, in one transaction. The outcomes are
 /// in the order of `requests`. Several messages for one step in a batch: at most one claims
@@ -85,21 +107,45 @@ pub async fn claim_batch(
     worker_id: &str,
     requests: &[ClaimRequest],
 ) -> TaskerResult<Vec<ClaimOutcome>> {
+    claim_batch_with(pool, queue_name, worker_id, requests, false).await
+}
+
+/// `claim_batch`, with the lease-only claim when `lean` (`worker.lean_claim`).
+pub async fn claim_batch_with(
+    pool: &PgPool,
+    queue_name: &Arc<str>,
+    worker_id: &str,
+    requests: &[ClaimRequest],
+    lean: bool,
+) -> TaskerResult<Vec<ClaimOutcome>> {
     let step_uuids: Vec<Uuid> = requests.iter().map(|r| r.message.step_uuid).collect();
     let msg_ids: Vec<i64> = requests.iter().map(|r| r.msg_id).collect();
     let correlation_ids: Vec<Uuid> = requests.iter().map(|r| r.message.correlation_id).collect();
     let tokens: Vec<Uuid> = requests.iter().map(|_| Uuid::now_v7()).collect();
     let by_msg: HashMap<i64, &ClaimRequest> = requests.iter().map(|r| (r.msg_id, r)).collect();
 
-    let rows = sqlx::query(CLAIM_SQL)
-        .bind(queue_name.as_ref())
-        .bind(worker_id)
-        .bind(&step_uuids)
-        .bind(&msg_ids)
-        .bind(&correlation_ids)
-        .bind(&tokens)
-        .fetch_all(pool)
-        .await?;
+    let rows = if lean {
+        let read_cts: Vec<i32> = requests.iter().map(|r| r.read_ct).collect();
+        sqlx::query(CLAIM_LEAN_SQL)
+            .bind(queue_name.as_ref())
+            .bind(worker_id)
+            .bind(&step_uuids)
+            .bind(&msg_ids)
+            .bind(&read_cts)
+            .bind(&tokens)
+            .fetch_all(pool)
+            .await?
+    } else {
+        sqlx::query(CLAIM_SQL)
+            .bind(queue_name.as_ref())
+            .bind(worker_id)
+            .bind(&step_uuids)
+            .bind(&msg_ids)
+            .bind(&correlation_ids)
+            .bind(&tokens)
+            .fetch_all(pool)
+            .await?
+    };
 
     let mut outcomes: HashMap<i64, ClaimOutcome> = HashMap::with_capacity(rows.len());
     for row in &rows {
@@ -120,6 +166,7 @@ pub async fn claim_batch(
                 attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
                 reclaimed_from: reclaimed_from(row, action, state.as_deref())?,
                 enqueued_at: None,
+                lease: lease(row, lean, request.read_ct)?,
             })
         };
         let outcome = match action {
@@ -185,6 +232,8 @@ pub enum NextMessage {
 /// One round trip: `tasker.worker_claim_next` (sql/functions/worker_claim.sql) reads, checks,
 /// claims and returns the hydration columns, in one transaction committed asynchronously.
 const CLAIM_NEXT_SQL: &str = "SELECT * FROM tasker.worker_claim_next($1, $2, $3, $4, $5)";
+/// The same with the lease-only claim (`worker.lean_claim`).
+const CLAIM_NEXT_LEAN_SQL: &str = "SELECT * FROM tasker.worker_claim_next_lean($1, $2, $3, $4, $5)";
 
 /// Reads up to `qty` messages of `queue_name` under a lease of `visibility_timeout_seconds`
 /// and claims those whose steps can run. One row per message read, in msg_id order.
@@ -195,9 +244,21 @@ pub async fn claim_next(
     qty: usize,
     visibility_timeout_seconds: u32,
 ) -> TaskerResult<Vec<NextMessage>> {
+    claim_next_with(pool, queue_name, worker_id, qty, visibility_timeout_seconds, false).await
+}
+
+/// `claim_next`, with the lease-only claim when `lean` (`worker.lean_claim`).
+pub async fn claim_next_with(
+    pool: &PgPool,
+    queue_name: &Arc<str>,
+    worker_id: &str,
+    qty: usize,
+    visibility_timeout_seconds: u32,
+    lean: bool,
+) -> TaskerResult<Vec<NextMessage>> {
     validate_queue_name(queue_name)?;
     let tokens: Vec<Uuid> = (0..qty).map(|_| Uuid::now_v7()).collect();
-    let rows = sqlx::query(CLAIM_NEXT_SQL)
+    let rows = sqlx::query(if lean { CLAIM_NEXT_LEAN_SQL } else { CLAIM_NEXT_SQL })
         .bind(queue_name.as_ref())
         .bind(worker_id)
         .bind(qty as i32)
@@ -206,10 +267,10 @@ pub async fn claim_next(
         .fetch_all(pool)
         .await
         .map_err(|err| queue_error(queue_name, err))?;
-    rows.iter().map(|row| next_message(row, queue_name)).collect()
+    rows.iter().map(|row| next_message(row, queue_name, lean)).collect()
 }
 
-fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage> {
+fn next_message(row: &PgRow, queue_name: &Arc<str>, lean: bool) -> TaskerResult<NextMessage> {
     let action: String = row.try_get("action")?;
     let state: Option<String> = row.try_get("state")?;
     let decoded = QueuedMessage::decode(row)?;
@@ -219,7 +280,7 @@ fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage>
         // Not expected for a claimed row (the SQL side claims only flat three-uuid messages),
         // but a claimed step must get an outcome: its ids come from the hydration columns.
         Err(bad) if claimed => {
-            let claim = claim_from_row(row, queue_name, bad.msg_id, &action, state.as_deref(), None)?;
+            let claim = claim_from_row(row, queue_name, bad.msg_id, &action, state.as_deref(), None, lean)?;
             return Ok(NextMessage::Claimed {
                 claim,
                 context: Err(format!("its message could not be decoded: {}", bad.reason)),
@@ -245,6 +306,7 @@ fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage>
                 &action,
                 state.as_deref(),
                 Some(&step_message),
+                lean,
             )?;
             let waited = (chrono::Utc::now() - message.enqueued_at)
                 .to_std()
@@ -262,6 +324,7 @@ fn next_message(row: &PgRow, queue_name: &Arc<str>) -> TaskerResult<NextMessage>
                 &action,
                 state.as_deref(),
                 Some(&step_message),
+                lean,
             )?,
             max_attempts: row.try_get::<Option<i32>, _>("max_attempts")?.unwrap_or_default(),
         },
@@ -299,6 +362,7 @@ fn claim_from_row(
     action: &str,
     state: Option<&str>,
     message: Option<&StepMessage>,
+    lean: bool,
 ) -> Result<Claim, sqlx::Error> {
     let (step_uuid, task_uuid, correlation_id) = match message {
         Some(m) => (m.step_uuid, m.task_uuid, m.correlation_id),
@@ -318,7 +382,19 @@ fn claim_from_row(
         attempts: row.try_get::<Option<i32>, _>("attempts")?.unwrap_or_default(),
         reclaimed_from: reclaimed_from(row, action, state)?,
         enqueued_at: row.try_get("enqueued_at").ok(),
+        lease: lease(row, lean, row.try_get("read_ct")?)?,
     })
+}
+
+/// A lease-only claim's lease: the read count it was read with and the transition it found.
+fn lease(row: &PgRow, lean: bool, read_ct: i32) -> Result<Option<Lease>, sqlx::Error> {
+    if !lean {
+        return Ok(None);
+    }
+    Ok(Some(Lease {
+        read_ct,
+        previous: row.try_get("previous")?,
+    }))
 }
 
 /// The lapsed claim a reclaim (or an exhausted reclaim) replaced.

@@ -147,6 +147,7 @@ impl WorkerActorRegistry {
             worker_id: state.worker_id.clone(),
             queues: state.queues.clone(),
             visibility_timeout_seconds: worker.visibility_timeout_seconds,
+            lean_claim: worker.lean_claim,
             claim_batch_size: worker.claim_batch_size as usize,
             concurrent_batches: concurrent_batches(state.max_in_flight, worker.claim_batch_size as usize),
             max_delivery_attempts: worker.max_delivery_attempts,

@@ -73,6 +73,8 @@ pub struct StepExecutorActor {
     pub worker_id: Arc<str>,
     pub queues: Vec<Arc<str>>,
     pub visibility_timeout_seconds: u32,
+    /// `worker.lean_claim`: the lease-only claim (src/worker/step_claim.rs).
+    pub lean_claim: bool,
     pub claim_batch_size: usize,
     /// See `concurrent_batches`.
     pub concurrent_batches: usize,
@@ -248,12 +250,13 @@ impl StepExecutorActor {
         mut permits: Vec<OwnedSemaphorePermit>,
     ) -> TaskerResult<usize> {
         let started = Instant::now();
-        let read = step_claim::claim_next(
+        let read = step_claim::claim_next_with(
             &self.pool,
             queue,
             &self.worker_id,
             permits.len(),
             self.visibility_timeout_seconds,
+            self.lean_claim,
         )
         .await?;
         Timings::observe(&metrics::timings().claim, started.elapsed());
@@ -514,6 +517,7 @@ impl StepExecutorActor {
             match contexts.get(&step_message.step_uuid) {
                 Some(Ok(_)) => requests.push(ClaimRequest {
                     msg_id: queued.msg_id,
+                    read_ct: queued.read_ct,
                     message: *step_message,
                 }),
                 Some(Err(unhydrated)) if unhydrated.other_task => {
@@ -539,7 +543,7 @@ impl StepExecutorActor {
             return Ok(());
         }
 
-        let outcomes = step_claim::claim_batch(&self.pool, queue, &self.worker_id, &requests).await?;
+        let outcomes = step_claim::claim_batch_with(&self.pool, queue, &self.worker_id, &requests, self.lean_claim).await?;
         for (request, outcome) in requests.iter().zip(outcomes) {
             let context = contexts.remove(&request.message.step_uuid);
             match outcome {

@@ -38,6 +38,11 @@ use uuid::Uuid;
 /// with their notifications and archives the worker messages, in the caller's transaction
 /// (here: the call's own, committed with the server's synchronous_commit).
 const COMMIT_SQL: &str = "SELECT * FROM tasker.worker_commit_results($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// Results of lease-only claims (`worker.lean_claim`): `tasker.worker_commit_results_lean`
+/// also checks each message's read count and the step's transition at the claim, and writes
+/// the claim's `in_progress` transition.
+const COMMIT_LEAN_SQL: &str =
+    "SELECT * FROM tasker.worker_commit_results_lean($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 /// Retry pauses for a result that failed to commit on its own (not for the database being
 /// away), before it is dropped.
@@ -249,38 +254,113 @@ fn split(batch: Vec<StepCompletion>, committed: &HashSet<Uuid>) -> CommitOutcome
 }
 
 /// One transaction for the whole batch. Returns the claim tokens whose results committed;
-/// the others were stale.
+/// the others were stale. Results of lease-only claims and of transition claims (a batch
+/// holds one kind; both only if a worker's mode changed) commit through their own function,
+/// in the same transaction.
 pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) -> TaskerResult<HashSet<Uuid>> {
+    let (lean, plain): (Vec<&StepCompletion>, Vec<&StepCompletion>) =
+        batch.iter().partition(|c| c.claim.lease.is_some());
+    if lean.is_empty() || plain.is_empty() {
+        let all: Vec<&StepCompletion> = batch.iter().collect();
+        return Ok(commit_rows(worker_id, &all)?.send(pool).await?.into_iter().collect());
+    }
+    let mut tx = pool.begin().await?;
+    let mut committed = commit_rows(worker_id, &lean)?.send(&mut *tx).await?;
+    committed.extend(commit_rows(worker_id, &plain)?.send(&mut *tx).await?);
+    tx.commit().await?;
+    Ok(committed.into_iter().collect())
+}
+
+/// The arrays one commit statement binds (all of one claim kind).
+struct CommitRows<'a> {
+    lean: bool,
+    tokens: Vec<Uuid>,
+    previous: Vec<Uuid>,
+    read_cts: Vec<i32>,
+    step_uuids: Vec<Uuid>,
+    transition_uuids: Vec<Uuid>,
+    to_states: Vec<&'static str>,
+    metadata: Vec<serde_json::Value>,
+    results: Vec<serde_json::Value>,
+    messages: Vec<serde_json::Value>,
+    queue_names: Vec<&'a str>,
+    msg_ids: Vec<i64>,
+}
+
+impl CommitRows<'_> {
+    async fn send<'e, E>(self, executor: E) -> TaskerResult<Vec<Uuid>>
+    where
+        E: sqlx::PgExecutor<'e>,
+    {
+        let committed = if self.lean {
+            sqlx::query_scalar(COMMIT_LEAN_SQL)
+                .bind(&self.tokens)
+                .bind(&self.previous)
+                .bind(&self.read_cts)
+                .bind(&self.step_uuids)
+                .bind(&self.transition_uuids)
+                .bind(&self.to_states)
+                .bind(&self.metadata)
+                .bind(&self.results)
+                .bind(&self.messages)
+                .bind(&self.queue_names)
+                .bind(&self.msg_ids)
+                .fetch_all(executor)
+                .await?
+        } else {
+            sqlx::query_scalar(COMMIT_SQL)
+                .bind(&self.tokens)
+                .bind(&self.step_uuids)
+                .bind(&self.transition_uuids)
+                .bind(&self.to_states)
+                .bind(&self.metadata)
+                .bind(&self.results)
+                .bind(&self.messages)
+                .bind(&self.queue_names)
+                .bind(&self.msg_ids)
+                .fetch_all(executor)
+                .await?
+        };
+        Ok(committed)
+    }
+}
+
+fn commit_rows<'a>(worker_id: &str, batch: &[&'a StepCompletion]) -> TaskerResult<CommitRows<'a>> {
     let n = batch.len();
-    let (mut tokens, mut step_uuids, mut transition_uuids, mut to_states) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut metadata, mut results, mut messages, mut queue_names, mut msg_ids) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let mut rows = CommitRows {
+        lean: batch.first().is_some_and(|c| c.claim.lease.is_some()),
+        tokens: Vec::with_capacity(n),
+        previous: Vec::with_capacity(n),
+        read_cts: Vec::with_capacity(n),
+        step_uuids: Vec::with_capacity(n),
+        transition_uuids: Vec::with_capacity(n),
+        to_states: Vec::with_capacity(n),
+        metadata: Vec::with_capacity(n),
+        results: Vec::with_capacity(n),
+        messages: Vec::with_capacity(n),
+        queue_names: Vec::with_capacity(n),
+        msg_ids: Vec::with_capacity(n),
+    };
     // The worker id is `worker_<uuid>`.
     let worker_uuid = worker_id
         .strip_prefix("worker_")
         .and_then(|id| Uuid::parse_str(id).ok());
-    for c in batch {
+    for &c in batch {
         let success = c.result.success;
-        tokens.push(c.claim.token);
-        step_uuids.push(c.claim.step_uuid);
-        transition_uuids.push(Uuid::now_v7());
-        to_states.push(if success {
+        rows.tokens.push(c.claim.token);
+        if let Some(lease) = c.claim.lease {
+            rows.previous.push(lease.previous);
+            rows.read_cts.push(lease.read_ct);
+        }
+        rows.step_uuids.push(c.claim.step_uuid);
+        rows.transition_uuids.push(Uuid::now_v7());
+        rows.to_states.push(if success {
             "enqueued_for_orchestration"
         } else {
             "enqueued_as_error_for_orchestration"
         });
         // `worker_uuid` and `correlation_id` are the keys tasker-core's audit trigger reads.
-        metadata.push(json!({
+        rows.metadata.push(json!({
             "event": if success { "enqueue_for_orchestration" } else { "enqueue_as_error_for_orchestration" },
             "worker_id": worker_id,
             "worker_uuid": worker_uuid,
@@ -290,28 +370,16 @@ pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) ->
             "execution_time_ms": c.result.metadata.execution_time_ms,
             "timestamp": chrono::Utc::now(),
         }));
-        results.push(serde_json::to_value(&c.result)?);
-        messages.push(serde_json::to_value(StepMessage {
+        rows.results.push(serde_json::to_value(&c.result)?);
+        rows.messages.push(serde_json::to_value(StepMessage {
             task_uuid: c.claim.task_uuid,
             step_uuid: c.claim.step_uuid,
             correlation_id: c.context.correlation_id,
         })?);
-        queue_names.push(c.claim.queue_name.as_ref());
-        msg_ids.push(c.claim.msg_id);
+        rows.queue_names.push(c.claim.queue_name.as_ref());
+        rows.msg_ids.push(c.claim.msg_id);
     }
-    let committed: Vec<Uuid> = sqlx::query_scalar(COMMIT_SQL)
-        .bind(&tokens)
-        .bind(&step_uuids)
-        .bind(&transition_uuids)
-        .bind(&to_states)
-        .bind(&metadata)
-        .bind(&results)
-        .bind(&messages)
-        .bind(&queue_names)
-        .bind(&msg_ids)
-        .fetch_all(pool)
-        .await?;
-    Ok(committed.into_iter().collect())
+    Ok(rows)
 }
 
 /// Class 22 (data exception), e.g. a string PostgreSQL cannot store in jsonb.

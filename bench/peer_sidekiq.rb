@@ -1,0 +1,108 @@
+# frozen_string_literal: true
+
+# A peer for the drain (issue 19): Sidekiq 6 on a local Redis, `-c 10`, N no-op jobs.
+#
+# A private redis-server (port BENCH_REDIS_PORT, default 6391; no persistence: `--save ""
+# --appendonly no`, Redis's in-memory mode, i.e. NOT durable, unlike every tasker_worker
+# commit) is started for the measurement and stopped after it. N jobs of a no-op class are
+# pushed first (Sidekiq::Client.push_bulk, 1,000 per call; not timed); then `sidekiq -c 10`
+# is started as a child process and timed from its first processed job until Sidekiq::Stats
+# counts N (polled every 5 ms; the process's boot, about a second, is left out). CPU per job:
+# the sidekiq process and the redis-server, from /proc.
+#
+# Needs the Debian packages ruby-sidekiq and redis-server (bin/bench installs them, as root,
+# or says how); never needed by the tests.
+#
+#   ruby bench/peer_sidekiq.rb [--quick] [--concurrency 10]
+require "English"
+require "socket"
+require_relative "support/common"
+
+module Bench
+  module SidekiqPeer
+    JOB_FILE = File.join(__dir__, "support", "sidekiq_noop_job.rb")
+
+    module_function
+
+    def run(jobs, concurrency)
+      port = Integer(ENV.fetch("BENCH_REDIS_PORT", "6391"))
+      redis_url = "redis://127.0.0.1:#{port}/0"
+      with_redis(port) do |redis_pid|
+        ENV["REDIS_URL"] = redis_url
+        require "sidekiq"
+        require "sidekiq/api"
+        require JOB_FILE
+        Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
+        Sidekiq.configure_client { |c| c.redis = { url: redis_url } }
+        Sidekiq.redis(&:flushdb)
+        jobs.times.each_slice(1000) { |slice| Sidekiq::Client.push_bulk("class" => BenchNoopJob, "args" => slice.map { |i| [i] }) }
+        measure(jobs, concurrency, redis_url, redis_pid)
+      end
+    end
+
+    def measure(jobs, concurrency, redis_url, redis_pid)
+      log = File.join(Dir.tmpdir, "bench_sidekiq_#{Process.pid}.log")
+      pid = Process.spawn({ "REDIS_URL" => redis_url }, "sidekiq", "-c", concurrency.to_s, "-r", JOB_FILE,
+                          "-q", "default", %i[out err] => log)
+      begin
+        first = Bench.wait_until(timeout: 120, interval: 0.005, what: "sidekiq's first job") do
+          Bench.now if Sidekiq::Stats.new.processed.positive?
+        end
+        cpu_before = { sidekiq: proc_seconds(pid), redis: proc_seconds(redis_pid) }
+        start_count = Sidekiq::Stats.new.processed
+        Bench.wait_until(timeout: 3600, interval: 0.005, what: "#{jobs} jobs") { Sidekiq::Stats.new.processed >= jobs }
+        seconds = Bench.now - first
+        measured = jobs - start_count
+        cpu = { "sidekiq process" => per_job(proc_seconds(pid) - cpu_before[:sidekiq], measured),
+                "redis-server" => per_job(proc_seconds(redis_pid) - cpu_before[:redis], measured) }
+        failed = Sidekiq::Stats.new.failed
+        raise "#{failed} sidekiq jobs failed (see #{log})" if failed.positive?
+
+        Bench.log(format("sidekiq -c %d: %d jobs in %.2f s = %.1f jobs/s (Redis without persistence)",
+                         concurrency, jobs, seconds, jobs / seconds))
+        Bench.log("  CPU µs per job: #{cpu}")
+        Bench.result(bench: "peer_sidekiq", concurrency: concurrency, steps: jobs, seconds: seconds.round(3),
+                     steps_per_s: (jobs / seconds).round(1), sidekiq_version: Sidekiq::VERSION,
+                     cpu_us_per_step: cpu, quick: Bench.quick?)
+      ensure
+        Process.kill("TERM", pid)
+        Process.wait(pid)
+        File.delete(log) if File.exist?(log) && $ERROR_INFO.nil?
+      end
+    end
+
+    def with_redis(port)
+      raise "redis-server is not installed (apt-get install redis-server)" unless system("which redis-server > /dev/null")
+
+      pid = Process.spawn("redis-server", "--port", port.to_s, "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", %i[out err] => File::NULL)
+      Bench.wait_until(timeout: 10, interval: 0.05, what: "redis-server on port #{port}") do
+        TCPSocket.new("127.0.0.1", port).close || true
+      rescue SystemCallError
+        false
+      end
+      yield pid
+    ensure
+      if pid
+        Process.kill("TERM", pid)
+        Process.wait(pid)
+      end
+    end
+
+    def proc_seconds(pid)
+      text = File.read("/proc/#{pid}/stat")
+      fields = text[(text.rindex(")") + 2)..].split
+      (fields[11].to_i + fields[12].to_i) / 100.0
+    end
+
+    def per_job(seconds, jobs)
+      (seconds * 1e6 / jobs).round(1)
+    end
+  end
+end
+
+if $PROGRAM_NAME == __FILE__
+  require "tmpdir"
+  concurrency = Integer(ARGV.each_cons(2).find { |flag, _| flag == "--concurrency" }&.last || 10)
+  Bench::SidekiqPeer.run(Bench.size(:drain_tasks, full: 20_000, quick: 2_000), concurrency)
+end

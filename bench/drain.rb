@@ -10,6 +10,8 @@
 # Prints one RESULT line per concurrency, with PostgreSQL's work per step (backend CPU, WAL
 # records and bytes of this database, commits; bench/support/pg_work.rb) next to throughput.
 # BENCH_WAL_BREAKDOWN=1 also logs the WAL records per step by record type and relation.
+# BENCH_LEAN_CLAIM=1 (or 0) sets worker.lean_claim (the lease-only claim); unset: the default.
+# BENCH_ACK_MODE=delete|archive sets worker.ack_mode (delete needs BENCH_LEAN_CLAIM=1).
 require_relative "support/worker_setup"
 require_relative "support/prepare"
 require_relative "support/database"
@@ -29,7 +31,8 @@ module Bench
     def measure(url, concurrency, tasks)
       sync = ThrowawayDatabase.setting(url, "synchronous_commit")
       worker = TaskerWorker::Worker.new(registry: Bench.noop_registry, concurrency: concurrency,
-                                        namespaces: [Prepared::NAMESPACE], database_url: url, templates_path: nil)
+                                        namespaces: [Prepared::NAMESPACE], database_url: url, templates_path: nil,
+                                        **lean_claim)
       pg_before = PgWork.snapshot_before(url)
       cpu_before = Cpu.snapshot(url)
       started = Bench.now
@@ -55,13 +58,23 @@ module Bench
       log_pg_work(url, pg, round_trips, pg_before, pg_after, succeeded)
       raise "only #{committed} of #{tasks} steps reached enqueued_for_orchestration" if committed < tasks
 
-      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, seconds: seconds.round(3),
+      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, lean_claim: lean_claim[:lean_claim], ack_mode: lean_claim[:ack_mode], seconds: seconds.round(3),
                    steps_per_s: (succeeded / seconds).round(1), synchronous_commit: sync,
                    steps_per_read: counters[:messages_read].fdiv(counters[:read_batches]).round(2),
                    steps_per_commit: counters[:succeeded].fdiv(counters[:commit_batches]).round(2),
                    cpu_us_per_step: cpu, pg_per_step: pg,
                    round_trips_per_step: round_trips,
                    quick: Bench.quick?)
+    end
+
+    # worker.lean_claim from BENCH_LEAN_CLAIM (1/0), or nothing: the default.
+    def lean_claim
+      case ENV.fetch("BENCH_LEAN_CLAIM", "")
+      when "" then {}
+      when "1" then { lean_claim: true }
+      when "0" then { lean_claim: false }
+      else raise "BENCH_LEAN_CLAIM must be 1 or 0, got #{ENV["BENCH_LEAN_CLAIM"].inspect}"
+      end.merge(ENV.fetch("BENCH_ACK_MODE", "").empty? ? {} : { ack_mode: ENV["BENCH_ACK_MODE"] })
     end
 
     # PostgreSQL's work per step; with BENCH_WAL_BREAKDOWN=1 also the WAL records per step by

@@ -151,11 +151,23 @@ pub struct WorkerConfig {
     /// in_process), no `in_progress` transition; the commit writes that transition with the
     /// result. A running step then shows as `enqueued` with `in_process` true.
     pub lean_claim: bool,
+    /// What a committed result does with its worker message: `archive` it (into the queue's
+    /// `a_` table) or `delete` it (3 fewer WAL records per step; no archive row to inspect).
+    /// `delete` needs `lean_claim`.
+    pub ack_mode: AckMode,
     /// Steps claimed ahead of the handlers, waiting for a free one. Unset: as many as
     /// `max_concurrent_handlers`; 0: claim only for idle handlers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u32>,
     pub mpsc_channels: MpscChannelsConfig,
+}
+
+/// What a committed result does with its worker message (`worker.ack_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    Archive,
+    Delete,
 }
 
 /// How the worker learns that a message is ready.
@@ -696,6 +708,12 @@ impl WorkerConfig {
         );
         if let Some(prefetch) = self.prefetch {
             check_range(issues, "worker.prefetch", prefetch, 0..=100_000);
+        }
+        if self.ack_mode == AckMode::Delete && !self.lean_claim {
+            issues.push(Issue::new(
+                "worker.ack_mode",
+                "delete needs worker.lean_claim = true (the transition claim always archives)".into(),
+            ));
         }
         self.mpsc_channels.handler_dispatch.check(issues);
         self.mpsc_channels.ffi_dispatch.check(issues);

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tasker_worker::config::TaskerConfig;
+use tasker_worker::config::{AckMode, TaskerConfig};
 use tasker_worker::messaging::StepMessage;
 use tasker_worker::testing::{template, wait_for, worker_config, TestDatabase, TestWorkflow};
 use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepSuccess, WorkerCore};
@@ -325,4 +325,31 @@ async fn graceful_shutdown_releases_a_lean_claim_and_the_next_worker_reclaims_it
     assert_eq!(wf.attempts("only").await, 2);
     second.shutdown().await.unwrap();
     db.drop_database().await;
+}
+
+#[tokio::test]
+async fn with_ack_mode_delete_a_committed_result_deletes_its_message_and_archives_nothing() {
+    let db = TestDatabase::migrated().await;
+    let mut config = lean_config(&db, "del");
+    config.worker.ack_mode = AckMode::Delete;
+    let core = start(config, quick_registry("w")).await;
+    let wf = one_step(&db, "del").await;
+    wf.enqueue("only").await;
+    wait_state(&wf, "enqueued_for_orchestration").await;
+    assert_eq!(wf.results("only").await.unwrap()["result"]["by"], "w");
+    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.q_worker_del_queue").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.a_worker_del_queue").await, 0);
+    assert_eq!(orchestration_messages(&db).await, vec![wf.message("only")]);
+    core.shutdown().await.unwrap();
+    db.drop_database().await;
+}
+
+#[test]
+fn ack_mode_delete_without_lean_claim_fails_at_load_naming_the_key() {
+    let overrides: toml::Table = toml::from_str("[worker]\nack_mode = \"delete\"\n").unwrap();
+    let err = TaskerConfig::load_from(None, &|_| None, &overrides).unwrap_err().to_string();
+    assert!(err.contains("worker.ack_mode") && err.contains("lean_claim"), "{err}");
+    let overrides: toml::Table = toml::from_str("[worker]\nack_mode = \"delete\"\nlean_claim = true\n").unwrap();
+    let config = TaskerConfig::load_from(None, &|_| None, &overrides).unwrap();
+    assert_eq!(config.worker.ack_mode, AckMode::Delete);
 }

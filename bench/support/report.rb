@@ -13,9 +13,12 @@ require "json"
 require "time"
 require_relative "common"
 require_relative "pg_work_table"
+require_relative "peer_report"
 
 module Bench
   class Report
+    include PeerReport
+
     OBSERVATIONS = "## Observations"
     LINEAR_REFERENCE_MS = 312.0 # tasker-core's published p50 for the linear shape through its Ruby worker
 
@@ -280,28 +283,6 @@ module Bench
       "#{head}#{lines.join("\n")}\n"
     end
 
-    PEERS = [["peer_batched_pgmq", "peer: batched pure-Ruby PGMQ worker (read 10 + send_batch + archive), 10 threads"],
-             ["peer_sidekiq", "peer: Sidekiq 6 on a local Redis (no persistence), `-c 10`"]].freeze
-
-    # The Sidekiq peer's CPU per job (its process and redis-server), medians.
-    def sidekiq_cpu
-      rows = results("peer_sidekiq")
-      return "" if rows.empty?
-
-      cpu = ->(key) { fmt(Bench.median(rows.map { |r| (r[:result][:cpu_us_per_step] || {})[key] }.compact), 0) }
-      "Sidekiq peer, CPU µs per job (median): sidekiq process #{cpu.call(:"sidekiq process")}, " \
-        "redis-server #{cpu.call(:"redis-server")}.\n"
-    end
-
-    # tasker_worker at concurrency 10 / each peer, same round.
-    def peer_ratios
-      PEERS.filter_map do |bench, label|
-        ratios = round_ratios(->(r) { in_round("drain", :steps_per_s, r, concurrency: 10) },
-                              ->(r) { in_round(bench, :steps_per_s, r) })
-        ratio_line("Ratio tasker_worker at concurrency 10 / #{label.sub(/\Apeer: /, "")} (same round)", ratios) unless ratios.empty?
-      end.join
-    end
-
     def drain_table(concurrencies)
       rs = rounds.select do |r|
         in_round("drain", :steps_per_s, r,
@@ -320,12 +301,7 @@ module Bench
                                                                   end.join(" | ")} | **#{fmt(
                                                                     Bench.median(base.compact), 0
                                                                   )}** |"
-      PEERS.each do |bench, label|
-        vals = rs.map { |r| in_round(bench, :steps_per_s, r) }
-        next if vals.compact.empty?
-
-        lines << "| #{label} | #{vals.map { |v| fmt(v, 0) }.join(" | ")} | **#{fmt(Bench.median(vals.compact), 0)}** |"
-      end
+      lines.concat(peer_rows(rs))
       "#{head}#{lines.join("\n")}\n"
     end
 

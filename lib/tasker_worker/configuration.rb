@@ -23,6 +23,7 @@ module TaskerWorker
       max_delivery_attempts: "worker.max_delivery_attempts",
       shutdown_timeout: "worker.shutdown_timeout_ms",
       lean_claim: "worker.lean_claim",
+      ack_mode: "worker.ack_mode",
       concurrency: "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers",
       prefetch: "worker.prefetch",
       handler_timeout: "worker.mpsc_channels.handler_dispatch.handler_timeout_ms",
@@ -126,6 +127,14 @@ module TaskerWorker
       @lean_claim = optional(value) do
         reject(:lean_claim, value, "true or false") unless [true, false].include?(value)
         core_checked(:lean_claim, value)
+      end
+    end
+
+    # :archive (default) or :delete (needs lean_claim): a committed result's worker message.
+    def ack_mode=(value)
+      @ack_mode = optional(value) do
+        reject(:ack_mode, value, "a String or Symbol") unless value.is_a?(String) || value.is_a?(Symbol)
+        core_checked(:ack_mode, value.to_s)
       end
     end
 

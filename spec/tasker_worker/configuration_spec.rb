@@ -143,6 +143,24 @@ RSpec.describe TaskerWorker::Configuration do
       )
     end
 
+    it "sends lean_claim as a boolean and refuses anything else, naming the core key" do
+      config.lean_claim = true
+      expect(config.to_core_overrides).to eq("worker.lean_claim" => true)
+      expect(config.effective[:worker][:lean_claim]).to be(true)
+      expect { config.lean_claim = "yes" }.to raise_error(TaskerWorker::ConfigurationError, /lean_claim must be true or false/)
+      config.lean_claim = nil
+      expect(config.effective[:worker][:lean_claim]).to be(false)
+    end
+
+    it "sends ack_mode as a String; delete needs lean_claim, checked when the worker's settings are read" do
+      config.ack_mode = :delete
+      expect(config.to_core_overrides).to eq("worker.ack_mode" => "delete")
+      expect { config.effective }.to raise_error(TaskerWorker::ConfigurationError, /worker\.ack_mode.*lean_claim/)
+      config.lean_claim = true
+      expect(config.effective[:worker][:ack_mode]).to eq("delete")
+      expect { config.ack_mode = :shred }.to raise_error(TaskerWorker::ConfigurationError, /ack_mode/)
+    end
+
     it "gives Integer milliseconds" do
       config.poll_interval = 1.0 / 3
 

@@ -118,8 +118,12 @@ END;
 $$;
 
 -- The messages of p_queue_name among p_msg_ids still held through the read that made each
--- claim (read_ct unchanged: no later read after a lapsed lease), locked until the transaction
--- ends (a reader skips them). The lean commit's lease check.
+-- claim (read_ct unchanged: no later read after a lapsed lease). The lean commit's lease
+-- check. Not locked (a lock is a WAL record per message). A read that takes a message after
+-- this check (its lease lapsed just then) is in a claim that waits for the step row this
+-- commit holds, while the commit's archive waits for that read: as with the transition
+-- commit, PostgreSQL ends one of the two (a deadlock error); the claim's read is undone, or
+-- the commit is retried and then finds the lease gone (stale).
 CREATE OR REPLACE FUNCTION tasker.worker_held_messages(p_queue_name text, p_msg_ids bigint[], p_read_cts integer[])
 RETURNS bigint[]
 LANGUAGE plpgsql
@@ -135,10 +139,26 @@ BEGIN
     END IF;
     EXECUTE format(
         'SELECT array_agg(q.msg_id) FROM (SELECT q.msg_id FROM pgmq.%I q '
-        'JOIN unnest($1, $2) AS i(msg_id, read_ct) ON q.msg_id = i.msg_id AND q.read_ct = i.read_ct '
-        'ORDER BY q.msg_id FOR UPDATE OF q) q', 'q_' || p_queue_name)
+        'JOIN unnest($1, $2) AS i(msg_id, read_ct) ON q.msg_id = i.msg_id AND q.read_ct = i.read_ct) q',
+        'q_' || p_queue_name)
       INTO held USING p_msg_ids, p_read_cts;
     RETURN held;
+END;
+$$;
+
+-- Deletes the messages p_msg_ids of p_queue_name (the ack of worker.ack_mode = delete).
+CREATE OR REPLACE FUNCTION tasker.worker_delete_messages(p_queue_name text, p_msg_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+BEGIN
+    IF p_queue_name IS NULL OR p_queue_name !~ '^[a-z0-9_]{1,47}$' THEN
+        RAISE EXCEPTION 'invalid queue name %', p_queue_name USING ERRCODE = '22023';
+    END IF;
+    EXECUTE format('DELETE FROM pgmq.%I WHERE msg_id = ANY ($1)', 'q_' || p_queue_name) USING p_msg_ids;
 END;
 $$;
 
@@ -149,7 +169,8 @@ $$;
 -- live result it writes the claim's `in_progress` transition (uuid p_tokens[n], not most
 -- recent; none when the claim found the step in_progress already) and then the result's
 -- enqueued_(as_error_)for_orchestration transition, so the history reads as the transition
--- claim's does. Returns the tokens that committed; the others changed nothing.
+-- claim's does. The worker messages are archived, or deleted when p_delete
+-- (worker.ack_mode = delete). Returns the tokens that committed; the others changed nothing.
 CREATE OR REPLACE FUNCTION tasker.worker_commit_results_lean(
     p_tokens           uuid[],
     p_previous         uuid[],
@@ -161,7 +182,8 @@ CREATE OR REPLACE FUNCTION tasker.worker_commit_results_lean(
     p_results          jsonb[],
     p_messages         jsonb[],
     p_queue_names      text[],
-    p_msg_ids          bigint[]
+    p_msg_ids          bigint[],
+    p_delete           boolean
 )
 RETURNS SETOF uuid
 LANGUAGE plpgsql
@@ -290,7 +312,11 @@ BEGIN
          WHERE i.token = ANY(live_tokens)
          GROUP BY i.queue_name
     LOOP
-        PERFORM tasker.worker_archive(archive_to.queue_name, archive_to.msg_ids);
+        IF p_delete THEN
+            PERFORM tasker.worker_delete_messages(archive_to.queue_name, archive_to.msg_ids);
+        ELSE
+            PERFORM tasker.worker_archive(archive_to.queue_name, archive_to.msg_ids);
+        END IF;
     END LOOP;
 
     RETURN QUERY SELECT unnest(live_tokens);

@@ -16,6 +16,7 @@
 //! over already read, take the slow way: parse here, one hydration query, one claim call
 //! (`process`).
 
+use crate::config::AckMode;
 use crate::error::{RetryBackoff, TaskerResult};
 use crate::messaging::{
     client, ExecutionTiming, Poison, QueuedMessage, StepExecutionResult, StepFailure, StepMessage,
@@ -75,6 +76,8 @@ pub struct StepExecutorActor {
     pub visibility_timeout_seconds: u32,
     /// `worker.lean_claim`: the lease-only claim (src/worker/step_claim.rs).
     pub lean_claim: bool,
+    /// `worker.ack_mode`, for the failures committed here.
+    pub ack_mode: AckMode,
     pub claim_batch_size: usize,
     /// See `concurrent_batches`.
     pub concurrent_batches: usize,
@@ -371,7 +374,7 @@ impl StepExecutorActor {
         let give_up = Instant::now() + Duration::from_secs(u64::from(self.visibility_timeout_seconds));
         let mut backoff = RetryBackoff::default();
         loop {
-            match completion_processor::commit(&self.pool, &self.worker_id, std::slice::from_ref(&completion))
+            match completion_processor::commit(&self.pool, &self.worker_id, self.ack_mode, std::slice::from_ref(&completion))
                 .await
             {
                 Ok(committed) => {

@@ -17,6 +17,7 @@
 //! becomes an `invalid_result` failure. A result that still cannot be committed is dropped:
 //! its lease is no longer renewed, so the step is re-run after the lease lapses.
 
+use crate::config::AckMode;
 use crate::error::{RetryBackoff, TaskerError, TaskerResult};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure, StepMessage};
 use crate::metrics::{self, Timings};
@@ -42,7 +43,7 @@ const COMMIT_SQL: &str = "SELECT * FROM tasker.worker_commit_results($1, $2, $3,
 /// also checks each message's read count and the step's transition at the claim, and writes
 /// the claim's `in_progress` transition.
 const COMMIT_LEAN_SQL: &str =
-    "SELECT * FROM tasker.worker_commit_results_lean($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    "SELECT * FROM tasker.worker_commit_results_lean($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// Retry pauses for a result that failed to commit on its own (not for the database being
 /// away), before it is dropped.
@@ -62,6 +63,8 @@ pub struct CompletionProcessorService {
     /// Most results committed in one transaction.
     pub batch_size: usize,
     pub worker_id: Arc<str>,
+    /// `worker.ack_mode`.
+    pub ack_mode: AckMode,
     pub in_flight: Arc<InFlight>,
     pub counters: Arc<WorkerCounters>,
     pub callback: Arc<dyn PostHandlerCallback>,
@@ -155,7 +158,7 @@ impl CompletionProcessorService {
         let mut backoff = RetryBackoff::default();
         loop {
             let started = std::time::Instant::now();
-            let outcome = commit(&self.pool, &self.worker_id, batch).await;
+            let outcome = commit(&self.pool, &self.worker_id, self.ack_mode, batch).await;
             Timings::observe(&metrics::timings().commit, started.elapsed());
             match outcome {
                 Err(err) if err.is_transient() && tokio::time::Instant::now() < give_up => {
@@ -257,16 +260,21 @@ fn split(batch: Vec<StepCompletion>, committed: &HashSet<Uuid>) -> CommitOutcome
 /// the others were stale. Results of lease-only claims and of transition claims (a batch
 /// holds one kind; both only if a worker's mode changed) commit through their own function,
 /// in the same transaction.
-pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) -> TaskerResult<HashSet<Uuid>> {
+pub async fn commit(
+    pool: &PgPool,
+    worker_id: &str,
+    ack_mode: AckMode,
+    batch: &[StepCompletion],
+) -> TaskerResult<HashSet<Uuid>> {
     let (lean, plain): (Vec<&StepCompletion>, Vec<&StepCompletion>) =
         batch.iter().partition(|c| c.claim.lease.is_some());
     if lean.is_empty() || plain.is_empty() {
         let all: Vec<&StepCompletion> = batch.iter().collect();
-        return Ok(commit_rows(worker_id, &all)?.send(pool).await?.into_iter().collect());
+        return Ok(commit_rows(worker_id, ack_mode, &all)?.send(pool).await?.into_iter().collect());
     }
     let mut tx = pool.begin().await?;
-    let mut committed = commit_rows(worker_id, &lean)?.send(&mut *tx).await?;
-    committed.extend(commit_rows(worker_id, &plain)?.send(&mut *tx).await?);
+    let mut committed = commit_rows(worker_id, ack_mode, &lean)?.send(&mut *tx).await?;
+    committed.extend(commit_rows(worker_id, ack_mode, &plain)?.send(&mut *tx).await?);
     tx.commit().await?;
     Ok(committed.into_iter().collect())
 }
@@ -274,6 +282,8 @@ pub async fn commit(pool: &PgPool, worker_id: &str, batch: &[StepCompletion]) ->
 /// The arrays one commit statement binds (all of one claim kind).
 struct CommitRows<'a> {
     lean: bool,
+    /// Delete the messages instead of archiving them (lease-only claims only).
+    delete: bool,
     tokens: Vec<Uuid>,
     previous: Vec<Uuid>,
     read_cts: Vec<i32>,
@@ -305,6 +315,7 @@ impl CommitRows<'_> {
                 .bind(&self.messages)
                 .bind(&self.queue_names)
                 .bind(&self.msg_ids)
+                .bind(self.delete)
                 .fetch_all(executor)
                 .await?
         } else {
@@ -325,10 +336,15 @@ impl CommitRows<'_> {
     }
 }
 
-fn commit_rows<'a>(worker_id: &str, batch: &[&'a StepCompletion]) -> TaskerResult<CommitRows<'a>> {
+fn commit_rows<'a>(
+    worker_id: &str,
+    ack_mode: AckMode,
+    batch: &[&'a StepCompletion],
+) -> TaskerResult<CommitRows<'a>> {
     let n = batch.len();
     let mut rows = CommitRows {
         lean: batch.first().is_some_and(|c| c.claim.lease.is_some()),
+        delete: ack_mode == AckMode::Delete,
         tokens: Vec::with_capacity(n),
         previous: Vec::with_capacity(n),
         read_cts: Vec::with_capacity(n),

@@ -58,7 +58,7 @@ module Bench
       log_pg_work(url, pg, round_trips, pg_before, pg_after, succeeded)
       raise "only #{committed} of #{tasks} steps reached enqueued_for_orchestration" if committed < tasks
 
-      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, lean_claim: lean_claim[:lean_claim], ack_mode: lean_claim[:ack_mode], seconds: seconds.round(3),
+      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, **lean_claim, seconds: seconds.round(3),
                    steps_per_s: (succeeded / seconds).round(1), synchronous_commit: sync,
                    steps_per_read: counters[:messages_read].fdiv(counters[:read_batches]).round(2),
                    steps_per_commit: counters[:succeeded].fdiv(counters[:commit_batches]).round(2),

@@ -134,7 +134,12 @@ module TaskerWorker
     def ack_mode=(value)
       @ack_mode = optional(value) do
         reject(:ack_mode, value, "a String or Symbol") unless value.is_a?(String) || value.is_a?(Symbol)
-        core_checked(:ack_mode, value.to_s)
+        # The value alone (delete needs lean_claim, which may be set next: `effective` and the
+        # worker's start check the two together).
+        Native.check_config({ CORE_KEYS[:ack_mode] => value.to_s, CORE_KEYS[:lean_claim] => true })
+        value.to_s
+      rescue ConfigurationError => e
+        raise ConfigurationError, core_message(e.message)
       end
     end
 

@@ -6,9 +6,10 @@
 # --appendonly no`, Redis's in-memory mode, i.e. NOT durable, unlike every tasker_worker
 # commit) is started for the measurement and stopped after it. N jobs of a no-op class are
 # pushed first (Sidekiq::Client.push_bulk, 1,000 per call; not timed); then `sidekiq -c 10`
-# is started as a child process and timed from its first processed job until Sidekiq::Stats
-# counts N (polled every 5 ms; the process's boot, about a second, is left out). CPU per job:
-# the sidekiq process and the redis-server, from /proc.
+# is started as a child process and timed from when it takes its first job until the queue is
+# empty (LLEN polled every 2 ms; the process's boot, about a second, is left out; the last
+# no-op jobs finish within microseconds); afterwards Sidekiq::Stats must count N processed
+# and none failed. CPU per job: the sidekiq process and the redis-server, from /proc.
 #
 # Needs the Debian packages ruby-sidekiq and redis-server (bin/bench installs them, as root,
 # or says how); never needed by the tests.
@@ -44,17 +45,22 @@ module Bench
       log = File.join(Dir.tmpdir, "bench_sidekiq_#{Process.pid}.log")
       pid = Process.spawn({ "REDIS_URL" => redis_url }, "sidekiq", "-c", concurrency.to_s, "-r", JOB_FILE,
                           "-q", "default", %i[out err] => log)
+      queue = Sidekiq::Queue.new("default")
       begin
-        first = Bench.wait_until(timeout: 120, interval: 0.005, what: "sidekiq's first job") do
-          Bench.now if Sidekiq::Stats.new.processed.positive?
+        # Sidekiq::Stats counts processed jobs in Redis only at each heartbeat (every few
+        # seconds): the queue's length (LLEN, exact) says instead when the first job was taken
+        # and when the last one was.
+        first = Bench.wait_until(timeout: 120, interval: 0.002, what: "sidekiq's first job") do
+          Bench.now if queue.size < jobs
         end
         cpu_before = { sidekiq: proc_seconds(pid), redis: proc_seconds(redis_pid) }
-        start_count = Sidekiq::Stats.new.processed
-        Bench.wait_until(timeout: 3600, interval: 0.005, what: "#{jobs} jobs") { Sidekiq::Stats.new.processed >= jobs }
+        Bench.wait_until(timeout: 3600, interval: 0.002, what: "#{jobs} jobs") { queue.size.zero? }
         seconds = Bench.now - first
-        measured = jobs - start_count
-        cpu = { "sidekiq process" => per_job(proc_seconds(pid) - cpu_before[:sidekiq], measured),
-                "redis-server" => per_job(proc_seconds(redis_pid) - cpu_before[:redis], measured) }
+        cpu = { "sidekiq process" => per_job(proc_seconds(pid) - cpu_before[:sidekiq], jobs),
+                "redis-server" => per_job(proc_seconds(redis_pid) - cpu_before[:redis], jobs) }
+        Bench.wait_until(timeout: 60, interval: 0.1, what: "sidekiq to count #{jobs} processed") do
+          Sidekiq::Stats.new.processed >= jobs
+        end
         failed = Sidekiq::Stats.new.failed
         raise "#{failed} sidekiq jobs failed (see #{log})" if failed.positive?
 

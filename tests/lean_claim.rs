@@ -353,3 +353,35 @@ fn ack_mode_delete_without_lean_claim_fails_at_load_naming_the_key() {
     let config = TaskerConfig::load_from(None, &|_| None, &overrides).unwrap();
     assert_eq!(config.worker.ack_mode, AckMode::Delete);
 }
+
+#[tokio::test]
+async fn a_step_moved_and_enqueued_again_after_a_lean_claim_is_claimed_anew_not_taken_for_a_duplicate() {
+    let db = TestDatabase::migrated().await;
+    let gate = Arc::new(Notify::new());
+    let stalled = start(
+        lean_config(&db, "again"),
+        blocking_registry(gate.clone(), Arc::new(AtomicUsize::new(0)), "stalled"),
+    )
+    .await;
+    let wf = one_step(&db, "again").await;
+    wf.enqueue("only").await;
+    wait_running(&db, &wf, 1).await;
+    stalled.quiet();
+    // An operator cancels the running step, then sends it again (in_process is still true).
+    wf.set_state("only", "cancelled").await;
+    wf.set_state("only", "enqueued").await;
+    wf.send("only").await;
+    let fresh = start(lean_config(&db, "again"), quick_registry("fresh")).await;
+    wait_state(&wf, "enqueued_for_orchestration").await;
+    assert_eq!(wf.results("only").await.unwrap()["result"]["by"], "fresh");
+    assert_eq!(fresh.status().await.unwrap().counters.duplicates, 0);
+    gate.notify_one();
+    wait_for("the stale completion", WAIT, || async {
+        (stalled.status().await.unwrap().counters.stale_completions == 1).then_some(())
+    })
+    .await;
+    assert_eq!(wf.results("only").await.unwrap()["result"]["by"], "fresh");
+    stalled.shutdown().await.unwrap();
+    fresh.shutdown().await.unwrap();
+    db.drop_database().await;
+}

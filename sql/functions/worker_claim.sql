@@ -420,9 +420,11 @@ $$;
 -- read after the lease lapsed raised it) and the step's current transition is still `previous`
 -- (nothing else moved the step meanwhile), and writes the `in_progress` transition there,
 -- with the result, so tasker-core's orchestrator finds the rows it always finds.
--- Telling a reclaim from a duplicate without a claim row: a step already in_process through a
--- message read for the first time (read_ct 1) is held through another message: duplicate; read
--- before (read_ct > 1): its lease lapsed, reclaim. A duplicate misjudged as a reclaim (a message
+-- Telling a reclaim from a duplicate without a claim row: a step held (in_process, claimed
+-- since its current transition: last_attempted_at >= its created_at) through a message read
+-- for the first time (read_ct 1) is held through another message: duplicate; read before
+-- (read_ct > 1): its lease lapsed, reclaim. A step moved since its last claim (an operator's
+-- retry, say, after a result that was then stale) is not held, whatever in_process says. A duplicate misjudged as a reclaim (a message
 -- for the held step read before and left, e.g. as missing) only runs twice: the commits' checks
 -- let at most one of the two results count. A step `in_progress` by the transition claim
 -- (a worker without lean_claim) is claimed as before: reclaim through its own message, else
@@ -473,7 +475,8 @@ BEGIN
                           WHEN c.to_state NOT IN ('pending', 'enqueued') THEN 'out_of_order'
                           WHEN EXISTS (SELECT 1 FROM unnest(p_step_uuids, p_msg_ids) AS o(step_uuid, msg_id)
                                         WHERE o.step_uuid = i.step_uuid AND o.msg_id < i.msg_id) THEN 'duplicate'
-                          WHEN s.in_process AND coalesce(i.read_ct, 1) <= 1 THEN 'duplicate'
+                          WHEN s.in_process AND s.last_attempted_at >= c.created_at
+                               AND coalesce(i.read_ct, 1) <= 1 THEN 'duplicate'
                           WHEN c.to_state = 'pending'
                                AND EXISTS (SELECT 1 FROM tasker.workflow_step_edges pe
                                              LEFT JOIN tasker.workflow_step_transitions pt
@@ -482,7 +485,7 @@ BEGIN
                                               AND coalesce(pt.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
                                THEN 'out_of_order'
                           WHEN coalesce(s.attempts, 0) >= s.max_attempts THEN 'exhausted'
-                          WHEN s.in_process THEN 'reclaim'
+                          WHEN s.in_process AND s.last_attempted_at >= c.created_at THEN 'reclaim'
                           ELSE 'claim' END ORDER BY i.n),
            array_agg(coalesce(s.attempts, 0) ORDER BY i.n)
       INTO d_msg, d_step, d_token, d_prev, d_state, d_action, d_attempts

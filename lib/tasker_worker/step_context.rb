@@ -91,6 +91,23 @@ module TaskerWorker
       (@event[:dependency_results] || {}).transform_values { |stored| lookup(stored, "result") }
     end
 
+    # The batch this step runs when it is a batch worker (a BatchContext); raises
+    # PermanentError for any other step.
+    def batch
+      @batch ||= BatchContext.from_inputs(inputs) ||
+                 raise(PermanentError.new("step #{step_name} is not a batch worker: its inputs carry no cursor",
+                                          error_code: "not_a_batch_worker"))
+    end
+
+    # For a convergence step: the results of the batch workers created from `worker_template`
+    # (steps named `<worker_template>_<batch id>`), by step name, in batch order. The no-op
+    # placeholder of a batchable step that found no batches is left out, so none gives {}.
+    def batch_results(worker_template)
+      prefix = "#{worker_template}_"
+      dependency_results.select { |name, result| name.start_with?(prefix) && !no_op_result?(result) }
+                        .sort_by(&:first).to_h
+    end
+
     def logger
       TaskerWorker.respond_to?(:logger) ? TaskerWorker.logger : NULL_LOGGER
     end
@@ -106,6 +123,8 @@ module TaskerWorker
     private
 
     def handler = @event[:handler] || {}
+
+    def no_op_result?(result) = result.is_a?(Hash) && result["no_op"] == true
 
     def lookup(node, key)
       case node

@@ -74,6 +74,19 @@ RSpec.describe TaskerWorker::Testing, ".run_task" do
     expect(task.step(:after)).to have_attributes(state: "pending", attempts: 0, outcome: nil)
   end
 
+  it "refuses a workflow with dynamic steps rather than running every branch" do
+    File.write(File.join(dir, "decide.yml"), <<~YAML)
+      name: decide
+      namespace_name: spec
+      steps:
+        - { name: start, handler: { callable: RunTaskSpec::Start } }
+        - { name: pick, type: decision, dependencies: [start], handler: { callable: RunTaskSpec::Start } }
+        - { name: branch, dependencies: [pick], handler: { callable: RunTaskSpec::Start } }
+    YAML
+    expect { described_class.run_task(namespace: "spec", name: "decide", templates: dir) }
+      .to raise_error(TaskerWorker::ConfigurationError, /runs static workflows only; decide has dynamic steps \(pick\)/)
+  end
+
   it "names what it cannot find, and asks for a version when several match" do
     expect { described_class.run_task(namespace: "spec", name: "nope", templates: dir) }
       .to raise_error(TaskerWorker::ConfigurationError, "no task template spec/nope in #{dir}")

@@ -23,7 +23,16 @@ module TaskerWorker
     # whose parent did not complete never runs. Nothing is written to the tasker tables and no
     # worker, queue or orchestrator is involved; handlers use whatever database they use.
     class TaskRun
+      # Step types whose outcome makes the orchestrator create steps at run time.
+      DYNAMIC_TYPES = %w[decision deferred_convergence batchable batch_worker].freeze
+
       def initialize(template, context)
+        dynamic = template.fetch("steps").select { |step| DYNAMIC_TYPES.include?(step["type"] || step["step_type"]) }
+        unless dynamic.empty?
+          raise ConfigurationError, "run_task runs static workflows only; #{template["name"]} has dynamic steps " \
+                                    "(#{dynamic.map { |s| s["name"] }.join(", ")}): test their handlers with " \
+                                    "Testing.run, and the workflow with a worker and the embedded orchestrator"
+        end
         @template = template
         @context = context
         @steps = template.fetch("steps").to_h { |step| [step.fetch("name"), step] }

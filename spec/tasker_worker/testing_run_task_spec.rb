@@ -65,10 +65,10 @@ RSpec.describe TaskerWorker::Testing, ".run_task" do
     expect(task.result(:after)).to eq("ran" => true)
   end
 
-  it "ends in error when a step fails for good, and its descendants never run" do
+  it "ends blocked by failures when a step fails for good, and its descendants never run" do
     task = run_task(context: { n: 1, fail_join: true })
 
-    expect(task.state).to eq("error")
+    expect(task.state).to eq("blocked_by_failures")
     expect(task.step(:join)).to have_attributes(state: "error", attempts: 1)
     expect(task.step(:join).outcome.message).to eq("told to fail")
     expect(task.step(:after)).to have_attributes(state: "pending", attempts: 0, outcome: nil)

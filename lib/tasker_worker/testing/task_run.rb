@@ -4,7 +4,8 @@ require "json"
 
 module TaskerWorker
   module Testing
-    # The outcome of Testing.run_task: the task's state ("complete" or "error") and each step's
+    # The outcome of Testing.run_task: the task's state ("complete", or "blocked_by_failures" as
+    # the orchestrator leaves a task with a step in error) and each step's
     # state ("complete", "error", or tasker's "pending", the state of a step that never ran
     # because a parent did not complete), attempts and
     # Outcome (nil for a step that never ran).
@@ -41,7 +42,8 @@ module TaskerWorker
       def run
         runs = {}
         in_dependency_order.each { |name| runs[name] = run_step(@steps.fetch(name), runs) }
-        TaskOutcome.new(state: runs.values.all? { |r| r.state == "complete" } ? "complete" : "error", steps: runs)
+        TaskOutcome.new(state: runs.values.all? { |r| r.state == "complete" } ? "complete" : "blocked_by_failures",
+                        steps: runs)
       end
 
       private

@@ -88,7 +88,7 @@ module TaskerWorker
     def process(event)
       @lock.synchronize { @event = event }
       completed = false
-      completed = complete(event, outcome(StepContext.new(event, checkpointer: checkpointer(event))))
+      completed = complete(event, outcome(StepContext.new(event, checkpointer(event))))
     ensure
       complete(event, ResultMapper.handler_killed) unless completed
       @lock.synchronize { @event = nil }

@@ -47,7 +47,7 @@ module TaskerWorker
     # `checkpointer` saves a checkpoint: called with the data Hash and whether it is a yield,
     # it returns `{saved:, checkpoint:}` (the worker passes the core's). Without one (contexts
     # from `build`), checkpoints are kept in this object only.
-    def initialize(event, checkpointer: nil)
+    def initialize(event, checkpointer = nil)
       @event = event
       @checkpointer = checkpointer
       @checkpoint = event[:checkpoint]

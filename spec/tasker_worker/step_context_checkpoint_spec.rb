@@ -45,7 +45,7 @@ RSpec.describe TaskerWorker::StepContext, "checkpoints" do
       calls << [data, yielded]
       { saved: false, checkpoint: saved }
     end
-    context = described_class.new({}, checkpointer: checkpointer)
+    context = described_class.new({}, checkpointer)
     expect(context.checkpoint(cursor: 75, items_processed: 75, accumulated: { "running_total" => 2850 })).to be(false)
     expect(calls).to eq([[{ cursor: 75, items_processed: 75, accumulated_results: { "running_total" => 2850 } }, false]])
     expect(context.checkpoint).to eq(saved)

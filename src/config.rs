@@ -191,7 +191,12 @@ impl CheckpointsConfig {
             self.min_interval_ms,
             0..=3_600_000,
         );
-        check_range(issues, "worker.checkpoints.max_history", self.max_history, 1..=10_000);
+        check_range(
+            issues,
+            "worker.checkpoints.max_history",
+            self.max_history,
+            1..=10_000,
+        );
         check_range(
             issues,
             "worker.checkpoints.max_yields_per_claim",

@@ -33,7 +33,13 @@ fn data(cursor: Value, items: u64, accumulated: Value) -> CheckpointData {
 }
 
 async fn workflow(db: &TestDatabase, ns: &str) -> TestWorkflow {
-    TestWorkflow::create(&db.pool, ns, template("ckpt_task", &[("long", "Long", &[])]), json!({})).await
+    TestWorkflow::create(
+        &db.pool,
+        ns,
+        template("ckpt_task", &[("long", "Long", &[])]),
+        json!({}),
+    )
+    .await
 }
 
 /// Claims the first message of `ns`'s queue (a claim or a reclaim).
@@ -126,7 +132,11 @@ async fn a_stale_claim_is_refused_and_changes_nothing_and_the_reclaim_carries_th
     lapse(&db, "ckpt_b", &first).await;
     let (second, context) = claim(&db, "ckpt_b").await;
     assert_eq!(second.reclaimed_from, Some(first.token), "a reclaim");
-    assert_eq!(context.checkpoint.as_ref(), Some(&saved), "the reclaim resumes from the checkpoint");
+    assert_eq!(
+        context.checkpoint.as_ref(),
+        Some(&saved),
+        "the reclaim resumes from the checkpoint"
+    );
 
     let refused = checkpoints::save(
         &db.pool,
@@ -136,7 +146,10 @@ async fn a_stale_claim_is_refused_and_changes_nothing_and_the_reclaim_carries_th
         &limits(),
     )
     .await;
-    assert!(matches!(refused, Err(CheckpointError::StaleClaim(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(CheckpointError::StaleClaim(_))),
+        "{refused:?}"
+    );
     assert_eq!(stored(&db, &wf).await.as_ref(), Some(&saved), "nothing changed");
 
     // The new claim saves; the slow hydration path reads the checkpoint too.
@@ -162,10 +175,27 @@ async fn a_claim_committed_or_for_another_step_cannot_save() {
     wf.enqueue("long").await;
     let (claim, _) = claim(&db, "ckpt_c").await;
     let other = workflow(&db, "ckpt_c").await;
-    let wrong_step = checkpoints::save(&db.pool, other.step("long"), claim.token, &data(json!(1), 1, json!(1)), &limits()).await;
-    assert!(matches!(wrong_step, Err(CheckpointError::StaleClaim(_))), "{wrong_step:?}");
+    let wrong_step = checkpoints::save(
+        &db.pool,
+        other.step("long"),
+        claim.token,
+        &data(json!(1), 1, json!(1)),
+        &limits(),
+    )
+    .await;
+    assert!(
+        matches!(wrong_step, Err(CheckpointError::StaleClaim(_))),
+        "{wrong_step:?}"
+    );
     wf.set_state("long", "enqueued_for_orchestration").await;
-    let after = checkpoints::save(&db.pool, claim.step_uuid, claim.token, &data(json!(1), 1, json!(1)), &limits()).await;
+    let after = checkpoints::save(
+        &db.pool,
+        claim.step_uuid,
+        claim.token,
+        &data(json!(1), 1, json!(1)),
+        &limits(),
+    )
+    .await;
     assert!(matches!(after, Err(CheckpointError::StaleClaim(_))), "{after:?}");
     assert_eq!(stored(&db, &wf).await, None);
     db.drop_database().await;
@@ -183,9 +213,15 @@ async fn the_history_keeps_the_newest_max_history_entries() {
     };
     let mut last = Value::Null;
     for n in 1..=7u64 {
-        last = checkpoints::save(&db.pool, claim.step_uuid, claim.token, &data(json!(n), n, json!(n)), &limits)
-            .await
-            .expect("saved");
+        last = checkpoints::save(
+            &db.pool,
+            claim.step_uuid,
+            claim.token,
+            &data(json!(n), n, json!(n)),
+            &limits,
+        )
+        .await
+        .expect("saved");
     }
     let cursors: Vec<Value> = last["history"]
         .as_array()
@@ -210,7 +246,9 @@ async fn over_max_bytes_is_refused_and_history_is_trimmed_to_fit() {
     let big = data(json!(1), 1, json!("x".repeat(2000)));
     let refused = checkpoints::save(&db.pool, claim.step_uuid, claim.token, &big, &limits).await;
     match refused {
-        Err(CheckpointError::Limit(message)) => assert!(message.contains("worker.checkpoints.max_bytes"), "{message}"),
+        Err(CheckpointError::Limit(message)) => {
+            assert!(message.contains("worker.checkpoints.max_bytes"), "{message}")
+        }
         other => panic!("expected a limit error, got {other:?}"),
     }
     assert_eq!(stored(&db, &wf).await, None, "nothing saved");
@@ -218,14 +256,31 @@ async fn over_max_bytes_is_refused_and_history_is_trimmed_to_fit() {
     // A 200-byte cursor fits, but not 100 of them in the history: the oldest are dropped.
     for n in 0..6 {
         let cursor = json!(format!("{n}{}", "c".repeat(200)));
-        let saved = checkpoints::save(&db.pool, claim.step_uuid, claim.token, &data(cursor.clone(), n, json!(n)), &limits)
-            .await
-            .expect("fits with a shorter history");
-        assert!(saved.to_string().len() <= 1024, "{} bytes", saved.to_string().len());
+        let saved = checkpoints::save(
+            &db.pool,
+            claim.step_uuid,
+            claim.token,
+            &data(cursor.clone(), n, json!(n)),
+            &limits,
+        )
+        .await
+        .expect("fits with a shorter history");
+        assert!(
+            saved.to_string().len() <= 1024,
+            "{} bytes",
+            saved.to_string().len()
+        );
         let history = saved["history"].as_array().unwrap();
-        assert_eq!(history.last().unwrap()["cursor"], cursor, "the newest entry is kept");
+        assert_eq!(
+            history.last().unwrap()["cursor"],
+            cursor,
+            "the newest entry is kept"
+        );
     }
-    let history_len = stored(&db, &wf).await.unwrap()["history"].as_array().unwrap().len();
+    let history_len = stored(&db, &wf).await.unwrap()["history"]
+        .as_array()
+        .unwrap()
+        .len();
     assert!(history_len < 6, "history was trimmed to fit: {history_len}");
 
     // The cursor alone fits the pre-check but not with its history entry: refused in SQL.
@@ -242,7 +297,9 @@ async fn the_ffi_channel_saves_coalesces_bounds_yields_and_refuses_finished_even
     let mut config = worker_config(&db, &["ckpt_f"]);
     config.worker.checkpoints.min_interval_ms = 60_000;
     config.worker.checkpoints.max_yields_per_claim = 2;
-    let core = WorkerCore::start(config, DispatchMode::Ffi).await.expect("worker starts");
+    let core = WorkerCore::start(config, DispatchMode::Ffi)
+        .await
+        .expect("worker starts");
     let channel = core.ffi_channel().expect("ffi channel").clone();
     let wf = workflow(&db, "ckpt_f").await;
     wf.enqueue("long").await;
@@ -260,21 +317,36 @@ async fn the_ffi_channel_saves_coalesces_bounds_yields_and_refuses_finished_even
         tokio::task::spawn_blocking(move || channel.checkpoint(id, d, yielded))
     };
 
-    let first = call(data(json!(1), 1, json!(1)), false).await.unwrap().expect("saved");
+    let first = call(data(json!(1), 1, json!(1)), false)
+        .await
+        .unwrap()
+        .expect("saved");
     assert!(first.saved);
     assert_eq!(stored(&db, &wf).await.as_ref(), Some(&first.checkpoint));
     // Within min_interval: coalesced, kept in memory, not written.
-    let second = call(data(json!(2), 2, json!(2)), false).await.unwrap().expect("coalesced");
+    let second = call(data(json!(2), 2, json!(2)), false)
+        .await
+        .unwrap()
+        .expect("coalesced");
     assert!(!second.saved);
     assert_eq!(second.checkpoint["cursor"], json!(2));
     assert_eq!(stored(&db, &wf).await.unwrap()["cursor"], json!(1));
 
-    call(data(json!(3), 3, json!(3)), true).await.unwrap().expect("yield 1");
-    call(data(json!(4), 4, json!(4)), true).await.unwrap().expect("yield 2");
+    call(data(json!(3), 3, json!(3)), true)
+        .await
+        .unwrap()
+        .expect("yield 1");
+    call(data(json!(4), 4, json!(4)), true)
+        .await
+        .unwrap()
+        .expect("yield 2");
     let third = call(data(json!(5), 5, json!(5)), true).await.unwrap();
     match third {
         Err(CheckpointError::Limit(message)) => {
-            assert!(message.contains("worker.checkpoints.max_yields_per_claim"), "{message}")
+            assert!(
+                message.contains("worker.checkpoints.max_yields_per_claim"),
+                "{message}"
+            )
         }
         other => panic!("expected the yield bound, got {other:?}"),
     }

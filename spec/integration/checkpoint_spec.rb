@@ -120,8 +120,8 @@ RSpec.describe "checkpointed steps", :worker do
                                 context: { count: 100, batch: 10 })
       finished = client.wait(task, timeout: 30)
       expect(finished[:state]).to eq("complete")
-      expect(result_of(finished, "sum_in_batches")["result"]).to eq("sum" => 5050, "runs" => 10,
-                                                                     "items_processed" => 100, "attempt" => 1)
+      expected = { "sum" => 5050, "runs" => 10, "items_processed" => 100, "attempt" => 1 }
+      expect(result_of(finished, "sum_in_batches")["result"]).to eq(expected)
       row = step_row(task)
       expect(row["attempts"].to_i).to eq(1)
       expect(transitions(row["workflow_step_uuid"], "in_progress").size).to eq(1)

@@ -21,7 +21,8 @@ use sqlx::PgPool;
 use std::sync::OnceLock;
 use uuid::Uuid;
 
-const SAVE_SQL: &str = "SELECT outcome, checkpoint FROM tasker.worker_save_checkpoint($1, $2, $3, $4, $5, $6, $7)";
+const SAVE_SQL: &str =
+    "SELECT outcome, checkpoint FROM tasker.worker_save_checkpoint($1, $2, $3, $4, $5, $6, $7)";
 
 /// What a handler asks to save.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +68,9 @@ pub fn checkpointed() -> &'static Counter {
 /// The size of `data` against `max_bytes` before anything is sent: the cursor and the
 /// accumulated results, as JSON text.
 pub fn check_size(data: &CheckpointData, limits: &CheckpointsConfig) -> Result<(), CheckpointError> {
-    let bytes = serde_json::to_string(&data.cursor).map(|t| t.len()).unwrap_or(usize::MAX)
+    let bytes = serde_json::to_string(&data.cursor)
+        .map(|t| t.len())
+        .unwrap_or(usize::MAX)
         + data
             .accumulated_results
             .as_ref()
@@ -93,8 +96,9 @@ pub async fn save(
     limits: &CheckpointsConfig,
 ) -> Result<Value, CheckpointError> {
     check_size(data, limits)?;
-    let items = i64::try_from(data.items_processed)
-        .map_err(|_| CheckpointError::Limit(format!("items_processed {} is too large", data.items_processed)))?;
+    let items = i64::try_from(data.items_processed).map_err(|_| {
+        CheckpointError::Limit(format!("items_processed {} is too large", data.items_processed))
+    })?;
     let (outcome, record): (String, Option<Value>) = sqlx::query_as(SAVE_SQL)
         .bind(step_uuid)
         .bind(token)
@@ -121,9 +125,9 @@ pub async fn save(
             limits.max_bytes
         ))),
         ("missing", _) => Err(CheckpointError::Missing(step_uuid)),
-        (other, _) => Err(CheckpointError::Database(TaskerError::Database(sqlx::Error::Protocol(
-            format!("tasker.worker_save_checkpoint returned {other:?}"),
-        )))),
+        (other, _) => Err(CheckpointError::Database(TaskerError::Database(
+            sqlx::Error::Protocol(format!("tasker.worker_save_checkpoint returned {other:?}")),
+        ))),
     }
 }
 

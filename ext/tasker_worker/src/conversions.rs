@@ -67,7 +67,8 @@ pub fn checkpoint(ruby: &Ruby, event_id: Uuid, value: Value) -> Result<Checkpoin
         )
     };
     check_ruby_json(value, limits::MAX_JSON_DEPTH + 1, "the checkpoint").map_err(refused)?;
-    let data: CheckpointData = serde_magnus::deserialize(ruby, value).map_err(|err| refused(err.to_string()))?;
+    let data: CheckpointData =
+        serde_magnus::deserialize(ruby, value).map_err(|err| refused(err.to_string()))?;
     limits::check_value(&data.cursor, "the cursor").map_err(|e| refused(e.to_string()))?;
     if let Some(accumulated) = &data.accumulated_results {
         limits::check_value(accumulated, "the accumulated results").map_err(|e| refused(e.to_string()))?;

@@ -24,7 +24,9 @@ pub fn to_ruby(ruby: &Ruby, err: TaskerError) -> Error {
 /// `CheckpointLimitError` (over a `worker.checkpoints` limit), or the database's error.
 pub fn checkpoint(ruby: &Ruby, err: CheckpointError) -> Error {
     match err {
-        CheckpointError::StaleClaim(_) | CheckpointError::Missing(_) => named(ruby, "StaleClaimError", err.to_string()),
+        CheckpointError::StaleClaim(_) | CheckpointError::Missing(_) => {
+            named(ruby, "StaleClaimError", err.to_string())
+        }
         CheckpointError::Limit(_) => named(ruby, "CheckpointLimitError", err.to_string()),
         CheckpointError::Database(err) => to_ruby(ruby, err),
     }

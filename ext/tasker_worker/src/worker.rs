@@ -185,7 +185,11 @@ impl NativeWorker {
     ) -> Result<RHash, Error> {
         rb_self.check_pid(ruby)?;
         let event_id = uuid::Uuid::parse_str(&event_id).map_err(|err| {
-            errors::named(ruby, "StaleClaimError", format!("event id {event_id:?} is not a uuid: {err}"))
+            errors::named(
+                ruby,
+                "StaleClaimError",
+                format!("event id {event_id:?} is not a uuid: {err}"),
+            )
         })?;
         let data = conversions::checkpoint(ruby, event_id, data)?;
         let channel = rb_self.channel.clone();

@@ -26,8 +26,8 @@
 //! await; the callers are OS threads (Ruby threads with the GVL released).
 
 use crate::config::{CheckpointsConfig, FfiDispatchConfig};
-use crate::worker::checkpoints::{self, CheckpointData, CheckpointError};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
+use crate::worker::checkpoints::{self, CheckpointData, CheckpointError};
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::step_context::StepContext;
 use crate::worker::task::StopSignal;
@@ -279,7 +279,9 @@ impl FfiDispatchChannel {
                 return Err(CheckpointError::StaleClaim(match finished {
                     Some(Finished::Completed) => format!("event {event_id} was already completed"),
                     Some(Finished::TimedOut) => format!("event {event_id} timed out (ffi_timeout)"),
-                    Some(Finished::Stopped) => format!("event {event_id} was abandoned when the worker stopped"),
+                    Some(Finished::Stopped) => {
+                        format!("event {event_id} was abandoned when the worker stopped")
+                    }
                     None => format!("event {event_id} is not known to this worker"),
                 }));
             };

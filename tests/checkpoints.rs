@@ -373,3 +373,29 @@ async fn the_ffi_channel_saves_coalesces_bounds_yields_and_refuses_finished_even
     core.shutdown().await.expect("shutdown");
     db.drop_database().await;
 }
+
+#[test]
+fn the_limits_default_as_documented_and_a_bad_value_fails_at_load_naming_the_key() {
+    use tasker_worker::config::TaskerConfig;
+    let defaults = TaskerConfig::default().worker.checkpoints;
+    assert_eq!(
+        defaults,
+        CheckpointsConfig {
+            max_bytes: 1024 * 1024,
+            min_interval_ms: 100,
+            max_history: 100,
+            max_yields_per_claim: 10_000,
+        }
+    );
+    for (key, bad) in [
+        ("worker.checkpoints.max_bytes", 10),
+        ("worker.checkpoints.max_history", 0),
+        ("worker.checkpoints.max_yields_per_claim", 0),
+        ("worker.checkpoints.min_interval_ms", 3_600_001),
+    ] {
+        let overrides =
+            TaskerConfig::overrides_from_dotted([(key.to_string(), toml::Value::Integer(bad))]).unwrap();
+        let err = TaskerConfig::load_from(None, &|_| None, &overrides).expect_err(key);
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}

@@ -68,3 +68,17 @@ RSpec.describe TaskerWorker::StepContext, "checkpoints" do
     expect { handler.checkpoint_yield(cursor: 5, items_processed: nil) }.to raise_error(ArgumentError)
   end
 end
+
+RSpec.describe TaskerWorker::Configuration, "checkpoint options" do
+  it "sends them to the core in its units and refuses a bad one naming the core key" do
+    config = described_class.new
+    config.checkpoint_min_interval = 0.25
+    config.checkpoint_max_history = 10
+    expect(config.to_core_overrides).to include("worker.checkpoints.min_interval_ms" => 250,
+                                                "worker.checkpoints.max_history" => 10)
+    expect { config.checkpoint_max_history = 0 }
+      .to raise_error(TaskerWorker::ConfigurationError, /checkpoint_max_history .*worker\.checkpoints\.max_history/)
+    expect { config.checkpoint_max_bytes = 10 }
+      .to raise_error(TaskerWorker::ConfigurationError, /worker\.checkpoints\.max_bytes/)
+  end
+end

@@ -399,3 +399,23 @@ fn the_limits_default_as_documented_and_a_bad_value_fails_at_load_naming_the_key
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 }
+
+/// Like the other worker functions (sql/functions/worker_claim.sql explains why).
+#[tokio::test]
+async fn the_save_function_runs_with_generic_index_plans() {
+    let db = TestDatabase::migrated().await;
+    let config: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(proconfig) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+          WHERE n.nspname = 'tasker' AND p.proname = 'worker_save_checkpoint'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for setting in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
+        assert!(
+            config.iter().any(|c| c == setting),
+            "{setting} missing from {config:?}"
+        );
+    }
+    db.drop_database().await;
+}

@@ -6,8 +6,9 @@ require "securerandom"
 
 module TaskerWorker
   # What a handler gets for one claimed step: read-only access to the event the core
-  # delivered (the task's context, the step's inputs, its ancestors' results, the attempt).
-  # Data that came from JSON has String keys; lookups here accept Symbols as well.
+  # delivered (the task's context, the step's inputs, its ancestors' results, the attempt),
+  # and the step's checkpoint, which `checkpoint(cursor:, ...)` saves (README "Checkpointed
+  # steps"). Data that came from JSON has String keys; lookups here accept Symbols as well.
   class StepContext
     EVENT_DEFAULTS = {
       namespace: "default", task_name: "test_task", task_version: "1.0.0", step_name: "step",
@@ -85,11 +86,11 @@ module TaskerWorker
     alias has_checkpoint? checkpoint?
 
     # Where to resume (the saved cursor), nil without a checkpoint.
-    def checkpoint_cursor = @checkpoint&.fetch("cursor", nil)
+    def checkpoint_cursor = checkpoint_field("cursor")
     # Items processed before this run (0 without a checkpoint).
-    def checkpoint_items_processed = @checkpoint ? @checkpoint.fetch("items_processed", 0).to_i : 0
+    def checkpoint_items_processed = checkpoint_field("items_processed").to_i
     # The results the last checkpoint carried, nil without one.
-    def accumulated_results = @checkpoint&.fetch("accumulated_results", nil)
+    def accumulated_results = checkpoint_field("accumulated_results")
 
     %i[event_id task_uuid step_uuid correlation_id namespace task_name task_version step_name
        max_attempts timeout_seconds].each do |field|
@@ -149,6 +150,9 @@ module TaskerWorker
     private
 
     def handler = @event[:handler] || {}
+
+    # A field of the checkpoint; nil without one (or when a foreign writer stored a non-object).
+    def checkpoint_field(key) = @checkpoint.is_a?(Hash) ? @checkpoint[key] : nil
 
     def store_checkpoint(data, yielded)
       self.class.check_items_processed!(data[:items_processed])

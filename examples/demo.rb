@@ -32,7 +32,9 @@ BATCH = [
   ["order_fulfillment", "business_workflow", 40, ORDER, "complete"],
   ["order_fulfillment", "business_workflow", 1, ORDER.merge(payment: { method: "card", token: "tok_declined" }),
    "blocked_by_failures"],
-  ["test_errors", "error_scenarios", 1, {}, "blocked_by_failures"]
+  ["test_errors", "error_scenarios", 1, {}, "blocked_by_failures"],
+  ["checkpointed_workflow", "checkpointed_sum", 4, { count: 20, seconds: 0.01 }, "complete"],
+  ["checkpointed_workflow", "checkpointed_batches", 4, { count: 100, batch: 10 }, "complete"]
 ].freeze
 
 def progress(done, total, started)

@@ -190,7 +190,7 @@ RSpec.describe "checkpointed steps", :worker do
       expect(checkpoint_of(too_big[:task_uuid])).to be_nil
 
       forever = run("Forever")
-      expect(forever[:state]).to eq("error")
+      expect(forever[:state]).to eq("blocked_by_failures")
       error = result_of(forever, "only")["error"]
       expect(error).to include("error_type" => "checkpoint_yield_limit", "retryable" => true)
       expect(error["message"]).to include("worker.checkpoints.max_yields_per_claim")

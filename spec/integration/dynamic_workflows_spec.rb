@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "set"
 require "tmpdir"
 
 Dir[File.expand_path("../../examples/handlers/*.rb", __dir__)].sort.each { |f| require f }

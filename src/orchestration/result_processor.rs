@@ -5,8 +5,8 @@
 //!    processes finish two parents of one child at the same moment;
 //! 2. failure → while the step and its result are retryable and attempts < max_attempts, the
 //!    step waits for its backoff (a delayed message: the template's backoff, or the handler's
-//!    hint when longer); otherwise it becomes `error` and so does the task, whose remaining
-//!    steps are then never enqueued;
+//!    hint when longer); otherwise it becomes `error` and the task `blocked_by_failures`
+//!    (tasker-core's state for it), whose remaining steps are then never enqueued;
 //! 3. the task becomes `complete` when every step is; a cancelled task's late results are
 //!    recorded (a success completes its step, a failure cancels it) and change nothing else;
 //! 4. the message is archived in the same transaction. A message for a step not waiting for
@@ -290,7 +290,7 @@ impl ResultProcessor {
     fn count_settled(&self, task_uuid: Uuid, settled: Option<&str>) {
         match settled {
             Some("complete") => bump(&self.counters.tasks_completed),
-            Some("error") => bump(&self.counters.tasks_failed),
+            Some("blocked_by_failures" | "error") => bump(&self.counters.tasks_failed),
             _ => return,
         }
         if tracing::enabled!(tracing::Level::INFO) {
@@ -462,7 +462,7 @@ impl ResultProcessor {
         Ok(())
     }
 
-    /// Moves the task to `error` at the first failed step, to `complete` when all are done
+    /// Moves the task to `blocked_by_failures` at the first failed step, to `complete` when all are done
     /// (`tasker.orchestrator_settle_task`, sql/functions/orchestrator.sql).
     async fn settle_task(&self, tx: &mut PgConnection, ctx: &TaskCtx<'_>) -> TaskerResult<()> {
         let settled: Option<String> =

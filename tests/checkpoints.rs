@@ -447,9 +447,16 @@ async fn a_lean_claim_saves_while_its_lease_holds_and_its_reclaim_resumes_from_i
     lapse(&db, "ckpt_lean", &first).await;
     let (second, context) = lean_claim(&db, "ckpt_lean").await;
     assert_eq!(second.lease.unwrap().read_ct, 2);
-    assert_eq!(context.checkpoint.as_ref().map(|c| c["cursor"].clone()), Some(json!(10)), "resumes");
+    assert_eq!(
+        context.checkpoint.as_ref().map(|c| c["cursor"].clone()),
+        Some(json!(10)),
+        "resumes"
+    );
     let refused = checkpoints::save_for(&db.pool, &first, &data(json!(99), 99, json!({})), &limits()).await;
-    assert!(matches!(refused, Err(CheckpointError::StaleClaim(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(CheckpointError::StaleClaim(_))),
+        "{refused:?}"
+    );
     assert_eq!(stored(&db, &wf).await.unwrap()["cursor"], json!(10));
 
     let newer = checkpoints::save_for(&db.pool, &second, &data(json!(20), 20, json!({})), &limits())

@@ -32,7 +32,11 @@ async fn one_step(db: &TestDatabase, ns: &str) -> TestWorkflow {
     TestWorkflow::create(&db.pool, ns, template("one", &[("only", "Gate", &[])]), json!({})).await
 }
 
-fn blocking_registry(gate: Arc<Notify>, runs: Arc<AtomicUsize>, label: &'static str) -> Arc<InMemoryHandlerRegistry> {
+fn blocking_registry(
+    gate: Arc<Notify>,
+    runs: Arc<AtomicUsize>,
+    label: &'static str,
+) -> Arc<InMemoryHandlerRegistry> {
     let registry = Arc::new(InMemoryHandlerRegistry::new());
     registry.register(
         "Gate",
@@ -90,11 +94,14 @@ async fn count(db: &TestDatabase, sql: &str) -> i64 {
 }
 
 async fn orchestration_messages(db: &TestDatabase) -> Vec<StepMessage> {
-    let rows: Vec<Value> = sqlx::query_scalar("SELECT message FROM pgmq.q_orchestration_step_results ORDER BY msg_id")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    rows.into_iter().map(|v| serde_json::from_value(v).unwrap()).collect()
+    let rows: Vec<Value> =
+        sqlx::query_scalar("SELECT message FROM pgmq.q_orchestration_step_results ORDER BY msg_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -102,29 +109,46 @@ async fn the_claim_writes_only_the_step_row_and_the_commit_writes_the_rows_the_o
     let db = TestDatabase::migrated().await;
     let gate = Arc::new(Notify::new());
     let runs = Arc::new(AtomicUsize::new(0));
-    let core = start(lean_config(&db, "lean"), blocking_registry(gate.clone(), runs.clone(), "w")).await;
+    let core = start(
+        lean_config(&db, "lean"),
+        blocking_registry(gate.clone(), runs.clone(), "w"),
+    )
+    .await;
     let wf = one_step(&db, "lean").await;
     let msg_id = wf.enqueue("only").await;
 
     wait_running(&db, &wf, 1).await;
     assert_eq!(wf.state("only").await, "enqueued", "no transition while it runs");
-    assert_eq!(step_row(&db, &wf).await, (true, 1, 2), "pending and enqueued only");
+    assert_eq!(
+        step_row(&db, &wf).await,
+        (true, 1, 2),
+        "pending and enqueued only"
+    );
 
     gate.notify_one();
     wait_state(&wf, "enqueued_for_orchestration").await;
     let transitions = wf.transitions("only").await;
     let states: Vec<&str> = transitions.iter().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(states, ["pending", "enqueued", "in_progress", "enqueued_for_orchestration"]);
+    assert_eq!(
+        states,
+        ["pending", "enqueued", "in_progress", "enqueued_for_orchestration"]
+    );
     let claim = &transitions[2].1;
     assert_eq!(claim["event"], "start");
     assert_eq!(claim["worker_id"], core.worker_id());
     assert_eq!(claim["queue_name"], "worker_lean_queue");
     assert_eq!(claim["msg_id"], msg_id.to_string());
     assert_eq!(claim["read_ct"], 1);
-    assert_eq!(claim["correlation_id"], wf.message("only").correlation_id.to_string());
+    assert_eq!(
+        claim["correlation_id"],
+        wf.message("only").correlation_id.to_string()
+    );
     let done = &transitions[3].1;
     assert_eq!(done["claim"].as_str(), Some(claim_uuid(&db, &wf).await.as_str()));
-    assert!(done["worker_uuid"].is_string() && done["correlation_id"].is_string(), "{done}");
+    assert!(
+        done["worker_uuid"].is_string() && done["correlation_id"].is_string(),
+        "{done}"
+    );
     // Sort keys 1..4, the result's transition the only most recent one.
     let keys: Vec<(i32, bool)> = sqlx::query_as(
         "SELECT sort_key, most_recent FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 ORDER BY sort_key",
@@ -137,8 +161,14 @@ async fn the_claim_writes_only_the_step_row_and_the_commit_writes_the_rows_the_o
     assert_eq!(step_row(&db, &wf).await, (false, 1, 4));
     assert_eq!(wf.results("only").await.unwrap()["result"]["by"], "w");
     assert_eq!(orchestration_messages(&db).await, vec![wf.message("only")]);
-    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.q_worker_lean_queue").await, 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.a_worker_lean_queue").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgmq.q_worker_lean_queue").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgmq.a_worker_lean_queue").await,
+        1
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     core.shutdown().await.unwrap();
     db.drop_database().await;
@@ -194,12 +224,18 @@ async fn two_lean_workers_racing_on_duplicate_messages_run_and_commit_each_step_
     .await;
     for wf in &workflows {
         let states: Vec<String> = wf.transitions("only").await.into_iter().map(|(s, _)| s).collect();
-        assert_eq!(states, ["pending", "enqueued", "in_progress", "enqueued_for_orchestration"]);
+        assert_eq!(
+            states,
+            ["pending", "enqueued", "in_progress", "enqueued_for_orchestration"]
+        );
     }
     assert_eq!(runs.load(Ordering::SeqCst), 20, "each step ran once");
     assert_eq!(orchestration_messages(&db).await.len(), 20);
     let (sa, sb) = wait_for("every result to be counted", WAIT, || async {
-        let (sa, sb) = (a.status().await.unwrap().counters, b.status().await.unwrap().counters);
+        let (sa, sb) = (
+            a.status().await.unwrap().counters,
+            b.status().await.unwrap().counters,
+        );
         (sa.succeeded + sb.succeeded >= 20).then_some((sa, sb))
     })
     .await;
@@ -215,7 +251,11 @@ async fn a_lapsed_lease_is_reclaimed_and_the_late_result_of_the_first_claim_chan
     let db = TestDatabase::migrated().await;
     let config = lean_config(&db, "late");
     let gate = Arc::new(Notify::new());
-    let slow = start(config.clone(), blocking_registry(gate.clone(), Arc::new(AtomicUsize::new(0)), "slow")).await;
+    let slow = start(
+        config.clone(),
+        blocking_registry(gate.clone(), Arc::new(AtomicUsize::new(0)), "slow"),
+    )
+    .await;
     let wf = one_step(&db, "late").await;
     wf.enqueue("only").await;
     wait_running(&db, &wf, 1).await;
@@ -241,10 +281,17 @@ async fn a_lapsed_lease_is_reclaimed_and_the_late_result_of_the_first_claim_chan
         (slow.status().await.unwrap().counters.stale_completions == 1).then_some(())
     })
     .await;
-    assert_eq!(wf.results("only").await.unwrap()["result"]["by"], "other", "the late result must not overwrite");
+    assert_eq!(
+        wf.results("only").await.unwrap()["result"]["by"],
+        "other",
+        "the late result must not overwrite"
+    );
     assert_eq!(wf.transitions("only").await.len(), 4);
     assert_eq!(orchestration_messages(&db).await.len(), 1);
-    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.a_worker_late_queue").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgmq.a_worker_late_queue").await,
+        1
+    );
     slow.shutdown().await.unwrap();
     other.shutdown().await.unwrap();
     db.drop_database().await;
@@ -272,7 +319,11 @@ async fn a_result_for_a_step_moved_while_it_ran_changes_nothing_and_keeps_the_me
     assert_eq!(wf.state("only").await, "cancelled");
     assert!(wf.results("only").await.is_none());
     assert!(orchestration_messages(&db).await.is_empty());
-    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.a_worker_moved_queue").await, 0, "not acked");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgmq.a_worker_moved_queue").await,
+        0,
+        "not acked"
+    );
     core.shutdown().await.unwrap();
     db.drop_database().await;
 }
@@ -291,16 +342,30 @@ async fn a_step_that_crashes_its_worker_every_time_runs_out_of_attempts() {
     wf.enqueue("only").await;
     for attempt in 1..=2 {
         let runs = Arc::new(AtomicUsize::new(0));
-        let dying = start(config.clone(), blocking_registry(Arc::new(Notify::new()), runs.clone(), "dying")).await;
+        let dying = start(
+            config.clone(),
+            blocking_registry(Arc::new(Notify::new()), runs.clone(), "dying"),
+        )
+        .await;
         wait_running(&db, &wf, attempt).await;
-        wait_for("the handler to start", WAIT, || async { (runs.load(Ordering::SeqCst) == 1).then_some(()) }).await;
+        wait_for("the handler to start", WAIT, || async {
+            (runs.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
         drop(dying); // no shutdown: tasks aborted, leases not released
     }
     let runs = Arc::new(AtomicUsize::new(0));
-    let last = start(config, blocking_registry(Arc::new(Notify::new()), runs.clone(), "last")).await;
+    let last = start(
+        config,
+        blocking_registry(Arc::new(Notify::new()), runs.clone(), "last"),
+    )
+    .await;
     wait_state(&wf, "enqueued_as_error_for_orchestration").await;
     let results = wf.results("only").await.unwrap();
-    assert_eq!(results["error"]["error_type"], "max_attempts_exceeded", "{results}");
+    assert_eq!(
+        results["error"]["error_type"], "max_attempts_exceeded",
+        "{results}"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 0, "never run again");
     assert_eq!(wf.attempts("only").await, 2);
     assert_eq!(step_row(&db, &wf).await.0, false);
@@ -314,7 +379,11 @@ async fn graceful_shutdown_releases_a_lean_claim_and_the_next_worker_reclaims_it
     let mut config = lean_config(&db, "release");
     config.worker.shutdown_timeout_ms = 300;
     let gate = Arc::new(Notify::new());
-    let first = start(config, blocking_registry(gate, Arc::new(AtomicUsize::new(0)), "first")).await;
+    let first = start(
+        config,
+        blocking_registry(gate, Arc::new(AtomicUsize::new(0)), "first"),
+    )
+    .await;
     let wf = one_step(&db, "release").await;
     wf.enqueue("only").await;
     wait_running(&db, &wf, 1).await;
@@ -337,8 +406,14 @@ async fn with_ack_mode_delete_a_committed_result_deletes_its_message_and_archive
     wf.enqueue("only").await;
     wait_state(&wf, "enqueued_for_orchestration").await;
     assert_eq!(wf.results("only").await.unwrap()["result"]["by"], "w");
-    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.q_worker_del_queue").await, 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM pgmq.a_worker_del_queue").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgmq.q_worker_del_queue").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgmq.a_worker_del_queue").await,
+        0
+    );
     assert_eq!(orchestration_messages(&db).await, vec![wf.message("only")]);
     core.shutdown().await.unwrap();
     db.drop_database().await;
@@ -347,9 +422,15 @@ async fn with_ack_mode_delete_a_committed_result_deletes_its_message_and_archive
 #[test]
 fn ack_mode_delete_without_lean_claim_fails_at_load_naming_the_key() {
     let overrides: toml::Table = toml::from_str("[worker]\nack_mode = \"delete\"\n").unwrap();
-    let err = TaskerConfig::load_from(None, &|_| None, &overrides).unwrap_err().to_string();
-    assert!(err.contains("worker.ack_mode") && err.contains("lean_claim"), "{err}");
-    let overrides: toml::Table = toml::from_str("[worker]\nack_mode = \"delete\"\nlean_claim = true\n").unwrap();
+    let err = TaskerConfig::load_from(None, &|_| None, &overrides)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("worker.ack_mode") && err.contains("lean_claim"),
+        "{err}"
+    );
+    let overrides: toml::Table =
+        toml::from_str("[worker]\nack_mode = \"delete\"\nlean_claim = true\n").unwrap();
     let config = TaskerConfig::load_from(None, &|_| None, &overrides).unwrap();
     assert_eq!(config.worker.ack_mode, AckMode::Delete);
 }

@@ -244,7 +244,15 @@ pub async fn claim_next(
     qty: usize,
     visibility_timeout_seconds: u32,
 ) -> TaskerResult<Vec<NextMessage>> {
-    claim_next_with(pool, queue_name, worker_id, qty, visibility_timeout_seconds, false).await
+    claim_next_with(
+        pool,
+        queue_name,
+        worker_id,
+        qty,
+        visibility_timeout_seconds,
+        false,
+    )
+    .await
 }
 
 /// `claim_next`, with the lease-only claim when `lean` (`worker.lean_claim`).
@@ -267,7 +275,9 @@ pub async fn claim_next_with(
         .fetch_all(pool)
         .await
         .map_err(|err| queue_error(queue_name, err))?;
-    rows.iter().map(|row| next_message(row, queue_name, lean)).collect()
+    rows.iter()
+        .map(|row| next_message(row, queue_name, lean))
+        .collect()
 }
 
 fn next_message(row: &PgRow, queue_name: &Arc<str>, lean: bool) -> TaskerResult<NextMessage> {

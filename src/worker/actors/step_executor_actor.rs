@@ -374,8 +374,13 @@ impl StepExecutorActor {
         let give_up = Instant::now() + Duration::from_secs(u64::from(self.visibility_timeout_seconds));
         let mut backoff = RetryBackoff::default();
         loop {
-            match completion_processor::commit(&self.pool, &self.worker_id, self.ack_mode, std::slice::from_ref(&completion))
-                .await
+            match completion_processor::commit(
+                &self.pool,
+                &self.worker_id,
+                self.ack_mode,
+                std::slice::from_ref(&completion),
+            )
+            .await
             {
                 Ok(committed) => {
                     let counter = if committed.contains(&completion.claim.token) {
@@ -546,7 +551,9 @@ impl StepExecutorActor {
             return Ok(());
         }
 
-        let outcomes = step_claim::claim_batch_with(&self.pool, queue, &self.worker_id, &requests, self.lean_claim).await?;
+        let outcomes =
+            step_claim::claim_batch_with(&self.pool, queue, &self.worker_id, &requests, self.lean_claim)
+                .await?;
         for (request, outcome) in requests.iter().zip(outcomes) {
             let context = contexts.remove(&request.message.step_uuid);
             match outcome {

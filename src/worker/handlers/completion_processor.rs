@@ -270,7 +270,11 @@ pub async fn commit(
         batch.iter().partition(|c| c.claim.lease.is_some());
     if lean.is_empty() || plain.is_empty() {
         let all: Vec<&StepCompletion> = batch.iter().collect();
-        return Ok(commit_rows(worker_id, ack_mode, &all)?.send(pool).await?.into_iter().collect());
+        return Ok(commit_rows(worker_id, ack_mode, &all)?
+            .send(pool)
+            .await?
+            .into_iter()
+            .collect());
     }
     let mut tx = pool.begin().await?;
     let mut committed = commit_rows(worker_id, ack_mode, &lean)?.send(&mut *tx).await?;

@@ -307,9 +307,10 @@ impl FfiDispatchChannel {
             }
             running.message.claim.clone()
         };
-        let record = store
-            .runtime
-            .block_on(checkpoints::save_for(&store.pool, &claim, &data, &store.limits))?;
+        let record =
+            store
+                .runtime
+                .block_on(checkpoints::save_for(&store.pool, &claim, &data, &store.limits))?;
         if let Some(running) = self.state.lock().running.get_mut(&event_id) {
             running.checkpoint = Some(record.clone());
             running.last_saved = Some(Instant::now());

@@ -8,6 +8,17 @@ module Bench
     PEERS = [["peer_batched_pgmq", "peer: batched pure-Ruby PGMQ worker (read 10 + send_batch + archive), 10 threads"],
              ["peer_sidekiq", "peer: Sidekiq 6 on a local Redis (no persistence), `-c 10`"]].freeze
 
+    # The peers' commands and what they do, for the drain section's text.
+    def peer_commands
+      ran = PEERS.map(&:first).select { |bench| results(bench).any? }
+      return "" if ran.empty?
+
+      "Peers, same rounds: #{ran.map { |bench| "`#{command(bench)}`" }.join(", ")}. The batched PGMQ " \
+        "worker does less per message (no claim, transitions or step results: read 10, handler, " \
+        "send_batch + archive in one durable transaction); Sidekiq runs on a Redis without " \
+        "persistence, timed from its first taken job to an empty queue.\n"
+    end
+
     # The Sidekiq peer's CPU per job (its process and redis-server), medians.
     def sidekiq_cpu
       rows = results("peer_sidekiq")

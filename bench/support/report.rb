@@ -244,7 +244,7 @@ module Bench
         attempts + 1), the handler, and one completion transaction (retire the claim, insert
         `enqueued_for_orchestration`, write `results`, `tasker.pgmq_send_with_notify` to
         `orchestration_step_results`, `pgmq.archive`).
-
+        #{peer_commands}
         #{table}
         #{ratio_line("Ratio tasker_worker at concurrency 10 / baseline (same round)", drain_ratios)}#{peer_ratios}
         Batching (median): #{batching.join("; ")}.

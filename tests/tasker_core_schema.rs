@@ -424,6 +424,16 @@ steps:
 /// their audit trigger records every result with the worker and correlation ids.
 #[tokio::test]
 async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_path() {
+    workflows_on_their_schema(false).await;
+}
+
+/// The same with the lease-only claim (`worker.lean_claim`): the rows written are theirs too.
+#[tokio::test]
+async fn workflows_run_on_tasker_cores_schema_with_the_lease_only_claim() {
+    workflows_on_their_schema(true).await;
+}
+
+async fn workflows_on_their_schema(lean_claim: bool) {
     let db = their_database().await;
     migrate(&db.pool).await.unwrap();
     let name: String = sqlx::query_scalar("SELECT current_database()")
@@ -476,7 +486,8 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
             Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
         }),
     );
-    let config = worker_config(&db, &["theirs"]);
+    let mut config = worker_config(&db, &["theirs"]);
+    config.worker.lean_claim = lean_claim;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
     let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
         .await
@@ -553,6 +564,19 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     .await
     .unwrap();
     assert_eq!(audit.len(), 11 + 8 + 8, "{audit:?}");
+    // Every committed result came from an in_progress transition written with it (or, by the
+    // transition claim, before it), directly before it.
+    let unpaired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tasker.workflow_step_transitions r \
+          WHERE r.to_state IN ('enqueued_for_orchestration', 'enqueued_as_error_for_orchestration') \
+            AND (r.from_state <> 'in_progress' OR NOT EXISTS (SELECT 1 FROM tasker.workflow_step_transitions c \
+                  WHERE c.workflow_step_uuid = r.workflow_step_uuid AND c.sort_key = r.sort_key - 1 \
+                    AND c.to_state = 'in_progress'))",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unpaired, 0);
     for (worker_uuid, correlation, task_correlation) in audit {
         assert!(worker_uuid.is_some());
         assert_eq!(correlation, Some(task_correlation));

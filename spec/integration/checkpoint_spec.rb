@@ -131,6 +131,20 @@ RSpec.describe "checkpointed steps", :worker do
       expect(saved["history"].map { |h| h["cursor"] }).to eq([11, 21, 31, 41, 51, 61, 71, 81, 91])
     end
 
+    it "saves checkpoints under a lease-only claim (lean_claim) and writes its in_progress row with the result" do
+      start_worker(registry: TaskerWorker.handler_registry, orchestrate: true, namespaces: ["checkpointed_workflow"],
+                   checkpoint_min_interval: 0, lean_claim: true)
+      task = client.create_task(namespace: "checkpointed_workflow", name: "checkpointed_batches",
+                                context: { count: 100, batch: 10 })
+      finished = client.wait(task, timeout: 30)
+      expect(finished[:state]).to eq("complete")
+      expect(result_of(finished, "sum_in_batches")["result"]).to include("sum" => 5050, "runs" => 10, "attempt" => 1)
+      row = step_row(task)
+      claims = transitions(row["workflow_step_uuid"], "in_progress")
+      expect(claims.map { |m| [m["event"], m["read_ct"]] }).to eq([["start", 1]])
+      expect(checkpoint_of(task)["history"].map { |h| h["cursor"] }).to eq([11, 21, 31, 41, 51, 61, 71, 81, 91])
+    end
+
     it "raises StaleClaimError when the claim lost its step, and keeps the newer checkpoint" do
       write_templates(["Stale", 1])
       url = migrated_database_url

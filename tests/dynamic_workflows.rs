@@ -722,3 +722,49 @@ fn template_validation_names_the_step_for_each_mistake() {
     assert_eq!(round, b);
     assert_eq!(b.step("slice").unwrap().batch().unwrap().batch_size, 200);
 }
+
+/// On a database made by tasker-core's migrations (the fixture), for a role without `tasker`
+/// on its search_path: a decision and a batch run there too.
+#[tokio::test]
+async fn decisions_and_batches_run_on_tasker_cores_schema() {
+    let db = TestDatabase::empty().await;
+    sqlx::raw_sql(include_str!("fixtures/tasker_core_schema.sql"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    tasker_worker::database::migrate(&db.pool).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" SET search_path = public"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pool = db.second_pool().await;
+    let ns = "dyn_theirs";
+    for yaml in [ROUTE, BATCH] {
+        register_template(&pool, &TaskTemplate::from_yaml(&yaml.replace("NS", ns), "t").unwrap())
+            .await
+            .unwrap();
+    }
+    let config = worker_config(&db, &[ns]);
+    let (registry, _runs) = registry();
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry)).await.unwrap();
+    let route = create_task(&pool, &task_request(ns, "route", json!({"classify": ["committee"]})))
+        .await
+        .unwrap();
+    let batch = create_task(&pool, &task_request(ns, "batch", json!({"rows": 100, "workers": 3})))
+        .await
+        .unwrap();
+    assert_eq!(wait_settled(&pool, route, WAIT).await, "complete");
+    assert_eq!(wait_settled(&pool, batch, WAIT).await, "complete");
+    assert_eq!(names(&steps(&pool, route).await), ["classify", "close_out", "committee", "intake"]);
+    assert_eq!(step_field(&pool, route, "close_out", "results").await["result"], json!(["classify", "committee", "intake"]));
+    assert_eq!(step_field(&pool, batch, "total", "results").await["result"], json!({"total": 5050, "workers": 3}));
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    pool.close().await;
+    db.drop_database().await;
+}

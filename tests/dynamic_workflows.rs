@@ -12,7 +12,9 @@ use tasker_worker::config::TaskerConfig;
 use tasker_worker::messaging::{MessageClient, StepFailure, StepMessage, STEP_RESULTS_QUEUE};
 use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskTemplate};
 use tasker_worker::testing::{task_request, wait_for, wait_settled, worker_config, TestDatabase};
-use tasker_worker::worker::{handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore};
+use tasker_worker::worker::{
+    handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
+};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -70,7 +72,9 @@ fn registry() -> (Arc<InMemoryHandlerRegistry>, Arc<Mutex<HashMap<String, usize>
     let runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let counted = |runs: &Arc<Mutex<HashMap<String, usize>>>, ctx: &StepContext| -> usize {
         let mut runs = runs.lock().unwrap();
-        let n = runs.entry(format!("{}/{}", ctx.task_uuid, ctx.step_name)).or_default();
+        let n = runs
+            .entry(format!("{}/{}", ctx.task_uuid, ctx.step_name))
+            .or_default();
         *n += 1;
         *n
     };
@@ -169,7 +173,9 @@ fn registry() -> (Arc<InMemoryHandlerRegistry>, Arc<Mutex<HashMap<String, usize>
                     .map(|(_, r)| &r["result"])
                     .collect();
                 let total: u64 = workers.iter().map(|r| r["sum"].as_u64().unwrap()).sum();
-                Ok(StepSuccess::new(json!({"total": total, "workers": workers.len()})))
+                Ok(StepSuccess::new(
+                    json!({"total": total, "workers": workers.len()}),
+                ))
             }
         }),
     );
@@ -215,7 +221,12 @@ impl Env {
     }
 
     fn runs(&self, task: Uuid, step: &str) -> usize {
-        self.runs.lock().unwrap().get(&format!("{task}/{step}")).copied().unwrap_or(0)
+        self.runs
+            .lock()
+            .unwrap()
+            .get(&format!("{task}/{step}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     async fn stop(mut self) {
@@ -288,8 +299,14 @@ async fn a_decision_takes_each_branch_and_the_convergence_runs_once_on_the_chose
 
     let (fast, state) = env.run("route", json!({"classify": ["fast_track"]})).await;
     assert_eq!(state, "complete");
-    assert_eq!(names(&steps(&pool, fast).await), ["classify", "close_out", "fast_track", "intake"]);
-    assert_eq!(step_field(&pool, fast, "close_out", "results").await["result"], json!(["classify", "fast_track", "intake"]));
+    assert_eq!(
+        names(&steps(&pool, fast).await),
+        ["classify", "close_out", "fast_track", "intake"]
+    );
+    assert_eq!(
+        step_field(&pool, fast, "close_out", "results").await["result"],
+        json!(["classify", "fast_track", "intake"])
+    );
     assert_eq!(
         edges(&pool, fast).await,
         [
@@ -301,13 +318,27 @@ async fn a_decision_takes_each_branch_and_the_convergence_runs_once_on_the_chose
 
     let (committee, state) = env.run("route", json!({"classify": ["committee"]})).await;
     assert_eq!(state, "complete");
-    assert_eq!(names(&steps(&pool, committee).await), ["classify", "close_out", "committee", "intake"]);
-    assert_eq!(step_field(&pool, committee, "close_out", "results").await["result"], json!(["classify", "committee", "intake"]));
+    assert_eq!(
+        names(&steps(&pool, committee).await),
+        ["classify", "close_out", "committee", "intake"]
+    );
+    assert_eq!(
+        step_field(&pool, committee, "close_out", "results").await["result"],
+        json!(["classify", "committee", "intake"])
+    );
 
-    let (both, state) = env.run("route", json!({"classify": ["committee", "fast_track", "committee"]})).await;
+    let (both, state) = env
+        .run(
+            "route",
+            json!({"classify": ["committee", "fast_track", "committee"]}),
+        )
+        .await;
     assert_eq!(state, "complete");
     let all = steps(&pool, both).await;
-    assert_eq!(names(&all), ["classify", "close_out", "committee", "fast_track", "intake"]);
+    assert_eq!(
+        names(&all),
+        ["classify", "close_out", "committee", "fast_track", "intake"]
+    );
     assert!(all.iter().all(|(_, s)| s == "complete"), "{all:?}");
     assert_eq!(
         step_field(&pool, both, "close_out", "results").await["result"],
@@ -331,7 +362,13 @@ async fn a_decision_with_no_branches_creates_nothing_and_the_task_completes() {
     let (task, state) = env.run("route", json!({"classify": "none"})).await;
     assert_eq!(state, "complete");
     let all = steps(&env.db.pool, task).await;
-    assert_eq!(all, [("classify".into(), "complete".into()), ("intake".into(), "complete".into())]);
+    assert_eq!(
+        all,
+        [
+            ("classify".into(), "complete".into()),
+            ("intake".into(), "complete".into())
+        ]
+    );
     env.stop().await;
 }
 
@@ -339,9 +376,14 @@ async fn a_decision_with_no_branches_creates_nothing_and_the_task_completes() {
 async fn a_nested_decision_creates_its_own_branch_and_the_merge_waits_for_it() {
     let env = Env::start("dyn_nested", &[NESTED], |_| {}).await;
     let pool = env.db.pool.clone();
-    let (task, state) = env.run("nested", json!({"outer": ["inner"], "inner": ["b2"]})).await;
+    let (task, state) = env
+        .run("nested", json!({"outer": ["inner"], "inner": ["b2"]}))
+        .await;
     assert_eq!(state, "complete");
-    assert_eq!(names(&steps(&pool, task).await), ["b2", "inner", "merge", "outer", "start"]);
+    assert_eq!(
+        names(&steps(&pool, task).await),
+        ["b2", "inner", "merge", "outer", "start"]
+    );
     // merge: b2 chosen; a and b1 not created, so merge converges on b2 alone.
     assert_eq!(
         edges(&pool, task).await,
@@ -352,7 +394,10 @@ async fn a_nested_decision_creates_its_own_branch_and_the_merge_waits_for_it() {
             edge("start", "outer", "provides")
         ]
     );
-    assert_eq!(step_field(&pool, task, "merge", "results").await["result"], json!(["b2", "inner", "outer", "start"]));
+    assert_eq!(
+        step_field(&pool, task, "merge", "results").await["result"],
+        json!(["b2", "inner", "outer", "start"])
+    );
 
     // The outer decision choosing `a` only: the inner decision (an unchosen path) is not
     // created, and merge converges on `a` alone.
@@ -372,9 +417,21 @@ async fn a_batch_of_1000_rows_in_5_workers_converges_to_the_total() {
     let all = steps(&pool, task).await;
     assert_eq!(
         names(&all),
-        ["report", "scan", "slice_001", "slice_002", "slice_003", "slice_004", "slice_005", "total"]
+        [
+            "report",
+            "scan",
+            "slice_001",
+            "slice_002",
+            "slice_003",
+            "slice_004",
+            "slice_005",
+            "total"
+        ]
     );
-    assert_eq!(step_field(&pool, task, "total", "results").await["result"], json!({"total": 500_500, "workers": 5}));
+    assert_eq!(
+        step_field(&pool, task, "total", "results").await["result"],
+        json!({"total": 500_500, "workers": 5})
+    );
     assert_eq!(env.runs(task, "total"), 1);
     let inputs = step_field(&pool, task, "slice_002", "inputs").await;
     assert_eq!(
@@ -389,7 +446,14 @@ async fn a_batch_of_1000_rows_in_5_workers_converges_to_the_total() {
     );
     let all_edges = edges(&pool, task).await;
     let count = |name: &str| all_edges.iter().filter(|e| e.2 == name).count();
-    assert_eq!((count("batch_dependency"), count("worker_to_convergence"), count("provides")), (5, 5, 1));
+    assert_eq!(
+        (
+            count("batch_dependency"),
+            count("worker_to_convergence"),
+            count("provides")
+        ),
+        (5, 5, 1)
+    );
     assert!(all_edges.contains(&edge("scan", "slice_004", "batch_dependency")));
     assert!(all_edges.contains(&edge("slice_004", "total", "worker_to_convergence")));
     assert!(all_edges.contains(&edge("total", "report", "provides")));
@@ -412,11 +476,20 @@ async fn a_batch_of_zero_rows_runs_one_no_op_placeholder() {
     let pool = env.db.pool.clone();
     let (task, state) = env.run("batch", json!({"rows": 0, "workers": 5})).await;
     assert_eq!(state, "complete");
-    assert_eq!(names(&steps(&pool, task).await), ["report", "scan", "slice_000", "total"]);
+    assert_eq!(
+        names(&steps(&pool, task).await),
+        ["report", "scan", "slice_000", "total"]
+    );
     let inputs = step_field(&pool, task, "slice_000", "inputs").await;
     assert_eq!(inputs["is_no_op"], true);
-    assert_eq!(inputs["cursor"], json!({"batch_id": "000", "start_cursor": 0, "end_cursor": 0, "batch_size": 0}));
-    assert_eq!(step_field(&pool, task, "total", "results").await["result"], json!({"total": 0, "workers": 1}));
+    assert_eq!(
+        inputs["cursor"],
+        json!({"batch_id": "000", "start_cursor": 0, "end_cursor": 0, "batch_size": 0})
+    );
+    assert_eq!(
+        step_field(&pool, task, "total", "results").await["result"],
+        json!({"total": 0, "workers": 1})
+    );
     env.stop().await;
 }
 
@@ -424,11 +497,16 @@ async fn a_batch_of_zero_rows_runs_one_no_op_placeholder() {
 async fn a_batch_worker_failing_once_is_retried_and_the_total_is_right() {
     let env = Env::start("dyn_flaky", &[BATCH], |_| {}).await;
     let pool = env.db.pool.clone();
-    let (task, state) = env.run("batch", json!({"rows": 1000, "workers": 5, "flaky_batch": "003"})).await;
+    let (task, state) = env
+        .run("batch", json!({"rows": 1000, "workers": 5, "flaky_batch": "003"}))
+        .await;
     assert_eq!(state, "complete");
     assert_eq!(env.runs(task, "slice_003"), 2);
     assert_eq!(env.runs(task, "slice_001"), 1);
-    assert_eq!(step_field(&pool, task, "total", "results").await["result"]["total"], 500_500);
+    assert_eq!(
+        step_field(&pool, task, "total", "results").await["result"]["total"],
+        500_500
+    );
     let attempts: i32 = sqlx::query_scalar(
         "SELECT ws.attempts FROM tasker.workflow_steps ws JOIN tasker.named_steps ns USING (named_step_uuid) \
          WHERE ws.task_uuid = $1 AND ns.name = 'slice_003'",
@@ -450,41 +528,102 @@ async fn outcomes_that_cannot_be_applied_fail_the_deciding_step_with_the_reason(
     .await;
     let pool = env.db.pool.clone();
     let decisions = [
-        (json!(["intake"]), "[\"intake\"] are not steps this decision may create"),
-        (json!(["nope"]), "[\"nope\"] are not steps this decision may create"),
-        (json!({"result": {"other": 1}}), "the result has no decision_point_outcome"),
-        (json!({"result": {"decision_point_outcome": "no_branches"}}), "unknown decision_point_outcome"),
-        (json!({"result": {"decision_point_outcome": {"type": "create_steps"}}}), "create_steps has no step_names array"),
-        (json!(["fast_track", "committee"]), "more than orchestration.max_steps_per_decision (2)"),
+        (
+            json!(["intake"]),
+            "[\"intake\"] are not steps this decision may create",
+        ),
+        (
+            json!(["nope"]),
+            "[\"nope\"] are not steps this decision may create",
+        ),
+        (
+            json!({"result": {"other": 1}}),
+            "the result has no decision_point_outcome",
+        ),
+        (
+            json!({"result": {"decision_point_outcome": "no_branches"}}),
+            "unknown decision_point_outcome",
+        ),
+        (
+            json!({"result": {"decision_point_outcome": {"type": "create_steps"}}}),
+            "create_steps has no step_names array",
+        ),
+        (
+            json!(["fast_track", "committee"]),
+            "more than orchestration.max_steps_per_decision (2)",
+        ),
     ];
     for (choice, expected) in decisions {
         let (task, state) = env.run("route", json!({ "classify": choice })).await;
         assert_eq!(state, "error", "{expected}");
         let all = steps(&pool, task).await;
-        assert_eq!(all, [("classify".into(), "error".into()), ("intake".into(), "complete".into())], "{expected}");
+        assert_eq!(
+            all,
+            [
+                ("classify".into(), "error".into()),
+                ("intake".into(), "complete".into())
+            ],
+            "{expected}"
+        );
         let results = step_field(&pool, task, "classify", "results").await;
         let message = results["error"]["message"].as_str().unwrap().to_string();
-        assert!(message.contains(expected) && message.contains("decision step \"classify\""), "{expected}: {message}");
-        assert_eq!((results["success"].clone(), results["error"]["error_type"].clone()), (json!(false), json!("invalid_decision_outcome")));
+        assert!(
+            message.contains(expected) && message.contains("decision step \"classify\""),
+            "{expected}: {message}"
+        );
+        assert_eq!(
+            (results["success"].clone(), results["error"]["error_type"].clone()),
+            (json!(false), json!("invalid_decision_outcome"))
+        );
         assert_eq!(results["metadata"]["retryable"], false);
     }
-    let configs = |n: usize| (1..=n).map(|i| json!({"batch_id": format!("{i:03}"), "start_cursor": 0, "end_cursor": 1, "batch_size": 1})).collect::<Vec<_>>();
+    let configs = |n: usize| {
+        (1..=n).map(|i| json!({"batch_id": format!("{i:03}"), "start_cursor": 0, "end_cursor": 1, "batch_size": 1})).collect::<Vec<_>>()
+    };
     let batches = [
-        (json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "ghost", "worker_count": 1, "total_items": 1, "cursor_configs": configs(1)}}), "\"ghost\" is not a batch_worker step"),
-        (json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "total", "worker_count": 1, "total_items": 1, "cursor_configs": configs(1)}}), "\"total\" is not a batch_worker step"),
-        (json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "worker_count": 0, "total_items": 0, "cursor_configs": []}}), "empty cursor_configs"),
-        (json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "worker_count": 5, "total_items": 5, "cursor_configs": configs(5)}}), "more than orchestration.max_batch_workers (3)"),
-        (json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "total_items": 1, "cursor_configs": configs(1)}}), "needs worker_count"),
-        (json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "worker_count": 1, "total_items": 1, "cursor_configs": [{"batch_id": "001", "start_cursor": 0, "end_cursor": 1}]}}), "needs batch_size"),
-        (json!({"batch_processing_outcome": "no_batches"}), "unknown batch_processing_outcome"),
+        (
+            json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "ghost", "worker_count": 1, "total_items": 1, "cursor_configs": configs(1)}}),
+            "\"ghost\" is not a batch_worker step",
+        ),
+        (
+            json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "total", "worker_count": 1, "total_items": 1, "cursor_configs": configs(1)}}),
+            "\"total\" is not a batch_worker step",
+        ),
+        (
+            json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "worker_count": 0, "total_items": 0, "cursor_configs": []}}),
+            "empty cursor_configs",
+        ),
+        (
+            json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "worker_count": 5, "total_items": 5, "cursor_configs": configs(5)}}),
+            "more than orchestration.max_batch_workers (3)",
+        ),
+        (
+            json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "total_items": 1, "cursor_configs": configs(1)}}),
+            "needs worker_count",
+        ),
+        (
+            json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice", "worker_count": 1, "total_items": 1, "cursor_configs": [{"batch_id": "001", "start_cursor": 0, "end_cursor": 1}]}}),
+            "needs batch_size",
+        ),
+        (
+            json!({"batch_processing_outcome": "no_batches"}),
+            "unknown batch_processing_outcome",
+        ),
     ];
     for (result, expected) in batches {
         let (task, state) = env.run("batch", json!({ "scan_result": result })).await;
         assert_eq!(state, "error", "{expected}");
-        assert_eq!(steps(&pool, task).await, [("scan".into(), "error".into())], "{expected}");
+        assert_eq!(
+            steps(&pool, task).await,
+            [("scan".into(), "error".into())],
+            "{expected}"
+        );
         let results = step_field(&pool, task, "scan", "results").await;
         let message = results["error"]["message"].as_str().unwrap();
-        assert!(message.contains(expected) && message.contains("batchable step \"scan\""), "{expected}: {message}");
+        assert!(
+            message.contains(expected) && message.contains("batchable step \"scan\""),
+            "{expected}: {message}"
+        );
         assert_eq!(results["error"]["error_type"], "invalid_batch_outcome");
         // The handler's result is kept beside the error.
         assert_eq!(results["result"], result);
@@ -544,13 +683,20 @@ async fn two_orchestrators_and_replays_never_create_steps_twice() {
     let db = TestDatabase::migrated().await;
     let ns = "dyn_race";
     for yaml in [ROUTE, BATCH] {
-        register_template(&db.pool, &TaskTemplate::from_yaml(&yaml.replace("NS", ns), "t").unwrap())
-            .await
-            .unwrap();
+        register_template(
+            &db.pool,
+            &TaskTemplate::from_yaml(&yaml.replace("NS", ns), "t").unwrap(),
+        )
+        .await
+        .unwrap();
     }
     let pool = db.pool.clone();
-    let route = create_task(&pool, &task_request(ns, "route", json!({}))).await.unwrap();
-    let batch = create_task(&pool, &task_request(ns, "batch", json!({}))).await.unwrap();
+    let route = create_task(&pool, &task_request(ns, "route", json!({})))
+        .await
+        .unwrap();
+    let batch = create_task(&pool, &task_request(ns, "batch", json!({})))
+        .await
+        .unwrap();
     force(&pool, route, "intake", "complete", None).await;
     let classify = force(
         &pool,
@@ -568,8 +714,10 @@ async fn two_orchestrators_and_replays_never_create_steps_twice() {
         batch,
         "scan",
         "enqueued_for_orchestration",
-        Some(json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice",
-            "worker_count": 5, "total_items": 50, "cursor_configs": configs}})),
+        Some(
+            json!({"batch_processing_outcome": {"type": "create_batches", "worker_template_name": "slice",
+            "worker_count": 5, "total_items": 50, "cursor_configs": configs}}),
+        ),
     )
     .await;
     let client = MessageClient::new(pool.clone());
@@ -585,8 +733,16 @@ async fn two_orchestrators_and_replays_never_create_steps_twice() {
         }
     };
     let messages = [
-        StepMessage { task_uuid: route, step_uuid: classify, correlation_id: correlation(route).await },
-        StepMessage { task_uuid: batch, step_uuid: scan, correlation_id: correlation(batch).await },
+        StepMessage {
+            task_uuid: route,
+            step_uuid: classify,
+            correlation_id: correlation(route).await,
+        },
+        StepMessage {
+            task_uuid: batch,
+            step_uuid: scan,
+            correlation_id: correlation(batch).await,
+        },
     ];
     for _ in 0..3 {
         for m in &messages {
@@ -620,7 +776,16 @@ async fn two_orchestrators_and_replays_never_create_steps_twice() {
         let batch_steps = steps(&pool, batch).await;
         assert_eq!(
             names(&batch_steps),
-            ["report", "scan", "slice_001", "slice_002", "slice_003", "slice_004", "slice_005", "total"]
+            [
+                "report",
+                "scan",
+                "slice_001",
+                "slice_002",
+                "slice_003",
+                "slice_004",
+                "slice_005",
+                "total"
+            ]
         );
         assert_eq!(edges(&pool, batch).await.len(), 11);
         let sent: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.q_worker_{ns}_queue"))
@@ -652,20 +817,31 @@ async fn the_initial_step_set_leaves_out_what_outcomes_create() {
     let db = TestDatabase::migrated().await;
     let ns = "dyn_init";
     for yaml in [ROUTE, BATCH, NESTED] {
-        register_template(&db.pool, &TaskTemplate::from_yaml(&yaml.replace("NS", ns), "t").unwrap())
-            .await
-            .unwrap();
+        register_template(
+            &db.pool,
+            &TaskTemplate::from_yaml(&yaml.replace("NS", ns), "t").unwrap(),
+        )
+        .await
+        .unwrap();
     }
     let pool = db.pool.clone();
     let initial = |name: &'static str| {
         let pool = pool.clone();
         async move {
-            let task = create_task(&pool, &task_request(ns, name, json!({}))).await.unwrap();
+            let task = create_task(&pool, &task_request(ns, name, json!({})))
+                .await
+                .unwrap();
             (steps(&pool, task).await, edges(&pool, task).await)
         }
     };
     let (route, route_edges) = initial("route").await;
-    assert_eq!(route, [("classify".into(), "pending".into()), ("intake".into(), "enqueued".into())]);
+    assert_eq!(
+        route,
+        [
+            ("classify".into(), "pending".into()),
+            ("intake".into(), "enqueued".into())
+        ]
+    );
     assert_eq!(route_edges, [edge("intake", "classify", "provides")]);
     let (batch, batch_edges) = initial("batch").await;
     assert_eq!(batch, [("scan".into(), "enqueued".into())]);
@@ -678,35 +854,64 @@ async fn the_initial_step_set_leaves_out_what_outcomes_create() {
 #[test]
 fn template_validation_names_the_step_for_each_mistake() {
     let check = |yaml: &str, expected: &str| {
-        let err = TaskTemplate::from_yaml(yaml, "dyn.yaml").expect_err(expected).to_string();
-        assert!(err.contains(expected) && err.contains("dyn.yaml"), "{expected}: {err}");
+        let err = TaskTemplate::from_yaml(yaml, "dyn.yaml")
+            .expect_err(expected)
+            .to_string();
+        assert!(
+            err.contains(expected) && err.contains("dyn.yaml"),
+            "{expected}: {err}"
+        );
     };
     let route = ROUTE.replace("NS", "ns");
     let batch = BATCH.replace("NS", "ns");
     check(
-        &route.replace("{ name: classify, type: decision, dependencies: [intake],", "{ name: classify, type: decision,"),
+        &route.replace(
+            "{ name: classify, type: decision, dependencies: [intake],",
+            "{ name: classify, type: decision,",
+        ),
         "step \"classify\": a decision step needs at least one dependency",
     );
     check(
         &route
-            .replace("dependencies: [classify], handler: { callable: Leaf } }", "dependencies: [intake], handler: { callable: Leaf } }")
-            .replace("type: deferred_convergence, dependencies: [fast_track, committee]", "dependencies: [fast_track, committee]"),
+            .replace(
+                "dependencies: [classify], handler: { callable: Leaf } }",
+                "dependencies: [intake], handler: { callable: Leaf } }",
+            )
+            .replace(
+                "type: deferred_convergence, dependencies: [fast_track, committee]",
+                "dependencies: [fast_track, committee]",
+            ),
         "step \"classify\": a decision step needs candidate steps",
     );
-    check(&route.replace("type: decision", "type: decision_point"), "step \"classify\": unknown type \"decision_point\"");
+    check(
+        &route.replace("type: decision", "type: decision_point"),
+        "step \"classify\": unknown type \"decision_point\"",
+    );
     check(
         &batch.replace("    batch_config: { worker_template: slice, batch_size: 200, cursor_field: row_id, failure_strategy: fail_fast }\n", ""),
         "step \"slice\": a batch_worker step needs batch_config",
     );
-    check(&batch.replace("failure_strategy: fail_fast", "failure_strategy: panic"), "step \"slice\": batch_config.failure_strategy");
-    check(&batch.replace("worker_template: slice, ", ""), "step \"slice\": batch_config: missing field `worker_template`");
-    check(&batch.replace("{ name: scan, type: batchable,", "{ name: scan,"), "step \"slice\": a batch_worker step needs a batchable step before it");
+    check(
+        &batch.replace("failure_strategy: fail_fast", "failure_strategy: panic"),
+        "step \"slice\": batch_config.failure_strategy",
+    );
+    check(
+        &batch.replace("worker_template: slice, ", ""),
+        "step \"slice\": batch_config: missing field `worker_template`",
+    );
+    check(
+        &batch.replace("{ name: scan, type: batchable,", "{ name: scan,"),
+        "step \"slice\": a batch_worker step needs a batchable step before it",
+    );
     check(
         &route.replace("{ name: classify, type: decision,", "{ name: classify,"),
         "step \"close_out\": a deferred_convergence step needs a decision or batchable step before it",
     );
     check(
-        &route.replace("{ name: intake, handler: { callable: Leaf } }", "{ name: intake, handler: { callable: Leaf }, batch_config: { worker_template: x } }"),
+        &route.replace(
+            "{ name: intake, handler: { callable: Leaf } }",
+            "{ name: intake, handler: { callable: Leaf }, batch_config: { worker_template: x } }",
+        ),
         "step \"intake\": batch_config is only for batch_worker steps",
     );
     // Round trip: the stored configuration is the whole template; `step_type` reads as `type`
@@ -744,25 +949,45 @@ async fn decisions_and_batches_run_on_tasker_cores_schema() {
     let pool = db.second_pool().await;
     let ns = "dyn_theirs";
     for yaml in [ROUTE, BATCH] {
-        register_template(&pool, &TaskTemplate::from_yaml(&yaml.replace("NS", ns), "t").unwrap())
-            .await
-            .unwrap();
+        register_template(
+            &pool,
+            &TaskTemplate::from_yaml(&yaml.replace("NS", ns), "t").unwrap(),
+        )
+        .await
+        .unwrap();
     }
     let config = worker_config(&db, &[ns]);
     let (registry, _runs) = registry();
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
-    let worker = WorkerCore::start(config, DispatchMode::Rust(registry)).await.unwrap();
-    let route = create_task(&pool, &task_request(ns, "route", json!({"classify": ["committee"]})))
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
         .await
         .unwrap();
-    let batch = create_task(&pool, &task_request(ns, "batch", json!({"rows": 100, "workers": 3})))
-        .await
-        .unwrap();
+    let route = create_task(
+        &pool,
+        &task_request(ns, "route", json!({"classify": ["committee"]})),
+    )
+    .await
+    .unwrap();
+    let batch = create_task(
+        &pool,
+        &task_request(ns, "batch", json!({"rows": 100, "workers": 3})),
+    )
+    .await
+    .unwrap();
     assert_eq!(wait_settled(&pool, route, WAIT).await, "complete");
     assert_eq!(wait_settled(&pool, batch, WAIT).await, "complete");
-    assert_eq!(names(&steps(&pool, route).await), ["classify", "close_out", "committee", "intake"]);
-    assert_eq!(step_field(&pool, route, "close_out", "results").await["result"], json!(["classify", "committee", "intake"]));
-    assert_eq!(step_field(&pool, batch, "total", "results").await["result"], json!({"total": 5050, "workers": 3}));
+    assert_eq!(
+        names(&steps(&pool, route).await),
+        ["classify", "close_out", "committee", "intake"]
+    );
+    assert_eq!(
+        step_field(&pool, route, "close_out", "results").await["result"],
+        json!(["classify", "committee", "intake"])
+    );
+    assert_eq!(
+        step_field(&pool, batch, "total", "results").await["result"],
+        json!({"total": 5050, "workers": 3})
+    );
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
     pool.close().await;

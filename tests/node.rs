@@ -93,7 +93,10 @@ fn a_node_runs_workflows_then_stops_worker_before_orchestrator_with_a_report() {
     // read, has counted that commit: wait for the count rather than reading it once.
     let running = loop {
         let status = node.status();
-        let worker = status.worker.as_ref().expect("a running worker reports its status");
+        let worker = status
+            .worker
+            .as_ref()
+            .expect("a running worker reports its status");
         if worker.counters.succeeded >= 2 {
             break status;
         }

@@ -77,12 +77,16 @@ pub(crate) fn plan_growth(
     let result = results.map(|r| &r["result"]);
     match kind {
         Some(StepType::Decision) => {
-            let outcome = result.map(|r| &r["decision_point_outcome"]).unwrap_or(&Value::Null);
+            let outcome = result
+                .map(|r| &r["decision_point_outcome"])
+                .unwrap_or(&Value::Null);
             plan_decision(template, step, outcome, existing, limits)
                 .map_err(|m| refuse("invalid_decision_outcome", format!("decision step {step:?}: {m}")))
         }
         Some(StepType::Batchable) => {
-            let outcome = result.map(|r| &r["batch_processing_outcome"]).unwrap_or(&Value::Null);
+            let outcome = result
+                .map(|r| &r["batch_processing_outcome"])
+                .unwrap_or(&Value::Null);
             plan_batches(template, step, outcome, existing, limits)
                 .map_err(|m| refuse("invalid_batch_outcome", format!("batchable step {step:?}: {m}")))
         }
@@ -115,8 +119,7 @@ fn plan_decision(
     existing: &HashSet<String>,
     limits: &OrchestrationConfig,
 ) -> Result<Growth, String> {
-    const SHAPES: &str =
-        r#"expected result.decision_point_outcome = {"type":"no_branches"} or {"type":"create_steps","step_names":["..."]}"#;
+    const SHAPES: &str = r#"expected result.decision_point_outcome = {"type":"no_branches"} or {"type":"create_steps","step_names":["..."]}"#;
     let kind = outcome.get("type").and_then(Value::as_str);
     let names: Vec<String> = match kind {
         Some("no_branches") => return Ok(Growth::default()),
@@ -275,7 +278,9 @@ fn plan_batches(
                 .to_string();
             for key in ["worker_count", "total_items"] {
                 if !outcome.get(key).is_some_and(Value::is_u64) {
-                    return Err(format!("create_batches needs {key} (a non-negative integer); {SHAPES}"));
+                    return Err(format!(
+                        "create_batches needs {key} (a non-negative integer); {SHAPES}"
+                    ));
                 }
             }
             let configs = outcome
@@ -321,13 +326,17 @@ fn plan_batches(
             }
             (name, cursors)
         }
-        _ if outcome.is_null() => return Err(format!("the result has no batch_processing_outcome; {SHAPES}")),
+        _ if outcome.is_null() => {
+            return Err(format!("the result has no batch_processing_outcome; {SHAPES}"))
+        }
         _ => return Err(format!("unknown batch_processing_outcome {outcome}; {SHAPES}")),
     };
     let worker = template
         .step(&worker_template)
         .filter(|s| s.kind() == StepType::BatchWorker)
-        .ok_or_else(|| format!("worker_template_name {worker_template:?} is not a batch_worker step of this template"))?;
+        .ok_or_else(|| {
+            format!("worker_template_name {worker_template:?} is not a batch_worker step of this template")
+        })?;
     if !template.ancestors(&worker.name).contains(batchable) {
         return Err(format!(
             "worker_template_name {worker_template:?} is a batch_worker step that does not depend on this step"
@@ -343,7 +352,9 @@ fn plan_batches(
         let id = cursor["batch_id"].as_str().unwrap_or_default();
         let name = format!("{worker_template}_{id}");
         if name.len() > MAX_STEP_NAME {
-            return Err(format!("batch worker name {name:?} is longer than {MAX_STEP_NAME} bytes"));
+            return Err(format!(
+                "batch worker name {name:?} is longer than {MAX_STEP_NAME} bytes"
+            ));
         }
         if template.step(&name).is_some() {
             return Err(format!(
@@ -357,7 +368,10 @@ fn plan_batches(
             json!({"cursor_field": batch.cursor_field, "failure_strategy": batch.failure_strategy}),
         );
         inputs.insert("is_no_op".into(), Value::Bool(no_op));
-        inputs.insert("__template_step_name".into(), Value::String(worker_template.clone()));
+        inputs.insert(
+            "__template_step_name".into(),
+            Value::String(worker_template.clone()),
+        );
         workers.push(name.clone());
         if existing.contains(&name) {
             continue;
@@ -377,9 +391,11 @@ fn plan_batches(
     // Each convergence over the workers: an edge from every worker (and from its other
     // parents that exist); then the steps below it whose parents then all exist.
     let mut created: Vec<String> = Vec::new();
-    for conv in template.steps.iter().filter(|s| {
-        s.kind() == StepType::DeferredConvergence && s.dependencies.contains(&worker_template)
-    }) {
+    for conv in template
+        .steps
+        .iter()
+        .filter(|s| s.kind() == StepType::DeferredConvergence && s.dependencies.contains(&worker_template))
+    {
         if existing.contains(&conv.name) {
             continue;
         }
@@ -396,7 +412,11 @@ fn plan_batches(
                 name: WORKER_TO_CONVERGENCE,
             });
         }
-        for dep in conv.dependencies.iter().filter(|d| **d != worker_template && existing.contains(*d)) {
+        for dep in conv
+            .dependencies
+            .iter()
+            .filter(|d| **d != worker_template && existing.contains(*d))
+        {
             growth.edges.push(NewEdge {
                 from: dep.clone(),
                 to: conv.name.clone(),
@@ -586,7 +606,10 @@ steps:
     fn bad_decision_outcomes_are_refused_with_the_reason() {
         let cases = [
             (json!({}), "no decision_point_outcome"),
-            (json!({"decision_point_outcome": "no_branches"}), "unknown decision_point_outcome"),
+            (
+                json!({"decision_point_outcome": "no_branches"}),
+                "unknown decision_point_outcome",
+            ),
             (
                 json!({"decision_point_outcome": {"type": "create_steps", "step_names": ["intake"]}}),
                 "[\"intake\"] are not steps this decision may create",

@@ -34,8 +34,8 @@
 
 use crate::config::OrchestrationConfig;
 use crate::error::{RetryBackoff, TaskerResult};
-use crate::orchestration::dynamic;
 use crate::messaging::{self, Poison, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
+use crate::orchestration::dynamic;
 use crate::orchestration::task_initializer::insert_step_transition;
 use crate::orchestration::template::TaskTemplate;
 use crate::worker::event_systems::worker_event_system::NotifiedMessage;
@@ -352,7 +352,8 @@ impl ResultProcessor {
             .fetch_optional(&mut *tx)
             .await?;
             let applies = step.as_ref().is_some_and(|s| {
-                s.try_get::<String, _>(2).is_ok_and(|st| st == "enqueued_for_orchestration")
+                s.try_get::<String, _>(2)
+                    .is_ok_and(|st| st == "enqueued_for_orchestration")
             }) && !["error", "cancelled"].contains(&task_state.as_str());
             if let (Some(step), true) = (step, applies) {
                 let step_name: String = step.try_get(0)?;
@@ -361,7 +362,8 @@ impl ResultProcessor {
                     error_type: "invalid_step_result",
                     message: reason,
                 };
-                let plan = match messaging::client::json_column(&step, "results", "the step's stored result") {
+                let plan = match messaging::client::json_column(&step, "results", "the step's stored result")
+                {
                     Ok(results) => {
                         let existing: HashSet<String> = sqlx::query_scalar(
                             "SELECT ns.name::text FROM tasker.workflow_steps ws \
@@ -373,9 +375,18 @@ impl ResultProcessor {
                         .await?
                         .into_iter()
                         .collect();
-                        dynamic::plan_growth(&template, &step_name, results.as_ref(), &existing, &self.dynamic)
+                        dynamic::plan_growth(
+                            &template,
+                            &step_name,
+                            results.as_ref(),
+                            &existing,
+                            &self.dynamic,
+                        )
                     }
-                    Err(bad) => Err(refused(format!("step {step_name:?}: its result cannot be read: {}", bad.reason))),
+                    Err(bad) => Err(refused(format!(
+                        "step {step_name:?}: its result cannot be read: {}",
+                        bad.reason
+                    ))),
                 };
                 let ctx = TaskCtx {
                     task_uuid: message.task_uuid,
@@ -442,7 +453,12 @@ impl ResultProcessor {
 
     /// New steps that are `pending` with every parent complete (those not children of the
     /// deciding step, which `tasker.orchestrator_complete_step` enqueued): enqueued.
-    async fn enqueue_ready(&self, tx: &mut PgConnection, ctx: &TaskCtx<'_>, steps: &[Uuid]) -> TaskerResult<()> {
+    async fn enqueue_ready(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &TaskCtx<'_>,
+        steps: &[Uuid],
+    ) -> TaskerResult<()> {
         let ready: Vec<(Uuid, i32)> = sqlx::query_as(
             "SELECT ws.workflow_step_uuid, tr.sort_key FROM tasker.workflow_steps ws \
              JOIN tasker.workflow_step_transitions tr \
@@ -459,8 +475,15 @@ impl ResultProcessor {
         .fetch_all(&mut *tx)
         .await?;
         for (step_uuid, sort_key) in ready {
-            insert_step_transition(tx, step_uuid, Some("pending"), "enqueued", sort_key + 1, json!({"event": "enqueue"}))
-                .await?;
+            insert_step_transition(
+                tx,
+                step_uuid,
+                Some("pending"),
+                "enqueued",
+                sort_key + 1,
+                json!({"event": "enqueue"}),
+            )
+            .await?;
             self.send_step(tx, ctx, step_uuid, 0).await?;
         }
         Ok(())
@@ -486,7 +509,8 @@ impl ResultProcessor {
             .unwrap_or_else(|| json!({}));
         results["success"] = json!(false);
         results["status"] = json!("error");
-        results["error"] = json!({"message": refused.message, "error_type": refused.error_type, "retryable": false});
+        results["error"] =
+            json!({"message": refused.message, "error_type": refused.error_type, "retryable": false});
         if !results["metadata"].is_object() {
             results["metadata"] = json!({});
         }

@@ -281,8 +281,8 @@ impl TaskTemplate {
                     let raw = step.batch_config.clone().ok_or_else(|| {
                         format!("{at}: a batch_worker step needs batch_config (worker_template, ...)")
                     })?;
-                    let config: BatchConfig = serde_json::from_value(raw)
-                        .map_err(|err| format!("{at}: batch_config: {err}"))?;
+                    let config: BatchConfig =
+                        serde_json::from_value(raw).map_err(|err| format!("{at}: batch_config: {err}"))?;
                     if config.worker_template.trim().is_empty() {
                         return Err(format!("{at}: batch_config.worker_template must not be empty"));
                     }

@@ -993,3 +993,30 @@ async fn decisions_and_batches_run_on_tasker_cores_schema() {
     pool.close().await;
     db.drop_database().await;
 }
+
+#[test]
+fn the_limits_are_configuration_keys_and_a_bad_value_names_its_key() {
+    let defaults = TaskerConfig::default();
+    assert_eq!(
+        (
+            defaults.orchestration.max_steps_per_decision,
+            defaults.orchestration.max_batch_workers
+        ),
+        (50, 1000)
+    );
+    for (key, value) in [
+        ("orchestration.max_steps_per_decision", 0),
+        ("orchestration.max_batch_workers", 0),
+        ("orchestration.max_batch_workers", 100_001),
+    ] {
+        let overrides =
+            TaskerConfig::overrides_from_dotted([(key.to_string(), toml::Value::Integer(value))]).unwrap();
+        let err = TaskerConfig::load_from(None, &|_| None, &overrides)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains(&format!("got {value}")),
+            "{key}: {err}"
+        );
+    }
+}

@@ -364,11 +364,6 @@ impl TaskTemplate {
         seen
     }
 
-    /// True when a step has a type other than standard (the task may grow at run time).
-    pub fn is_dynamic(&self) -> bool {
-        self.steps.iter().any(|s| s.kind() != StepType::Standard)
-    }
-
     /// Kahn's algorithm: a step never freed of its parents is on (or behind) a cycle.
     fn find_cycle(&self) -> Option<String> {
         let mut waiting: HashMap<&str, usize> = self

@@ -31,8 +31,10 @@ BATCH = [
   ["mixed_dag_workflow", "complex_dag", 60, { even_number: 2 }, "complete"],
   ["order_fulfillment", "business_workflow", 40, ORDER, "complete"],
   ["order_fulfillment", "business_workflow", 1, ORDER.merge(payment: { method: "card", token: "tok_declined" }),
-   "error"],
-  ["test_errors", "error_scenarios", 1, {}, "error"]
+   "blocked_by_failures"],
+  ["test_errors", "error_scenarios", 1, {}, "blocked_by_failures"],
+  ["checkpointed_workflow", "checkpointed_sum", 4, { count: 20, seconds: 0.01 }, "complete"],
+  ["checkpointed_workflow", "checkpointed_batches", 4, { count: 100, batch: 10 }, "complete"]
 ].freeze
 
 def progress(done, total, started)

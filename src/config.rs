@@ -181,6 +181,58 @@ pub struct WorkerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u32>,
     pub mpsc_channels: MpscChannelsConfig,
+    pub checkpoints: CheckpointsConfig,
+}
+
+/// Limits on the checkpoints a step saves while it runs (see `crate::worker::checkpoints`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsConfig {
+    /// Largest checkpoint, as JSON text: the cursor and accumulated results of one save, and
+    /// the stored record with its history (older history entries are dropped to fit).
+    pub max_bytes: u32,
+    /// A save sooner than this after the claim's last saved one is coalesced: not written,
+    /// kept in memory for the handler, written with the next save after the interval. 0: every
+    /// save is written.
+    pub min_interval_ms: u64,
+    /// Entries kept in the checkpoint's `history` (the newest).
+    pub max_history: u32,
+    /// Times one claim's handler may return a checkpoint yield and be run again; the next
+    /// yield fails the step (retryable, `checkpoint_yield_limit`), which resumes on retry.
+    pub max_yields_per_claim: u32,
+}
+
+impl CheckpointsConfig {
+    pub fn min_interval(&self) -> Duration {
+        Duration::from_millis(self.min_interval_ms)
+    }
+
+    fn check(&self, issues: &mut Vec<Issue>) {
+        check_range(
+            issues,
+            "worker.checkpoints.max_bytes",
+            self.max_bytes,
+            1024..=crate::limits::MAX_JSON_BYTES as u32,
+        );
+        check_range(
+            issues,
+            "worker.checkpoints.min_interval_ms",
+            self.min_interval_ms,
+            0..=3_600_000,
+        );
+        check_range(
+            issues,
+            "worker.checkpoints.max_history",
+            self.max_history,
+            1..=10_000,
+        );
+        check_range(
+            issues,
+            "worker.checkpoints.max_yields_per_claim",
+            self.max_yields_per_claim,
+            1..=1_000_000,
+        );
+    }
 }
 
 /// How the worker learns that a message is ready.
@@ -725,6 +777,7 @@ impl WorkerConfig {
         }
         self.mpsc_channels.handler_dispatch.check(issues);
         self.mpsc_channels.ffi_dispatch.check(issues);
+        self.checkpoints.check(issues);
         check_min(
             issues,
             "worker.mpsc_channels.domain_events.durable_buffer_size",

@@ -388,11 +388,12 @@ pub async fn task_state(pool: &PgPool, task: uuid::Uuid) -> String {
         .expect("the task's current state")
 }
 
-/// Waits until the task is `complete` or `error` (panics after `timeout`); returns which.
+/// Waits until the task is `complete`, `blocked_by_failures` or `error` (panics after
+/// `timeout`); returns which.
 pub async fn wait_settled(pool: &PgPool, task: uuid::Uuid, timeout: Duration) -> String {
     wait_for("the task to settle", timeout, || async {
         let state = task_state(pool, task).await;
-        (state == "complete" || state == "error").then_some(state)
+        matches!(state.as_str(), "complete" | "blocked_by_failures" | "error").then_some(state)
     })
     .await
 }

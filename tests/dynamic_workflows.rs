@@ -555,7 +555,7 @@ async fn outcomes_that_cannot_be_applied_fail_the_deciding_step_with_the_reason(
     ];
     for (choice, expected) in decisions {
         let (task, state) = env.run("route", json!({ "classify": choice })).await;
-        assert_eq!(state, "error", "{expected}");
+        assert_eq!(state, "blocked_by_failures", "{expected}");
         let all = steps(&pool, task).await;
         assert_eq!(
             all,
@@ -612,7 +612,7 @@ async fn outcomes_that_cannot_be_applied_fail_the_deciding_step_with_the_reason(
     ];
     for (result, expected) in batches {
         let (task, state) = env.run("batch", json!({ "scan_result": result })).await;
-        assert_eq!(state, "error", "{expected}");
+        assert_eq!(state, "blocked_by_failures", "{expected}");
         assert_eq!(
             steps(&pool, task).await,
             [("scan".into(), "error".into())],
@@ -1019,4 +1019,104 @@ fn the_limits_are_configuration_keys_and_a_bad_value_names_its_key() {
             "{key}: {err}"
         );
     }
+}
+
+const BLOCKABLE: &str = r#"
+name: blockable
+namespace_name: NS
+version: 1.0.0
+steps:
+  - { name: intake, handler: { callable: Leaf } }
+  - { name: broken, dependencies: [intake], handler: { callable: Leaf } }
+  - { name: classify, type: decision, dependencies: [intake], handler: { callable: Decide } }
+  - { name: fast_track, dependencies: [classify], handler: { callable: Leaf } }
+  - { name: committee, dependencies: [classify], handler: { callable: Leaf } }
+"#;
+
+/// A decision completing while its task is blocked by another failed step: its outcome is
+/// applied, the new step waits (pending) and runs once the operator retries the failed step.
+#[tokio::test]
+async fn a_decision_completing_in_a_blocked_task_creates_steps_that_run_after_the_retry() {
+    let db = TestDatabase::migrated().await;
+    let ns = "dyn_blocked";
+    register_template(
+        &db.pool,
+        &TaskTemplate::from_yaml(&BLOCKABLE.replace("NS", ns), "t").unwrap(),
+    )
+    .await
+    .unwrap();
+    let pool = db.pool.clone();
+    let task = create_task(&pool, &task_request(ns, "blockable", json!({})))
+        .await
+        .unwrap();
+    force(&pool, task, "intake", "complete", None).await;
+    let broken = force(&pool, task, "broken", "error", None).await;
+    sqlx::query(
+        "WITH retired AS (UPDATE tasker.task_transitions SET most_recent = false WHERE task_uuid = $1 AND most_recent RETURNING sort_key) \
+         INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent, created_at, updated_at) \
+         SELECT $2, $1, 'steps_in_process', 'blocked_by_failures', max(sort_key) + 1, true, now(), now() FROM retired",
+    )
+    .bind(task)
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let classify = force(
+        &pool,
+        task,
+        "classify",
+        "enqueued_for_orchestration",
+        Some(json!({"decision_point_outcome": {"type": "create_steps", "step_names": ["committee"]}})),
+    )
+    .await;
+    let correlation_id: Uuid =
+        sqlx::query_scalar("SELECT correlation_id FROM tasker.tasks WHERE task_uuid = $1")
+            .bind(task)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let client = MessageClient::new(pool.clone());
+    client.create_queue(STEP_RESULTS_QUEUE).await.unwrap();
+    let message = StepMessage {
+        task_uuid: task,
+        step_uuid: classify,
+        correlation_id,
+    };
+    client
+        .send_with_notify(STEP_RESULTS_QUEUE, &message, 0)
+        .await
+        .unwrap();
+    let config = worker_config(&db, &[ns]);
+    let mut orchestrator = Orchestrator::start(&config).await.unwrap();
+    wait_for("the decision to complete", WAIT, || async {
+        let all = steps(&pool, task).await;
+        all.iter()
+            .any(|(n, s)| n == "classify" && s == "complete")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        steps(&pool, task).await,
+        [
+            ("broken".into(), "error".into()),
+            ("classify".into(), "complete".into()),
+            ("committee".into(), "pending".into()),
+            ("intake".into(), "complete".into())
+        ]
+    );
+    tasker_worker::operations::retry_step(&pool, broken)
+        .await
+        .unwrap();
+    let (registry, _runs) = registry();
+    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
+        .await
+        .unwrap();
+    assert_eq!(wait_settled(&pool, task, WAIT).await, "complete");
+    assert_eq!(
+        names(&steps(&pool, task).await),
+        ["broken", "classify", "committee", "intake"]
+    );
+    worker.shutdown().await.unwrap();
+    orchestrator.shutdown().await;
+    db.drop_database().await;
 }

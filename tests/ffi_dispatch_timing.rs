@@ -74,6 +74,7 @@ impl Harness {
             retryable: true,
             timeout_seconds: None,
             step_definition: json!({}),
+            checkpoint: None,
         };
         let message = DispatchHandlerMessage {
             event_id: Uuid::now_v7(),

@@ -290,7 +290,7 @@ async fn a_claimed_step_whose_context_nests_too_deep_fails_as_invalid_input_and_
     let worker = start_worker(config.clone(), registry).await;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "error");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "blocked_by_failures");
     let rows = steps(&db.pool, task).await;
     let (_, state, results, attempts, _) = &rows[0];
     assert_eq!(state, "error");
@@ -378,7 +378,7 @@ async fn a_lapsed_claim_with_no_attempts_left_fails_as_max_attempts_exceeded_and
     let worker = start_worker(config.clone(), registry).await;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "error");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "blocked_by_failures");
     let rows = steps(&db.pool, task).await;
     let (_, state, results, attempts, max_attempts) = &rows[0];
     assert_eq!(state, "error");
@@ -558,7 +558,7 @@ async fn a_stored_failure_result_too_deep_to_decode_fails_its_step_and_the_task_
     .await;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
 
-    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "error");
+    assert_eq!(wait_settled(&db.pool, task, WAIT).await, "blocked_by_failures");
     let state: String = sqlx::query_scalar(
         "SELECT to_state FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 AND most_recent",
     )

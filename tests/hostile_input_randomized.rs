@@ -267,7 +267,7 @@ async fn hundreds_of_hostile_inputs_end_dead_lettered_or_archived_and_every_real
         || async {
             let open: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM tasker.task_transitions WHERE task_uuid = ANY($1) AND most_recent \
-                 AND to_state NOT IN ('complete', 'error')",
+                 AND to_state NOT IN ('complete', 'blocked_by_failures')",
             )
             .bind(&tasks)
             .fetch_one(&db.pool)

@@ -155,7 +155,7 @@ async fn send_with_notify_wakes_listeners_of_the_namespace_with_the_documented_p
         sent
     );
     let event: NotifyEvent = serde_json::from_value(payload).unwrap();
-    assert_eq!(event.msg_id(), msg_id);
+    assert_eq!(event.msg_id(), Some(msg_id));
 
     // A large message: the body is left out of the notification.
     let big = serde_json::json!({ "blob": "x".repeat(8000) });

@@ -243,7 +243,7 @@ async fn retrying_a_failed_step_gives_it_fresh_attempts_and_the_task_resumes() {
     let handlers = Handlers::new(None, 1);
     let running = start(&db, "retry_ns", &handlers).await;
     let task = new_task(&db, "retry_ns").await;
-    wait_task(&db.pool, task, "error").await;
+    wait_task(&db.pool, task, "blocked_by_failures").await;
     let (state, attempts, first) = step(&db.pool, task, "first").await;
     assert_eq!((state.as_str(), attempts), ("error", 1));
     let (_, _, second) = step(&db.pool, task, "second").await;
@@ -279,9 +279,9 @@ async fn retry_task_and_resolve_step_manually() {
 
     // Both fail (fail_first is 2) before either is retried or resolved.
     let retried = new_task(&db, "resolve_ns").await;
-    wait_task(&db.pool, retried, "error").await;
+    wait_task(&db.pool, retried, "blocked_by_failures").await;
     let resolved = new_task(&db, "resolve_ns").await;
-    wait_task(&db.pool, resolved, "error").await;
+    wait_task(&db.pool, resolved, "blocked_by_failures").await;
 
     let outcome = operations::retry_task(&db.pool, retried).await.unwrap();
     assert_eq!(outcome.steps, 1);
@@ -340,7 +340,7 @@ async fn two_processes_at_once_one_wins_the_other_is_refused() {
 
     // Retry, raced: one retry goes through and sends one message, the other is refused.
     let task = new_task(&db, "race_ns").await;
-    wait_task(&db.pool, task, "error").await;
+    wait_task(&db.pool, task, "blocked_by_failures").await;
     let (_, _, first) = step(&db.pool, task, "first").await;
     let (a, b) = tokio::join!(
         operations::retry_step(&db.pool, first),
@@ -348,7 +348,7 @@ async fn two_processes_at_once_one_wins_the_other_is_refused() {
     );
     assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} / {b:?}");
     refused(a.err().or(b.err()).unwrap());
-    wait_task(&db.pool, task, "error").await; // it fails again (fail_first was 4)
+    wait_task(&db.pool, task, "blocked_by_failures").await; // it fails again (fail_first was 4)
     assert_eq!(handlers.first_runs.load(Ordering::SeqCst), 2);
 
     // Cancel against retry, raced: whichever runs second sees the first's outcome.

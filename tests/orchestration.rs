@@ -407,11 +407,11 @@ async fn run_failing(permanent: bool) -> (String, (String, Option<serde_json::Va
 }
 
 #[tokio::test]
-async fn a_permanent_failure_ends_the_task_in_error_and_downstream_never_runs() {
+async fn a_permanent_failure_blocks_the_task_and_downstream_never_runs() {
     let (task, (b_state, b_results, b_attempts), c_state) = run_failing(true).await;
     assert_eq!(
         (task.as_str(), b_state.as_str(), b_attempts, c_state.as_str()),
-        ("error", "error", 1, "pending")
+        ("blocked_by_failures", "error", 1, "pending")
     );
     assert_eq!(b_results.unwrap()["error"]["message"], "always broken");
 }
@@ -421,7 +421,7 @@ async fn a_retryable_failure_exhausts_max_attempts_then_errors() {
     let (task, (b_state, _, b_attempts), c_state) = run_failing(false).await;
     assert_eq!(
         (task.as_str(), b_state.as_str(), b_attempts, c_state.as_str()),
-        ("error", "error", 2, "pending")
+        ("blocked_by_failures", "error", 2, "pending")
     );
 }
 

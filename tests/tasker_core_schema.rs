@@ -387,8 +387,40 @@ steps:
   - { name: b, handler: { callable: Broken }, dependencies: [a] }
 "#;
 
+/// 8 steps, a 4-way join.
+const TREE: &str = r#"
+name: tree
+namespace_name: theirs
+version: 1.0.0
+steps:
+  - { name: root, handler: { callable: Ok } }
+  - { name: left, handler: { callable: Ok }, dependencies: [root] }
+  - { name: right, handler: { callable: Ok }, dependencies: [root] }
+  - { name: leaf_a, handler: { callable: Ok }, dependencies: [left] }
+  - { name: leaf_b, handler: { callable: Ok }, dependencies: [left] }
+  - { name: leaf_c, handler: { callable: Ok }, dependencies: [right] }
+  - { name: leaf_d, handler: { callable: Ok }, dependencies: [right] }
+  - { name: join, handler: { callable: Ok }, dependencies: [leaf_a, leaf_b, leaf_c, leaf_d] }
+"#;
+
+/// 7 steps, a 3-way join; `hinted` fails once asking to be retried after 1 s.
+const MIXED: &str = r#"
+name: mixed
+namespace_name: theirs
+version: 1.0.0
+steps:
+  - { name: init, handler: { callable: Ok } }
+  - { name: left, handler: { callable: Ok }, dependencies: [init] }
+  - { name: right, handler: { callable: Ok }, dependencies: [init] }
+  - { name: hinted, handler: { callable: Hinted }, dependencies: [left, right], retry: { max_attempts: 2, backoff_base_ms: 10 } }
+  - { name: transform, handler: { callable: Ok }, dependencies: [left] }
+  - { name: analyze, handler: { callable: Ok }, dependencies: [right] }
+  - { name: finalize, handler: { callable: Ok }, dependencies: [hinted, transform, analyze] }
+"#;
+
 /// The worker and the embedded orchestrator on their schema (migrated by us on top), connected
-/// with a search_path that lacks `tasker`: linear with a retry, diamond, a permanent failure;
+/// with a search_path that lacks `tasker`: linear with a retry, diamond, tree, a mixed DAG with
+/// a retry the handler asked to delay, a permanent failure;
 /// their audit trigger records every result with the worker and correlation ids.
 #[tokio::test]
 async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_path() {
@@ -417,7 +449,13 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     .await
     .unwrap();
     assert_eq!(marked, None);
-    for yaml in [LINEAR, FAILING, DIAMOND.replace("theirtypes", "theirs").as_str()] {
+    for yaml in [
+        LINEAR,
+        FAILING,
+        TREE,
+        MIXED,
+        DIAMOND.replace("theirtypes", "theirs").as_str(),
+    ] {
         register_template(&pool, &TaskTemplate::from_yaml(yaml, "test").unwrap())
             .await
             .unwrap();
@@ -426,6 +464,17 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     registry.register(
         "Broken",
         handler_fn(|_ctx| async move { Err(StepFailure::new("", "card declined", false)) }),
+    );
+    registry.register(
+        "Hinted",
+        handler_fn(|ctx| async move {
+            if ctx.attempts == 1 {
+                let mut busy = StepFailure::new("", "rate limited", true);
+                busy.retry_after_seconds = Some(1);
+                return Err(busy);
+            }
+            Ok(StepSuccess::new(json!({"attempt": ctx.attempts})))
+        }),
     );
     let config = worker_config(&db, &["theirs"]);
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
@@ -436,7 +485,9 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     for (task_name, state) in [
         ("linear", "complete"),
         ("diamond", "complete"),
-        ("failing", "error"),
+        ("failing", "blocked_by_failures"),
+        ("tree", "complete"),
+        ("mixed", "complete"),
     ] {
         let task = create_task(&pool, &task_request("theirs", task_name, json!({"n": task_name})))
             .await
@@ -465,7 +516,7 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     )
     .await
     .unwrap();
-    assert_eq!(listed.len(), 3);
+    assert_eq!(listed.len(), 5);
     // The dashboard's reads, on their timestamp columns.
     let (failing_task, _, _) = expected[2];
     let timeline = tasker_worker::operations::task_transitions(&pool, failing_task)
@@ -477,11 +528,23 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     let activity = tasker_worker::operations::activity(&pool).await.unwrap();
     assert_eq!(
         (activity.completed_last_hour, activity.failed_last_hour),
-        (8, 1),
+        (8 + 8 + 7, 1),
         "{activity:?}"
     );
+    // The handler's hint (1 s) outweighed the template's 10 ms backoff.
+    let delays: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT (tr.metadata ->> 'delay_seconds')::bigint FROM tasker.workflow_step_transitions tr \
+           JOIN tasker.workflow_steps ws USING (workflow_step_uuid) \
+           JOIN tasker.named_steps ns USING (named_step_uuid) \
+          WHERE ns.name = 'hinted' AND tr.to_state = 'waiting_for_retry'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(delays, [Some(1)]);
     // Their audit: one row per result the worker committed (linear 4: c failed once; diamond 5:
-    // right failed once; failing 2), each with the worker's uuid and the task's correlation id.
+    // right failed once; failing 2; tree 8; mixed 8: hinted failed once), each with the
+    // worker's uuid and the task's correlation id.
     let audit: Vec<(Option<uuid::Uuid>, Option<uuid::Uuid>, uuid::Uuid)> = sqlx::query_as(
         "SELECT a.worker_uuid, a.correlation_id, t.correlation_id FROM tasker.workflow_step_result_audit a \
            JOIN tasker.tasks t USING (task_uuid)",
@@ -489,7 +552,7 @@ async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_p
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(audit.len(), 11, "{audit:?}");
+    assert_eq!(audit.len(), 11 + 8 + 8, "{audit:?}");
     for (worker_uuid, correlation, task_correlation) in audit {
         assert!(worker_uuid.is_some());
         assert_eq!(correlation, Some(task_correlation));

@@ -12,13 +12,13 @@ module TaskerWorker
   #
   # Operations (safe from several processes at once and against running workers; what the
   # state machine does not allow raises InvalidStateError, an unknown uuid NotFoundError):
-  #   Client.tasks(state: "error")                  # => [{ task_uuid:, state:, steps_in_error:, ... }]
+  #   Client.tasks(state: "blocked_by_failures")    # => [{ task_uuid:, state:, steps_in_error:, ... }]
   #   Client.cancel_task(uuid)                      # steps not started never run; the task ends cancelled
   #   Client.retry_step(step_uuid) / retry_task(uuid) # steps in error get fresh attempts; the task resumes
   #   Client.resolve_step_manually(step_uuid, result: { ... }) # resolved_manually; children released
   #   Client.dead_letters / replay_dead_letter(id) / workers / status
   class Client
-    SETTLED = %w[complete error cancelled resolved_manually].freeze
+    SETTLED = %w[complete blocked_by_failures error cancelled resolved_manually].freeze
     POOL_SIZE = 4
 
     @mutex = Mutex.new
@@ -157,7 +157,8 @@ module TaskerWorker
                                          :batch_size), dry_run ? true : false)
     end
 
-    # Polls until the task is complete or failed; raises TimeoutError after `timeout` seconds.
+    # Polls until the task is complete, blocked by failures (a step in error), cancelled or
+    # resolved; raises TimeoutError after `timeout` seconds.
     def wait(task_uuid, timeout: 30, interval: 0.05)
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
       loop do

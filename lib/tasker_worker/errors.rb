@@ -107,3 +107,15 @@ module TaskerWorker
   # Processor::ABANDON_GRACE_SECONDS.
   class HandlerAbandoned < Exception; end # rubocop:disable Lint/InheritException -- must pass a handler's `rescue => e`
 end
+
+module TaskerWorker
+  # A checkpoint (`context.checkpoint(cursor:, ...)`) was not saved because this claim no
+  # longer holds its step: the lease lapsed and another worker reclaimed it, or the step timed
+  # out or was already completed. Nothing was changed; the step's result from this run will
+  # not be committed either, so the handler may stop.
+  class StaleClaimError < Error; end
+
+  # A checkpoint is over a `worker.checkpoints` limit (max_bytes, max_yields_per_claim); the
+  # message names the key. Nothing was saved.
+  class CheckpointLimitError < InvalidInputError; end
+end

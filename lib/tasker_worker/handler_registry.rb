@@ -57,12 +57,24 @@ module TaskerWorker
     end
 
     def factory_for(name, handler, block)
-      raise ConfigurationError, "register #{name.inspect}: pass a handler or a block, not both" if handler && block
+      return class_factory(block_handler(name, handler, block)) if handler && block
       return ->(_config) { block } if block
       return class_factory(handler) if handler.is_a?(Class) && handler_class?(handler)
       return ->(_config) { handler } if !handler.is_a?(Module) && handler.respond_to?(:call)
 
       raise ConfigurationError, "register #{name.inspect}: #{not_a_handler(handler)}"
+    end
+
+    # `register("Classify", TaskerWorker::DecisionHandler) { |context| ... }`: a subclass of
+    # one of the handler bases whose hook (#decide, #batches, #process) is the block. The
+    # block is called with the hook's arguments; a new instance runs each step.
+    def block_handler(name, base, block)
+      unless base.is_a?(Class) && base.respond_to?(:hook)
+        raise ConfigurationError, "register #{name.inspect}: pass a handler or a block, not both (a block goes " \
+                                  "with a handler base class: DecisionHandler, BatchableHandler, BatchWorkerHandler)"
+      end
+
+      Class.new(base) { define_method(base.hook) { |*args| block.call(*args) } }
     end
 
     # Called outside the lock: const_get may autoload a file that registers handlers.

@@ -10,6 +10,10 @@ module TaskerWorker
   # 4. being abandoned (`abandon`) when its step timed out in the core: HandlerAbandoned is
   #    raised inside the handler, never elsewhere, and the thread ends instead of taking more.
   # A step whose result cannot be converted is completed as an `invalid_result` failure.
+  # A handler that returns a checkpoint yield (StepHandler#checkpoint_yield) has it saved and
+  # is run again at once, same claim, with the new checkpoint in its context; a yield that
+  # cannot be saved fails the step (retryable `checkpoint_error`, or `checkpoint_yield_limit`
+  # past `worker.checkpoints.max_yields_per_claim`), and the retry resumes from the last one.
   class Processor
     POLL_SECONDS = 0.5
     # How long an abandoned thread has to leave its handler after HandlerAbandoned before the
@@ -84,7 +88,7 @@ module TaskerWorker
     def process(event)
       @lock.synchronize { @event = event }
       completed = false
-      completed = complete(event, outcome(StepContext.new(event)))
+      completed = complete(event, outcome(StepContext.new(event, checkpointer(event))))
     ensure
       complete(event, ResultMapper.handler_killed) unless completed
       @lock.synchronize { @event = nil }
@@ -95,15 +99,45 @@ module TaskerWorker
     # around resolution too, so a reloaded handler class is the one resolved.
     def outcome(context)
       value = Hooks.wrap_step do
-        Thread.handle_interrupt(HandlerAbandoned => :immediate) do
-          @registry.resolve(context.handler_callable, config: context.config).call(context)
-        end
+        Thread.handle_interrupt(HandlerAbandoned => :immediate) { run_handler(context) }
       end
       ResultMapper.from_return(value)
     rescue Exception => e # rubocop:disable Lint/RescueException -- no handler can stop the worker or lose its step
       log_unusual(context, e) unless e.is_a?(StandardError)
       report(e, context)
       ResultMapper.from_exception(e)
+    end
+
+    # Each run resolves a new handler instance, as for any step.
+    def run_handler(context)
+      loop do
+        value = @registry.resolve(context.handler_callable, config: context.config).call(context)
+        return value unless value.is_a?(StepHandler::CheckpointYield)
+
+        failed = checkpoint_yield(context, value)
+        return failed if failed
+      end
+    end
+
+    # Saves a returned checkpoint yield; nil when saved, else the failure to complete with.
+    def checkpoint_yield(context, value)
+      context.yield_checkpoint(value)
+      nil
+    rescue CheckpointLimitError => e
+      yield_failure("checkpoint_yield_limit", e)
+    rescue Error => e
+      yield_failure("checkpoint_error", e)
+    end
+
+    def yield_failure(error_type, exception)
+      StepHandler::Failure.new(message: "Checkpoint yield failed: #{exception.message}", error_type: error_type,
+                               retryable: true, context: { "error_class" => exception.class.name })
+    end
+
+    def checkpointer(event)
+      native = @native
+      event_id = event[:event_id]
+      ->(data, yielded) { native.checkpoint(event_id, data, yielded) }
     end
 
     # The framework's error reporter (Rails >= 7: Rails.error) hears of every handler

@@ -39,6 +39,20 @@ module TaskerWorker
       def success? = false
     end
 
+    # Returned by a handler (#checkpoint_yield) to save its progress and be run again at once
+    # with the new checkpoint in its context (same claim, no new attempt); see README
+    # "Checkpointed steps".
+    CheckpointYield = Struct.new(:cursor, :items_processed, :accumulated_results, keyword_init: true) do
+      def initialize(cursor:, items_processed:, accumulated_results: nil)
+        StepContext.check_items_processed!(items_processed)
+        super
+        freeze
+      end
+
+      def checkpoint? = true
+      def success? = false
+    end
+
     # The core stores metadata and context as JSON objects; anything else is a handler bug.
     def self.require_hash!(name, value)
       raise ArgumentError, "#{name} must be a Hash, got #{value.inspect}" unless value.is_a?(Hash)
@@ -65,6 +79,13 @@ module TaskerWorker
 
     def success(result: nil, metadata: {})
       Success.new(result: result, metadata: metadata)
+    end
+
+    # Return this to save a checkpoint and run again from it at once (tasker-core's
+    # `checkpoint_yield`): `return checkpoint_yield(cursor: 500, items_processed: 500,
+    # accumulated_results: { "total" => 1234 })`.
+    def checkpoint_yield(cursor:, items_processed:, accumulated_results: nil)
+      CheckpointYield.new(cursor: cursor, items_processed: items_processed, accumulated_results: accumulated_results)
     end
 
     def failure(message:, error_type: "handler_failure", retryable: false, retry_after: nil, error_code: nil,

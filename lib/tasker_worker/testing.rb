@@ -46,15 +46,33 @@ module TaskerWorker
     # `handler` is a handler class, an instance or another callable, or a callable name
     # resolved by TaskerWorker.handler_registry; or give a block. `context` is the task's
     # input and `dependency_results` the ancestors' handler results, by step name.
+    # `checkpoint` is a saved checkpoint to start from (as a retried or reclaimed step would);
+    # a returned StepHandler#checkpoint_yield is kept in the context and the handler runs again,
+    # as on a worker (up to the configured `worker.checkpoints.max_yields_per_claim` times, then
+    # the step fails as `checkpoint_yield_limit`).
     def run(handler = nil, context: {}, dependency_results: {}, config: {}, attempt: 1, max_attempts: 3,
-            step_name: "step", inputs: {}, &block)
+            step_name: "step", inputs: {}, checkpoint: nil, &block)
       callable = handler || block
       raise ArgumentError, "pass a handler or a block" unless callable
 
       step = StepContext.build(task_context: context, inputs: inputs, step_name: step_name, attempts: attempt,
                                max_attempts: max_attempts, dependency_results: stored_results(dependency_results),
-                               handler: { callable: callable_name(callable), initialization: config })
-      Outcome.new(checked(ResultMapper.capture { resolve(callable, step.config).call(step) }))
+                               handler: { callable: callable_name(callable), initialization: config },
+                               checkpoint: checkpoint)
+      Outcome.new(checked(ResultMapper.capture { run_yielding(callable, step) }))
+    end
+
+    def run_yielding(callable, step)
+      max_yields = TaskerWorker.configuration.effective.dig(:worker, :checkpoints, :max_yields_per_claim)
+      (max_yields + 1).times do
+        value = resolve(callable, step.config).call(step)
+        return value unless value.is_a?(StepHandler::CheckpointYield)
+
+        step.yield_checkpoint(value)
+      end
+      StepHandler::Failure.new(message: "Checkpoint yield failed: more than #{max_yields} yields " \
+                                        "(worker.checkpoints.max_yields_per_claim)",
+                               error_type: "checkpoint_yield_limit", retryable: true)
     end
 
     # Runs a whole task from its template in this process, step by step (TaskRun says how),
@@ -119,7 +137,7 @@ module TaskerWorker
                 .tap { |c| c[:error] = c[:error].merge(context: stored.call(c[:error][:context])) if c[:error]&.key?(:context) }
     end
 
-    private_class_method :resolve, :stored_results, :callable_name, :checked, :as_stored, :find_template
+    private_class_method :run_yielding, :resolve, :stored_results, :callable_name, :checked, :as_stored, :find_template
 
     # Finds the first value JSON cannot represent, and says where it is.
     module JsonCheck

@@ -75,7 +75,7 @@ RSpec.describe "operating the tasker_worker process", :worker do
     wait_until("steps in flight") { count("SELECT count(*) FROM tasker.workflow_step_transitions WHERE most_recent AND to_state = 'in_progress'").positive? }
     expect(scrape["tasker_steps_claimed_total"]).to be >= 1 # scraped during the drain
     settled = tasks.map { |t| client.wait(t, timeout: 30)[:state] }
-    expect(settled.tally).to eq("complete" => 4, "error" => 3)
+    expect(settled.tally).to eq("complete" => 4, "blocked_by_failures" => 3)
 
     expected = {
       "tasker_steps_claimed_total" => transitions("in_progress"),
@@ -83,7 +83,7 @@ RSpec.describe "operating the tasker_worker process", :worker do
       "tasker_steps_failed_total" => transitions("enqueued_as_error_for_orchestration"),
       "tasker_steps_retried_total" => transitions("waiting_for_retry"),
       "tasker_tasks_completed_total" => tasks_in("complete"),
-      "tasker_tasks_failed_total" => tasks_in("error")
+      "tasker_tasks_failed_total" => tasks_in("blocked_by_failures")
     }
     expect(expected.values).to eq([9, 4, 5, 2, 4, 3]) # the bug and the retry: two attempts each
     wait_until("the counters to match the database", timeout: 5) { scrape.slice(*expected.keys) == expected.transform_values(&:to_f) }
@@ -117,7 +117,7 @@ RSpec.describe "operating the tasker_worker process", :worker do
     expect(events["step_retried"].first["fields"]).to include("attempt" => 1, "max_attempts" => 2, "retry_in_s" => 0,
                                                               "retry_at" => a_string_matching(/\A\d{4}-\d\d-\d\dT/))
     settled = events["task_settled"].map { |l| l["fields"] }
-    expect(settled.map { |f| f["state"] }.tally).to eq("complete" => 4, "error" => 3)
+    expect(settled.map { |f| f["state"] }.tally).to eq("complete" => 4, "blocked_by_failures" => 3)
     expect(settled.first).to include("steps" => 1, "duration_ms" => a_kind_of(Integer), "namespace" => "operate")
     expect(events["worker_stopped"].first["fields"]).to include("claimed" => 9, "succeeded" => 4, "failed" => 5)
     expect(lines.map { |l| l["level"] }.uniq - %w[DEBUG INFO WARN ERROR]).to be_empty

@@ -68,8 +68,8 @@ RSpec.describe "operations (tasker_worker COMMAND and TaskerWorker::Client)", :w
 
     File.write(flag, "")
     failed = new_task(fail_while: flag)
-    wait_state(failed, "error")
-    listed = json("tasks", "--state", "error", "--namespace", "ops")
+    wait_state(failed, "blocked_by_failures")
+    listed = json("tasks", "--state", "blocked_by_failures", "--namespace", "ops")
     expect(listed.map { |t| t["task_uuid"] }).to eq([failed])
     table, = tasker_worker("task", failed)
     expect(table).to match(%r{flaky\s+-\s+error\s+1/1\s+.*flaky is broken while})
@@ -83,7 +83,7 @@ RSpec.describe "operations (tasker_worker COMMAND and TaskerWorker::Client)", :w
 
     File.write(flag, "")
     resolved = new_task(fail_while: flag)
-    wait_state(resolved, "error")
+    wait_state(resolved, "blocked_by_failures")
     flaky = client.task(resolved)[:steps].find { |s| s[:name] == "flaky" }[:step_uuid]
     expect(json("resolve", flaky, "--result", '{"result": {"by": "hand"}}')["task_state"]).to eq("steps_in_process")
     expect(client.wait(resolved)[:state]).to eq("complete")

@@ -38,7 +38,7 @@ RSpec.describe "the tasker_worker process's exit status", :worker do
 
   def step_error(task)
     summary = client.wait(task, timeout: 20)
-    expect(summary[:state]).to eq("error")
+    expect(summary[:state]).to eq("blocked_by_failures")
     summary[:steps].first[:results]["error"]
   end
 

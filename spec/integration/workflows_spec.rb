@@ -84,12 +84,12 @@ RSpec.describe "example workflows", :worker do
     expect(r["ship_order"]).to include("carrier_method" => "express", "amount_charged" => 28.75)
   end
 
-  it "stops an order at a declined card: the task errors and shipping never runs" do
+  it "stops an order at a declined card: the task is blocked by the failure and shipping never runs" do
     order = { customer: { id: 1, email: "x@example.com" }, items: [{ sku: "A", quantity: 1, price: 5 }],
               payment: { method: "card", token: "tok_declined" }, shipping: { method: "ground" } }
     task = run("order_fulfillment", "business_workflow", order)
     steps = task[:steps].to_h { |s| [s[:name], s] }
-    expect(task[:state]).to eq("error")
+    expect(task[:state]).to eq("blocked_by_failures")
     expect(steps["process_payment"][:state]).to eq("error")
     expect(steps["process_payment"][:results]["error"]["message"]).to eq("card declined")
     expect(steps["ship_order"][:state]).to eq("pending")
@@ -98,11 +98,11 @@ RSpec.describe "example workflows", :worker do
   it "handles each error scenario: permanent, retryable until exhausted, fail once then succeed" do
     task = run("test_errors", "error_scenarios", {})
     steps = task[:steps].to_h { |s| [s[:name], s] }
-    expect(task[:state]).to eq("error")
+    expect(task[:state]).to eq("blocked_by_failures")
     expect(steps["permanent_failure"]).to include(state: "error", attempts: 1)
     expect(steps["permanent_failure"][:results]["error"]).to include("error_type" => "permanent_error",
                                                                      "retryable" => false)
-    # Let the other two settle (the task is already in error).
+    # Let the other two settle (the task is already blocked).
     wait_until("the retries to settle") do
       now = client.task(task[:task_uuid])[:steps].to_h { |s| [s[:name], s] }
       now if %w[error complete].include?(now["retryable_exhausted"][:state]) && now["fail_once"][:state] == "complete"

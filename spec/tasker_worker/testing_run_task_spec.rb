@@ -65,13 +65,26 @@ RSpec.describe TaskerWorker::Testing, ".run_task" do
     expect(task.result(:after)).to eq("ran" => true)
   end
 
-  it "ends in error when a step fails for good, and its descendants never run" do
+  it "ends blocked by failures when a step fails for good, and its descendants never run" do
     task = run_task(context: { n: 1, fail_join: true })
 
-    expect(task.state).to eq("error")
+    expect(task.state).to eq("blocked_by_failures")
     expect(task.step(:join)).to have_attributes(state: "error", attempts: 1)
     expect(task.step(:join).outcome.message).to eq("told to fail")
     expect(task.step(:after)).to have_attributes(state: "pending", attempts: 0, outcome: nil)
+  end
+
+  it "refuses a workflow with dynamic steps rather than running every branch" do
+    File.write(File.join(dir, "decide.yml"), <<~YAML)
+      name: decide
+      namespace_name: spec
+      steps:
+        - { name: start, handler: { callable: RunTaskSpec::Start } }
+        - { name: pick, type: decision, dependencies: [start], handler: { callable: RunTaskSpec::Start } }
+        - { name: branch, dependencies: [pick], handler: { callable: RunTaskSpec::Start } }
+    YAML
+    expect { described_class.run_task(namespace: "spec", name: "decide", templates: dir) }
+      .to raise_error(TaskerWorker::ConfigurationError, /runs static workflows only; decide has dynamic steps \(pick\)/)
   end
 
   it "names what it cannot find, and asks for a version when several match" do

@@ -161,6 +161,40 @@ RSpec.describe TaskerWorker::Testing do
     end
   end
 
+  describe "checkpoints" do
+    # Sums 0...10 two items per run, yielding in between, as a long step would on a worker.
+    let(:summer) do
+      Class.new(TaskerWorker::StepHandler) do
+        def call(context)
+          from = context.checkpoint_cursor || 0
+          total = (context.accumulated_results || {}).fetch("total", 0) + from + from + 1
+          return { "total" => total, "resumed_at" => context.checkpoint_cursor } if from + 2 >= 10
+
+          checkpoint_yield(cursor: from + 2, items_processed: from + 2, accumulated_results: { "total" => total })
+        end
+      end
+    end
+
+    it "runs a yielding handler again with its new checkpoint until it returns" do
+      outcome = described_class.run(summer)
+      expect(outcome.result).to eq("total" => (0...10).sum, "resumed_at" => 8)
+    end
+
+    it "starts from a given checkpoint, as a retried or reclaimed step does" do
+      saved = { "cursor" => 6, "items_processed" => 6, "accumulated_results" => { "total" => (0...6).sum } }
+      expect(described_class.run(summer, checkpoint: saved).result).to eq("total" => (0...10).sum, "resumed_at" => 8)
+    end
+
+    after { TaskerWorker.reset_configuration! }
+
+    it "fails a handler that yields more than the configured max_yields_per_claim times" do
+      forever = Class.new(TaskerWorker::StepHandler) { def call(_ctx) = checkpoint_yield(cursor: 1, items_processed: 1) }
+      TaskerWorker.configuration.checkpoint_max_yields_per_claim = 3
+      outcome = described_class.run(forever)
+      expect([outcome.error_type, outcome.retryable?, outcome.message]).to match(["checkpoint_yield_limit", true, /3 yields/])
+    end
+  end
+
   it "needs a handler or a block" do
     expect { described_class.run }.to raise_error(ArgumentError, /handler or a block/)
   end

@@ -52,7 +52,7 @@ RSpec.describe "TaskerWorker::Web in a browser", :browser, :worker do
   it "shows a failed workflow, retries its failed step, and sees the task complete" do
     FileUtils.touch(flag)
     uuid = client.create_task(namespace: "ops", name: "ops", context: { fail_while: flag })
-    wait_until("the flaky step to fail") { client.task(uuid)[:state] == "error" }
+    wait_until("the flaky step to fail") { client.task(uuid)[:state] == "blocked_by_failures" }
 
     session = Capybara::Session.new(:tasker_headless_chromium, TaskerWorker::Web)
     session.visit("/failures")

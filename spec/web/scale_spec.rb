@@ -27,7 +27,7 @@ RSpec.describe "TaskerWorker::Web with 100k tasks", :timing, :worker do
         SELECT s.task_uuid, nt.named_task_uuid, s.task_uuid::text, gen_random_uuid(), s.at, '{}'::jsonb
           FROM scale s, tasker.named_tasks nt;
       INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, to_state, sort_key, most_recent, created_at)
-        SELECT gen_random_uuid(), task_uuid, CASE WHEN i % 100 = 0 THEN 'error' ELSE 'complete' END, 1, true, at FROM scale;
+        SELECT gen_random_uuid(), task_uuid, CASE WHEN i % 100 = 0 THEN 'blocked_by_failures' ELSE 'complete' END, 1, true, at FROM scale;
       INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid, attempts, results)
         SELECT s.step_uuid, s.task_uuid, ns.named_step_uuid, 1,
                CASE WHEN i % 100 = 0 THEN jsonb_build_object('error', jsonb_build_object('message', 'boom ' || i,
@@ -58,7 +58,7 @@ RSpec.describe "TaskerWorker::Web with 100k tasks", :timing, :worker do
     app = Rack::MockRequest.new(TaskerWorker::Web)
     newest = db.exec("SELECT task_uuid FROM tasker.tasks ORDER BY created_at DESC LIMIT 1").getvalue(0, 0)
     old = db.exec("SELECT created_at FROM tasker.tasks ORDER BY created_at LIMIT 1 OFFSET 500").getvalue(0, 0)
-    pages = ["/", "/tasks", "/tasks?state=error", "/tasks?state=complete", "/tasks?namespace=scale&name=scale",
+    pages = ["/", "/tasks", "/tasks?state=blocked_by_failures", "/tasks?state=complete", "/tasks?namespace=scale&name=scale",
              "/tasks?before=#{CGI.escape(Time.parse(old).utc.iso8601(6))}", "/tasks/#{newest}", "/failures",
              "/dead_letters", "/workers"]
     timings = pages.to_h { |path| [path, median_ms(app, path)] }

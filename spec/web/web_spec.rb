@@ -59,7 +59,7 @@ RSpec.describe TaskerWorker::Web, :worker do
     expect(overview.body).to include("Last hour", "worker_ops_queue", "Workers alive (1)")
     expect(overview.headers["set-cookie"]).to match(/tasker_worker_csrf=\h{64}.*httponly/i)
 
-    tasks = get("/tasks?state=error&namespace=ops")
+    tasks = get("/tasks?state=blocked_by_failures&namespace=ops")
     expect(tasks.status).to eq(200)
     expect(tasks.body).to include(uuid, "1 in error")
     expect(get("/tasks?state=complete").body).not_to include(uuid)
@@ -124,7 +124,7 @@ RSpec.describe TaskerWorker::Web, :worker do
     end
     no_cookie = app.post("/tasks/#{uuid}/cancel", params: { "csrf" => token, "confirm" => "yes" })
     expect(no_cookie.status).to eq(403)
-    expect(client.task(uuid)[:state]).to eq("error")
+    expect(client.task(uuid)[:state]).to eq("blocked_by_failures")
   end
 
   it "retries a task, cancels a task, and bulk retries and discards from the failures page" do

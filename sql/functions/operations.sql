@@ -105,9 +105,9 @@ END;
 $$;
 
 -- After a step of task p_task was retried or resolved: unless a step is still in `error`, the
--- task leaves `error` for `steps_in_process`, every `pending` step whose parents are all
--- complete (or resolved manually) is enqueued with its message (the orchestrator enqueues
--- none while the task is in error), and the task settles (`complete` when every step is).
+-- task leaves `blocked_by_failures` (or `error`) for `steps_in_process`, every `pending` step
+-- whose parents are all complete (or resolved manually) is enqueued with its message (the
+-- orchestrator enqueues none while the task is blocked), and the task settles (`complete` when every step is).
 -- p_enqueue are steps to enqueue as well (retried ones, already moved to `enqueued`).
 -- Returns the task's state afterwards and how many messages were sent. The caller holds the
 -- locks of tasker.operations_lock_task.
@@ -149,8 +149,8 @@ BEGIN
         RETURN QUERY SELECT t_state, coalesce(cardinality(p_enqueue), 0);
         RETURN;
     END IF;
-    IF t_state = 'error' THEN
-        PERFORM tasker.operations_task_transition(p_task, 'error', 'steps_in_process', '{"event": "resume"}'::jsonb);
+    IF t_state IN ('blocked_by_failures', 'error') THEN
+        PERFORM tasker.operations_task_transition(p_task, t_state, 'steps_in_process', '{"event": "resume"}'::jsonb);
         UPDATE tasker.tasks SET completed_at = NULL, complete = false, updated_at = now() WHERE task_uuid = p_task;
         t_state := 'steps_in_process';
     END IF;

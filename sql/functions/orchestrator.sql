@@ -5,11 +5,12 @@
 -- the migrations; edit the definition here. Generic plans without sequential scans: see the
 -- header of worker_claim.sql.
 
--- Moves the task to `error` at its first failed step, or to `complete` when every step is
--- complete (or resolved manually), given its current state; the new transition is
--- p_transition_uuid. Returns the new state, or NULL when the task stays as it is (always for
--- a task already complete, in error, cancelled or resolved manually). The caller holds the
--- task's row lock.
+-- Moves the task to `blocked_by_failures` at its first step in error (tasker-core's state
+-- for it: the task waits for an operator, who may retry or resolve the step, or cancel the
+-- task), or to `complete` when every step is complete (or resolved manually), given its
+-- current state; the new transition is p_transition_uuid. Returns the new state, or NULL when
+-- the task stays as it is (always for a task already complete, blocked, in error, cancelled
+-- or resolved manually). The caller holds the task's row lock.
 CREATE OR REPLACE FUNCTION tasker.orchestrator_settle_task(
     p_task_uuid       uuid,
     p_task_state      text,
@@ -27,7 +28,7 @@ DECLARE
     errors  bigint;
     settled text;
 BEGIN
-    IF p_task_state IN ('complete', 'error', 'cancelled', 'resolved_manually') THEN
+    IF p_task_state IN ('complete', 'blocked_by_failures', 'error', 'cancelled', 'resolved_manually') THEN
         RETURN NULL;
     END IF;
     SELECT count(*),
@@ -38,7 +39,7 @@ BEGIN
       JOIN tasker.workflow_step_transitions tr
         ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent
      WHERE ws.task_uuid = p_task_uuid;
-    settled := CASE WHEN errors > 0 THEN 'error' WHEN done = total THEN 'complete' END;
+    settled := CASE WHEN errors > 0 THEN 'blocked_by_failures' WHEN done = total THEN 'complete' END;
     IF settled IS NULL THEN
         RETURN NULL;
     END IF;
@@ -62,8 +63,8 @@ $$;
 -- p_task_uuid) when the step's result is a success, in the caller's transaction:
 -- 1. the task's row is locked (then its state read, so it is current);
 -- 2. the step becomes `complete` (transition p_uuids[1]);
--- 3. unless the task is in `error` or `cancelled` (a cancelled task's late result is
---    recorded and changes nothing else), each child whose parents are now all complete is
+-- 3. unless the task is blocked by failures, in `error` or `cancelled` (a cancelled task's
+--    late result is recorded and changes nothing else), each child whose parents are now all complete is
 --    enqueued: its `enqueued` transition (p_uuids[3..], then random uuids) and its message on
 --    worker_{namespace}_queue, sent with tasker.pgmq_send_with_notify;
 -- 4. the task settles (tasker.orchestrator_settle_task; transition p_uuids[2]);
@@ -179,7 +180,7 @@ BEGIN
            s_sort + 1, true, now(), now()
       FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p;
 
-    IF t_state IS NULL OR t_state NOT IN ('error', 'cancelled') THEN
+    IF t_state IS NULL OR t_state NOT IN ('blocked_by_failures', 'error', 'cancelled') THEN
         WITH ready AS (
             SELECT c.to_step_uuid AS step_uuid, ct.sort_key,
                    row_number() OVER (ORDER BY c.to_step_uuid) AS n

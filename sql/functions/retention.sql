@@ -19,7 +19,7 @@ RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE p_kind
         WHEN 'completed' THEN ARRAY['complete', 'resolved_manually']
-        WHEN 'failed' THEN ARRAY['error', 'cancelled']
+        WHEN 'failed' THEN ARRAY['blocked_by_failures', 'error', 'cancelled']
     END
 $$;
 

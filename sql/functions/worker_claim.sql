@@ -259,14 +259,18 @@ $$;
 --                     max_delivery_attempts reads;
 --      unparsed     - the message is not three canonical uuids; not claimed; the worker
 --                     parses it itself (and dead-letters it, or claims it the slow way).
-CREATE OR REPLACE FUNCTION tasker.worker_claim_next(
+--    A claimed row also carries the step's saved checkpoint (sql/functions/checkpoints.sql),
+--    so a reclaimed or retried step resumes from it.
+-- Its columns changed (checkpoint), which CREATE OR REPLACE cannot do.
+DROP FUNCTION IF EXISTS tasker.worker_claim_next(text, text, integer, double precision, uuid[]);
+CREATE FUNCTION tasker.worker_claim_next(
     p_queue_name text, p_worker_id text, p_qty integer, p_vt_seconds double precision, p_tokens uuid[])
 RETURNS TABLE (
     msg_id bigint, read_ct integer, enqueued_at timestamptz, vt timestamptz, message jsonb,
     action text, state text, token uuid, previous uuid,
     workflow_step_uuid uuid, task_uuid uuid, inputs jsonb, attempts integer, max_attempts integer,
     retryable boolean, step_name text, context jsonb, correlation_id uuid, task_name text,
-    task_version text, namespace text, step_definition jsonb, dependency_results jsonb
+    task_version text, namespace text, step_definition jsonb, dependency_results jsonb, checkpoint jsonb
 )
 LANGUAGE plpgsql
 SET search_path = tasker, public
@@ -348,7 +352,9 @@ BEGIN
            (h.ctx).workflow_step_uuid, (h.ctx).task_uuid, (h.ctx).inputs, coalesce(r.attempts, (h.ctx).attempts),
            (h.ctx).max_attempts, (h.ctx).retryable, (h.ctx).step_name, (h.ctx).context, (h.ctx).correlation_id,
            (h.ctx).task_name, (h.ctx).task_version, (h.ctx).namespace, (h.ctx).step_definition,
-           (h.ctx).dependency_results
+           (h.ctx).dependency_results,
+           (SELECT cs.checkpoint FROM tasker.workflow_steps cs
+             WHERE r.token IS NOT NULL AND cs.workflow_step_uuid = (h.ctx).workflow_step_uuid)
       FROM (SELECT m.*, array_position(h_n, m.n) AS hn
               FROM unnest(m_id, m_read_ct, m_enq, m_vt, m_body) WITH ORDINALITY
                    AS m(msg_id, read_ct, enqueued_at, vt, message, n)) m

@@ -40,21 +40,35 @@ pub enum NotifyEvent {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
     },
+    /// tasker-core's `pgmq_send_batch_with_notify` (this project never sends it): several
+    /// messages on one queue. The worker reads the queue on it, as on `message_ready`.
+    BatchReady {
+        msg_ids: Vec<i64>,
+        queue_name: String,
+        namespace: String,
+        message_count: i64,
+        ready_at: String,
+        #[serde(default)]
+        delay_seconds: i32,
+    },
 }
 
 impl NotifyEvent {
-    pub fn msg_id(&self) -> i64 {
+    /// The first message it announces (a batch may announce none).
+    pub fn msg_id(&self) -> Option<i64> {
         match self {
             NotifyEvent::MessageWithPayload { msg_id, .. } | NotifyEvent::MessageReady { msg_id, .. } => {
-                *msg_id
+                Some(*msg_id)
             }
+            NotifyEvent::BatchReady { msg_ids, .. } => msg_ids.first().copied(),
         }
     }
 
     pub fn queue_name(&self) -> &str {
         match self {
             NotifyEvent::MessageWithPayload { queue_name, .. }
-            | NotifyEvent::MessageReady { queue_name, .. } => queue_name,
+            | NotifyEvent::MessageReady { queue_name, .. }
+            | NotifyEvent::BatchReady { queue_name, .. } => queue_name,
         }
     }
 }
@@ -84,7 +98,7 @@ mod tests {
                 "message":{"x":1},"ready_at":"2026-01-01T00:00:00Z","delay_seconds":0}"#,
         )
         .unwrap();
-        assert_eq!(small.msg_id(), 7);
+        assert_eq!(small.msg_id(), Some(7));
         let large: NotifyEvent = serde_json::from_str(
             r#"{"event_type":"message_ready","msg_id":8,"queue_name":"worker_a_queue","namespace":"a",
                 "ready_at":"2026-01-01T00:00:00Z","delay_seconds":0,"payload_omitted":true}"#,
@@ -106,5 +120,12 @@ mod tests {
                 ..
             }
         ));
+        let batch: NotifyEvent = serde_json::from_str(
+            r#"{"event_type":"batch_ready","msg_ids":[10,11],"queue_name":"worker_a_queue","namespace":"a",
+                "message_count":2,"ready_at":"2026-01-01T00:00:00Z","delay_seconds":0}"#,
+        )
+        .unwrap();
+        assert_eq!((batch.msg_id(), batch.queue_name()), (Some(10), "worker_a_queue"));
+        assert!(matches!(batch, NotifyEvent::BatchReady { message_count: 2, .. }));
     }
 }

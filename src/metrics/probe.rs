@@ -203,6 +203,11 @@ impl Probe {
             crate::retention::deleted_rows().clone(),
         );
         registry.register(
+            "steps_checkpointed",
+            "Step checkpoints saved by this process",
+            crate::worker::checkpoints::checkpointed().clone(),
+        );
+        registry.register(
             "steps_failed",
             "Failure results committed, by error type",
             timings().failed_by_type.clone(),

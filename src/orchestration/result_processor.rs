@@ -5,8 +5,8 @@
 //!    processes finish two parents of one child at the same moment;
 //! 2. failure → while the step and its result are retryable and attempts < max_attempts, the
 //!    step waits for its backoff (a delayed message: the template's backoff, or the handler's
-//!    hint when longer); otherwise it becomes `error` and so does the task, whose remaining
-//!    steps are then never enqueued;
+//!    hint when longer); otherwise it becomes `error` and the task `blocked_by_failures`
+//!    (tasker-core's state for it), whose remaining steps are then never enqueued;
 //! 3. the task becomes `complete` when every step is; a cancelled task's late results are
 //!    recorded (a success completes its step, a failure cancels it) and change nothing else;
 //! 4. the message is archived in the same transaction. A message for a step not waiting for
@@ -23,7 +23,7 @@
 //!    `dynamic` for it and changes nothing): `process_dynamic` applies its outcome
 //!    (`super::dynamic`: the chosen steps, or the batch workers and their convergence) and
 //!    completes the step in one transaction; an outcome that cannot be applied fails the step
-//!    (`error`, the reason in its result) and so its task.
+//!    (`error`, the reason in its result; the task becomes `blocked_by_failures`).
 //!
 //! A success is the hot path of every workflow: it is one call of
 //! `tasker.orchestrator_complete_step` (sql/functions/orchestrator.sql), one round trip and one
@@ -310,7 +310,7 @@ impl ResultProcessor {
     fn count_settled(&self, task_uuid: Uuid, settled: Option<&str>) {
         match settled {
             Some("complete") => bump(&self.counters.tasks_completed),
-            Some("error") => bump(&self.counters.tasks_failed),
+            Some("blocked_by_failures" | "error") => bump(&self.counters.tasks_failed),
             _ => return,
         }
         if tracing::enabled!(tracing::Level::INFO) {
@@ -325,6 +325,8 @@ impl ResultProcessor {
     /// the new steps among them, and archives the message), then any other new step whose
     /// parents are all complete is enqueued. A replay finds the step complete and changes
     /// nothing. An outcome that cannot be applied fails the step instead (`refuse_outcome`).
+    /// In a task blocked by a failed step the outcome is applied too, and its steps wait
+    /// (pending) for the operator's retry or resolve; a cancelled task's is not.
     async fn process_dynamic(&self, msg_id: i64, message: &StepMessage) -> TaskerResult<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT 1 FROM tasker.tasks WHERE task_uuid = $1 FOR UPDATE")
@@ -354,7 +356,7 @@ impl ResultProcessor {
             let applies = step.as_ref().is_some_and(|s| {
                 s.try_get::<String, _>(2)
                     .is_ok_and(|st| st == "enqueued_for_orchestration")
-            }) && !["error", "cancelled"].contains(&task_state.as_str());
+            }) && task_state != "cancelled";
             if let (Some(step), true) = (step, applies) {
                 let step_name: String = step.try_get(0)?;
                 let sort_key: i32 = step.try_get(3)?;
@@ -426,8 +428,14 @@ impl ResultProcessor {
             drop(tx);
             return self.process_failure(msg_id, message).await;
         }
+        // A blocked task's new steps wait, as its others do, for the operator's retry or
+        // resolve (which enqueues every ready pending step).
         if outcome == "completed" && !created.is_empty() {
-            if let Some((template, correlation_id, t_state)) = &template_holder {
+            if let Some((template, correlation_id, t_state)) =
+                template_holder.as_ref().filter(|(_, _, state)| {
+                    !["blocked_by_failures", "error", "cancelled"].contains(&state.as_str())
+                })
+            {
                 let ctx = TaskCtx {
                     task_uuid: message.task_uuid,
                     correlation_id: *correlation_id,
@@ -491,7 +499,7 @@ impl ResultProcessor {
 
     /// Fails a decision / batchable step whose outcome cannot be applied: its stored result
     /// becomes a non-retryable failure carrying the reason (the handler's `result` is kept),
-    /// the step goes to `error`, and the task settles (to `error`).
+    /// the step goes to `error`, and the task settles (to `blocked_by_failures`).
     async fn refuse_outcome(
         &self,
         tx: &mut PgConnection,
@@ -699,7 +707,7 @@ impl ResultProcessor {
         Ok(())
     }
 
-    /// Moves the task to `error` at the first failed step, to `complete` when all are done
+    /// Moves the task to `blocked_by_failures` at the first failed step, to `complete` when all are done
     /// (`tasker.orchestrator_settle_task`, sql/functions/orchestrator.sql).
     async fn settle_task(&self, tx: &mut PgConnection, ctx: &TaskCtx<'_>) -> TaskerResult<()> {
         let settled: Option<String> =

@@ -20,7 +20,9 @@ use uuid::Uuid;
 
 /// `tasker.worker_step_contexts` (sql/functions/worker_claim.sql): the columns `context_from_row`
 /// reads, for every step of the batch.
-const HYDRATE_SQL: &str = "SELECT * FROM tasker.worker_step_contexts($1)";
+/// The step's checkpoint is read beside them, as `tasker.worker_claim_next` returns it.
+const HYDRATE_SQL: &str = "SELECT c.*, ws.checkpoint FROM tasker.worker_step_contexts($1) c \
+                           JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = c.workflow_step_uuid";
 
 /// Why a step could not be hydrated.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,5 +130,6 @@ pub(crate) fn context_from_row(row: &PgRow, message: &StepMessage) -> Result<Ste
         retryable: row.try_get("retryable").map_err(get)?,
         timeout_seconds,
         step_definition,
+        checkpoint: json("checkpoint", "the step's checkpoint")?.filter(|c| !c.is_null()),
     })
 }

@@ -109,5 +109,6 @@ fn sample_context() -> StepContext {
         retryable: true,
         timeout_seconds: None,
         step_definition: json!({}),
+        checkpoint: None,
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod actor_command_processor;
 pub mod actors;
+pub mod checkpoints;
 pub mod core;
 pub mod event_systems;
 pub mod handlers;
@@ -28,7 +29,7 @@ pub mod task;
 pub use self::core::WorkerCore;
 pub use actors::registry::DispatchMode;
 pub use handlers::ffi_dispatch_channel::{
-    CompletionRejected, FfiCompletion, FfiDispatchChannel, FfiDispatchMetrics, FfiStepEvent,
+    CheckpointSaved, CompletionRejected, FfiCompletion, FfiDispatchChannel, FfiDispatchMetrics, FfiStepEvent,
 };
 pub use handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 pub use handlers::traits::{

@@ -40,4 +40,8 @@ pub struct StepContext {
     pub timeout_seconds: Option<u64>,
     /// The step's whole definition from the template (events, retry policy, ...).
     pub step_definition: Value,
+    /// The step's saved checkpoint (`workflow_steps.checkpoint`, see
+    /// `crate::worker::checkpoints`): where a reclaimed or retried step resumes.
+    #[serde(default)]
+    pub checkpoint: Option<Value>,
 }

@@ -6,6 +6,7 @@ use crate::errors;
 use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
 use serde::Serialize;
 use tasker_worker::limits;
+use tasker_worker::worker::checkpoints::CheckpointData;
 use tasker_worker::worker::{FfiCompletion, FfiDispatchMetrics, FfiStepEvent, HandlerSpec, WorkerStatus};
 use uuid::Uuid;
 
@@ -28,6 +29,7 @@ struct EventView<'a> {
     max_attempts: i32,
     retryable: bool,
     timeout_seconds: Option<u64>,
+    checkpoint: Option<&'a serde_json::Value>,
 }
 
 pub fn event(ruby: &Ruby, event: &FfiStepEvent) -> Result<RHash, Error> {
@@ -49,8 +51,29 @@ pub fn event(ruby: &Ruby, event: &FfiStepEvent) -> Result<RHash, Error> {
         max_attempts: c.max_attempts,
         retryable: c.retryable,
         timeout_seconds: c.timeout_seconds,
+        checkpoint: c.checkpoint.as_ref(),
     };
     serde_magnus::serialize(ruby, &view)
+}
+
+/// A checkpoint a handler saves (`{cursor:, items_processed:, accumulated_results:}`), refused
+/// (SerializationError) like a completion when it is not JSON or over the JSON limits.
+pub fn checkpoint(ruby: &Ruby, event_id: Uuid, value: Value) -> Result<CheckpointData, Error> {
+    let refused = |why: String| {
+        errors::named(
+            ruby,
+            "SerializationError",
+            format!("the checkpoint of event {event_id} could not be converted to JSON: {why}"),
+        )
+    };
+    check_ruby_json(value, limits::MAX_JSON_DEPTH + 1, "the checkpoint").map_err(refused)?;
+    let data: CheckpointData =
+        serde_magnus::deserialize(ruby, value).map_err(|err| refused(err.to_string()))?;
+    limits::check_value(&data.cursor, "the cursor").map_err(|e| refused(e.to_string()))?;
+    if let Some(accumulated) = &data.accumulated_results {
+        limits::check_value(accumulated, "the accumulated results").map_err(|e| refused(e.to_string()))?;
+    }
+    Ok(data)
 }
 
 /// A handler's completion, refused (SerializationError, which the Ruby layer turns into an

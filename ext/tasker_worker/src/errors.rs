@@ -2,6 +2,7 @@
 //! (`lib/tasker_worker/errors.rb`) and looked up here by name.
 
 use magnus::{prelude::*, Error, ExceptionClass, RModule, Ruby};
+use tasker_worker::worker::checkpoints::CheckpointError;
 use tasker_worker::TaskerError;
 
 /// The Ruby exception for a core error, e.g. `TaskerWorker::ConfigurationError`.
@@ -17,6 +18,18 @@ pub fn to_ruby(ruby: &Ruby, err: TaskerError) -> Error {
         TaskerError::InvalidState(_) => "InvalidStateError",
     };
     Error::new(error_class(ruby, class_name), err.to_string())
+}
+
+/// A checkpoint that was not saved: `StaleClaimError` (the claim lost its step),
+/// `CheckpointLimitError` (over a `worker.checkpoints` limit), or the database's error.
+pub fn checkpoint(ruby: &Ruby, err: CheckpointError) -> Error {
+    match err {
+        CheckpointError::StaleClaim(_) | CheckpointError::Missing(_) => {
+            named(ruby, "StaleClaimError", err.to_string())
+        }
+        CheckpointError::Limit(_) => named(ruby, "CheckpointLimitError", err.to_string()),
+        CheckpointError::Database(err) => to_ruby(ruby, err),
+    }
 }
 
 /// An error raised by the binding itself (a panic caught at the boundary, a bad argument).

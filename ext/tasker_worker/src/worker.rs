@@ -25,6 +25,7 @@ pub fn init(ruby: &Ruby, native: RModule) -> Result<(), Error> {
     class.define_singleton_method("start", function!(NativeWorker::start, 3))?;
     class.define_method("next_step", method!(NativeWorker::next_step, 1))?;
     class.define_method("complete", method!(NativeWorker::complete, 2))?;
+    class.define_method("checkpoint", method!(NativeWorker::checkpoint, 3))?;
     class.define_method("next_event", method!(NativeWorker::next_event, 1))?;
     class.define_method("status", method!(NativeWorker::status, 0))?;
     class.define_method("quiet", method!(NativeWorker::quiet, 0))?;
@@ -169,6 +170,33 @@ impl NativeWorker {
             .complete(event_id, completion)
             .map(|()| true)
             .map_err(|rejected| errors::named(ruby, "CompletionRejected", rejected.to_string()))
+    }
+
+    /// `checkpoint(event_id, data, yielded)`: saves the running event's checkpoint (a Hash
+    /// with cursor, items_processed, accumulated_results) without the GVL; returns
+    /// `{saved:, checkpoint:}`. Raises StaleClaimError when the claim no longer holds the
+    /// step, CheckpointLimitError over a `worker.checkpoints` limit.
+    fn checkpoint(
+        ruby: &Ruby,
+        rb_self: &Self,
+        event_id: String,
+        data: Value,
+        yielded: bool,
+    ) -> Result<RHash, Error> {
+        rb_self.check_pid(ruby)?;
+        let event_id = uuid::Uuid::parse_str(&event_id).map_err(|err| {
+            errors::named(
+                ruby,
+                "StaleClaimError",
+                format!("event id {event_id:?} is not a uuid: {err}"),
+            )
+        })?;
+        let data = conversions::checkpoint(ruby, event_id, data)?;
+        let channel = rb_self.channel.clone();
+        let saved = nogvl::without_gvl(move || channel.checkpoint(event_id, data, yielded))
+            .map_err(|panic| errors::internal(ruby, format!("checkpoint panicked: {panic}")))?
+            .map_err(|err| errors::checkpoint(ruby, err))?;
+        serde_magnus::serialize(ruby, &saved)
     }
 
     fn status(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {

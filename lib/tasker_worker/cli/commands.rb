@@ -156,7 +156,7 @@ module TaskerWorker
           o.on("--json", "print JSON (one document) instead of a table") { @json = true }
           o.on("-C", "--config PATH", "TOML configuration file (database.url)") { |v| @config_path = v }
           o.on("-r", "--require PATH", "file, or Rails app directory, to load first") { |v| @require = v }
-          o.on("--state STATE", "tasks: only this state (error, complete, cancelled, ...)") { |v| @options[:state] = v }
+          o.on("--state STATE", "tasks: only this state (blocked_by_failures, complete, cancelled, ...)") { |v| @options[:state] = v }
           o.on("--namespace NS", "tasks: only this namespace") { |v| @options[:namespace] = v }
           o.on("--name NAME", "tasks: only this template name") { |v| @options[:name] = v }
           o.on("--before TIME", "tasks: created before this RFC 3339 time") { |v| @options[:before] = v }

@@ -4,7 +4,8 @@ require "json"
 
 module TaskerWorker
   module Testing
-    # The outcome of Testing.run_task: the task's state ("complete" or "error") and each step's
+    # The outcome of Testing.run_task: the task's state ("complete", or "blocked_by_failures" as
+    # the orchestrator leaves a task with a step in error) and each step's
     # state ("complete", "error", or tasker's "pending", the state of a step that never ran
     # because a parent did not complete), attempts and
     # Outcome (nil for a step that never ran).
@@ -23,7 +24,16 @@ module TaskerWorker
     # whose parent did not complete never runs. Nothing is written to the tasker tables and no
     # worker, queue or orchestrator is involved; handlers use whatever database they use.
     class TaskRun
+      # Step types whose outcome makes the orchestrator create steps at run time.
+      DYNAMIC_TYPES = %w[decision deferred_convergence batchable batch_worker].freeze
+
       def initialize(template, context)
+        dynamic = template.fetch("steps").select { |step| DYNAMIC_TYPES.include?(step["type"] || step["step_type"]) }
+        unless dynamic.empty?
+          raise ConfigurationError, "run_task runs static workflows only; #{template["name"]} has dynamic steps " \
+                                    "(#{dynamic.map { |s| s["name"] }.join(", ")}): test their handlers with " \
+                                    "Testing.run, and the workflow with a worker and the embedded orchestrator"
+        end
         @template = template
         @context = context
         @steps = template.fetch("steps").to_h { |step| [step.fetch("name"), step] }
@@ -32,7 +42,8 @@ module TaskerWorker
       def run
         runs = {}
         in_dependency_order.each { |name| runs[name] = run_step(@steps.fetch(name), runs) }
-        TaskOutcome.new(state: runs.values.all? { |r| r.state == "complete" } ? "complete" : "error", steps: runs)
+        TaskOutcome.new(state: runs.values.all? { |r| r.state == "complete" } ? "complete" : "blocked_by_failures",
+                        steps: runs)
       end
 
       private

@@ -126,6 +126,11 @@ impl WorkerActorRegistry {
                     completion_tx.clone(),
                     state.worker_id.clone(),
                 ));
+                channel.enable_checkpoints(
+                    state.pool.clone(),
+                    worker.checkpoints.clone(),
+                    tokio::runtime::Handle::current(),
+                );
                 Handlers::Ffi {
                     forwarder: Task::spawn(channel.clone().run_forwarder(dispatch_rx)),
                     monitor: Task::spawn_source(|stop| channel.clone().run_monitor(stop)),

@@ -617,6 +617,7 @@ fn unrun_context(claim: &Claim) -> StepContext {
         retryable: false,
         timeout_seconds: None,
         step_definition: Value::Null,
+        checkpoint: None,
     }
 }
 

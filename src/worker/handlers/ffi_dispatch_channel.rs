@@ -16,11 +16,18 @@
 //! finished, so nothing is claimed far ahead of the threads that will run it. A step's
 //! permit returns when its result is handed to the completion processor.
 //!
+//! 5. checkpoints (`checkpoint(event_id, data, yielded)`): a running event's handler saves its
+//!    progress under its claim's token (`crate::worker::checkpoints`), at most once per
+//!    `worker.checkpoints.min_interval_ms` (sooner saves are coalesced), and may yield (return a
+//!    checkpoint and be run again at once, same claim) up to `max_yields_per_claim` times; a
+//!    yield restarts the event's completion timeout, as a new handler run.
+//!
 //! The lock is a plain mutex held for queue and map operations only, never across I/O or an
 //! await; the callers are OS threads (Ruby threads with the GVL released).
 
-use crate::config::FfiDispatchConfig;
+use crate::config::{CheckpointsConfig, FfiDispatchConfig};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
+use crate::worker::checkpoints::{self, CheckpointData, CheckpointError};
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::step_context::StepContext;
 use crate::worker::task::StopSignal;
@@ -30,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 // Timeouts and starvation are measured on tokio's clock, which tests can pause and advance;
 // outside a test it is the system's monotonic clock.
@@ -121,6 +128,28 @@ struct Running {
     polled_at: Instant,
     started_at: DateTime<Utc>,
     deadline: Instant,
+    timeout: Duration,
+    /// The checkpoint the handler sees: the hydrated one, then each save's (written or
+    /// coalesced).
+    checkpoint: Option<Value>,
+    /// When this claim last wrote a checkpoint.
+    last_saved: Option<Instant>,
+    yields: u32,
+}
+
+/// Where checkpoints are written: set by the worker core (`enable_checkpoints`).
+struct CheckpointStore {
+    pool: sqlx::PgPool,
+    limits: CheckpointsConfig,
+    runtime: tokio::runtime::Handle,
+}
+
+/// What `checkpoint` did: `saved` false when it was coalesced (kept in memory only, see
+/// `worker.checkpoints.min_interval_ms`); `checkpoint` is the record the handler now sees.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointSaved {
+    pub saved: bool,
+    pub checkpoint: Value,
 }
 
 #[derive(Clone, Copy)]
@@ -181,6 +210,7 @@ pub struct FfiDispatchChannel {
     starvation_threshold: Duration,
     worker_id: Arc<str>,
     counters: Counters,
+    checkpoints: OnceLock<CheckpointStore>,
 }
 
 impl FfiDispatchChannel {
@@ -208,7 +238,90 @@ impl FfiDispatchChannel {
             starvation_threshold: config.starvation_warning_threshold(),
             worker_id,
             counters: Counters::default(),
+            checkpoints: OnceLock::new(),
         }
+    }
+
+    /// Lets running events save checkpoints (`checkpoint`) through `pool`, blocking their
+    /// threads on `runtime`. Without it `checkpoint` refuses. Set once; later calls are ignored.
+    pub fn enable_checkpoints(
+        &self,
+        pool: sqlx::PgPool,
+        limits: CheckpointsConfig,
+        runtime: tokio::runtime::Handle,
+    ) {
+        let _ = self.checkpoints.set(CheckpointStore {
+            pool,
+            limits,
+            runtime,
+        });
+    }
+
+    /// Saves a checkpoint for the running event `event_id` under its claim's token; blocks
+    /// the calling thread (not a runtime thread) until it is written. `yielded`: the handler
+    /// returned it and will be run again at once, which counts against
+    /// `max_yields_per_claim` and restarts the completion timeout. A save sooner than
+    /// `min_interval_ms` after this claim's last written one is coalesced (`saved` false).
+    pub fn checkpoint(
+        &self,
+        event_id: Uuid,
+        data: CheckpointData,
+        yielded: bool,
+    ) -> Result<CheckpointSaved, CheckpointError> {
+        let store = self.checkpoints.get().ok_or_else(|| {
+            CheckpointError::Limit("checkpoints are not enabled on this dispatch channel".into())
+        })?;
+        checkpoints::check_size(&data, &store.limits)?;
+        let (step_uuid, token) = {
+            let mut state = self.state.lock();
+            let finished = state.finished.why.get(&event_id).copied();
+            let Some(running) = state.running.get_mut(&event_id) else {
+                return Err(CheckpointError::StaleClaim(match finished {
+                    Some(Finished::Completed) => format!("event {event_id} was already completed"),
+                    Some(Finished::TimedOut) => format!("event {event_id} timed out (ffi_timeout)"),
+                    Some(Finished::Stopped) => {
+                        format!("event {event_id} was abandoned when the worker stopped")
+                    }
+                    None => format!("event {event_id} is not known to this worker"),
+                }));
+            };
+            if yielded {
+                if running.yields >= store.limits.max_yields_per_claim {
+                    return Err(CheckpointError::Limit(format!(
+                        "the handler yielded a checkpoint more than {} times in one claim \
+                         (worker.checkpoints.max_yields_per_claim)",
+                        store.limits.max_yields_per_claim
+                    )));
+                }
+                running.yields += 1;
+                running.deadline = Instant::now() + running.timeout;
+            }
+            let interval = store.limits.min_interval();
+            if !interval.is_zero() && running.last_saved.is_some_and(|at| at.elapsed() < interval) {
+                let record = checkpoints::unsaved_record(&data, running.checkpoint.as_ref());
+                running.checkpoint = Some(record.clone());
+                return Ok(CheckpointSaved {
+                    saved: false,
+                    checkpoint: record,
+                });
+            }
+            (running.message.claim.step_uuid, running.message.claim.token)
+        };
+        let record = store.runtime.block_on(checkpoints::save(
+            &store.pool,
+            step_uuid,
+            token,
+            &data,
+            &store.limits,
+        ))?;
+        if let Some(running) = self.state.lock().running.get_mut(&event_id) {
+            running.checkpoint = Some(record.clone());
+            running.last_saved = Some(Instant::now());
+        }
+        Ok(CheckpointSaved {
+            saved: true,
+            checkpoint: record,
+        })
     }
 
     /// Moves claimed steps from the dispatch channel into the queue threads poll. Runs until
@@ -293,6 +406,7 @@ impl FfiDispatchChannel {
             .map(Duration::from_secs)
             .unwrap_or(self.completion_timeout);
         let now = Instant::now();
+        let checkpoint = message.context.checkpoint.clone();
         state.running.insert(
             message.event_id,
             Running {
@@ -300,6 +414,10 @@ impl FfiDispatchChannel {
                 polled_at: now,
                 started_at: Utc::now(),
                 deadline: now + timeout,
+                timeout,
+                checkpoint,
+                last_saved: None,
+                yields: 0,
             },
         );
         self.counters.polled.fetch_add(1, Ordering::Relaxed);
@@ -401,15 +519,12 @@ impl FfiDispatchChannel {
                 format!(
                     "handler {:?} did not complete within {} ms",
                     context.handler.callable,
-                    (running.deadline - running.polled_at).as_millis()
+                    running.timeout.as_millis()
                 ),
                 true,
             )
             .with_context("handler_name", context.handler.callable.as_str())
-            .with_context(
-                "timeout_ms",
-                (running.deadline - running.polled_at).as_millis() as u64,
-            );
+            .with_context("timeout_ms", running.timeout.as_millis() as u64);
             let timing = ExecutionTiming {
                 started_at: running.started_at,
                 completed_at: Utc::now(),

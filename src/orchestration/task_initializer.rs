@@ -6,11 +6,11 @@
 
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging;
-use crate::orchestration::template::TaskTemplate;
+use crate::orchestration::template::{StepType, TaskTemplate};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -123,28 +123,62 @@ pub async fn plan_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Tas
     })
 }
 
+/// The steps created with the task. A static template: all of them. With dynamic step types,
+/// tasker-core's initial set, made stricter: never a `batch_worker` (a template for the
+/// workers a batchable step's outcome creates) nor a `deferred_convergence` (created by the
+/// outcome it waits for), nor anything below a decision (created by its outcome), a
+/// batch_worker or a deferred_convergence. tasker-core creates a convergence that is not below
+/// a decision at once, with no edge, so it runs first; here it waits for its outcome. Edges
+/// only between steps created here.
+pub(crate) fn initial_step_names(template: &TaskTemplate) -> HashSet<String> {
+    let mut excluded = HashSet::new();
+    for step in &template.steps {
+        match step.kind() {
+            StepType::Standard | StepType::Batchable => {}
+            StepType::Decision => excluded.extend(template.descendants(&step.name)),
+            StepType::DeferredConvergence | StepType::BatchWorker => {
+                excluded.insert(step.name.clone());
+                excluded.extend(template.descendants(&step.name));
+            }
+        }
+    }
+    template
+        .steps
+        .iter()
+        .map(|s| s.name.clone())
+        .filter(|name| !excluded.contains(name))
+        .collect()
+}
+
 fn planned_steps(template: &TaskTemplate) -> (Vec<PlannedStep>, Vec<PlannedEdge>) {
+    let created = initial_step_names(template);
     let by_name: HashMap<&str, Uuid> = template
         .steps
         .iter()
+        .filter(|step| created.contains(&step.name))
         .map(|step| (step.name.as_str(), Uuid::now_v7()))
         .collect();
-    let mut steps = Vec::with_capacity(template.steps.len());
+    let mut steps = Vec::with_capacity(by_name.len());
     let mut edges = Vec::new();
-    for step in &template.steps {
+    for step in template.steps.iter().filter(|s| created.contains(&s.name)) {
         let uuid = by_name[step.name.as_str()];
+        let parents: Vec<Uuid> = step
+            .dependencies
+            .iter()
+            .filter_map(|parent| by_name.get(parent.as_str()).copied())
+            .collect();
         steps.push(PlannedStep {
             step_uuid: uuid,
             name: step.name.clone(),
             retryable: step.retry.retryable,
             max_attempts: step.retry.max_attempts as i32,
             pending_uuid: Uuid::now_v7(),
-            enqueued_uuid: step.dependencies.is_empty().then(Uuid::now_v7),
+            enqueued_uuid: parents.is_empty().then(Uuid::now_v7),
         });
-        for parent in &step.dependencies {
+        for from_step in parents {
             edges.push(PlannedEdge {
                 edge_uuid: Uuid::now_v7(),
-                from_step: by_name[parent.as_str()],
+                from_step,
                 to_step: uuid,
             });
         }

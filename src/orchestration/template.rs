@@ -25,9 +25,42 @@ pub struct TaskTemplate {
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// tasker-core's `named_tasks.identity_strategy`: how creating a task twice is told apart
+    /// (task_initializer.rs). Not a template key in tasker-core, whose registration always
+    /// writes `strict`; here it is, and a template without it is `always_unique`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_strategy: Option<IdentityStrategy>,
     pub steps: Vec<StepTemplate>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityStrategy {
+    /// The same template and context (keys in any order) is the same task.
+    Strict,
+    /// Every create_task must carry an idempotency key; the key is the identity.
+    CallerProvided,
+    /// Every create_task without a key is a new task.
+    #[default]
+    AlwaysUnique,
+}
+
+impl IdentityStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::CallerProvided => "caller_provided",
+            Self::AlwaysUnique => "always_unique",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Strict, Self::CallerProvided, Self::AlwaysUnique]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -33,6 +33,10 @@ BATCH = [
   ["order_fulfillment", "business_workflow", 1, ORDER.merge(payment: { method: "card", token: "tok_declined" }),
    "blocked_by_failures"],
   ["test_errors", "error_scenarios", 1, {}, "blocked_by_failures"],
+  ["finance", "expense_review", 10, { amount: 120, employee: "ada" }, "complete"],
+  ["finance", "expense_review", 10, { amount: 5_000, employee: "bob" }, "complete"],
+  ["inventory", "inventory_scan", 6, { rows: 1_000 }, "complete"],
+  ["inventory", "inventory_scan", 2, { rows: 0 }, "complete"],
   ["checkpointed_workflow", "checkpointed_sum", 4, { count: 20, seconds: 0.01 }, "complete"],
   ["checkpointed_workflow", "checkpointed_batches", 4, { count: 100, batch: 10 }, "complete"]
 ].freeze
@@ -61,8 +65,8 @@ total = BATCH.sum { |b| b[2] }
 puts "submitting #{total} workflows ..."
 started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 run_started_at = Time.now.utc
-tasks = BATCH.flat_map do |ns, name, count, context, expected|
-  Array.new(count) { [client.create_task(namespace: ns, name: name, context: context), ns, name, expected] }
+tasks = BATCH.each_with_index.flat_map do |(ns, name, count, context, expected), row|
+  Array.new(count) { [client.create_task(namespace: ns, name: name, context: context), ns, name, expected, row] }
 end
 
 # Progress from the orchestrator's counters (this process settles every task it created).
@@ -82,16 +86,17 @@ settled = tasks.to_h { |uuid, *| [uuid, client.task(uuid)] }
 
 puts "\noutcomes"
 unexpected = 0
-tasks.group_by { |_, ns, name, expected| [ns, name, expected] }.each do |(ns, name, expected), group|
+# One line per row of BATCH (a decision's two inputs are two lines).
+tasks.group_by { |_, ns, name, expected, row| [ns, name, expected, row] }.each do |(ns, name, expected), group|
   states = group.map { |uuid, *| settled[uuid][:state] }.tally
   sample = settled[group.first.first]
   unexpected += group.count { |uuid, *| settled[uuid][:state] != expected }
-  last = sample[:steps].last # steps come in template order
-  detail = if expected == "error"
+  last = sample[:steps].last # template order, then the steps a decision or a batch created
+  detail = if expected == "blocked_by_failures"
              failed = sample[:steps].find { |s| s[:state] == "error" }
-             "#{failed[:name]}: #{failed[:results]["error"]["message"]}"
+             "#{failed[:name]}: #{failed.dig(:results, "error", "message")}"
            else
-             "e.g. #{last[:name]} = #{last[:results]["result"].inspect[0, 60]}"
+             "e.g. #{last[:name]} = #{last.dig(:results, "result").inspect[0, 60]}"
            end
   puts format("  %-20s %-22s %4d x  %-28s %s", ns, name, group.size, states.map do |s, n|
                                                                        "#{n} #{s}"

@@ -36,6 +36,35 @@ pub struct TaskerConfig {
     pub runtime: RuntimeConfig,
     pub metrics: MetricsConfig,
     pub retention: RetentionConfig,
+    pub orchestration: OrchestrationConfig,
+}
+
+/// Limits of the embedded orchestrator's dynamic workflows (`crate::orchestration`): an
+/// outcome past them fails its deciding step.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestrationConfig {
+    /// Most steps one decision outcome may create (the chosen ones and those they bring).
+    pub max_steps_per_decision: u32,
+    /// Most batch workers one batchable outcome may create.
+    pub max_batch_workers: u32,
+}
+
+impl OrchestrationConfig {
+    fn check(&self, issues: &mut Vec<Issue>) {
+        check_range(
+            issues,
+            "orchestration.max_steps_per_decision",
+            self.max_steps_per_decision,
+            1..=10_000,
+        );
+        check_range(
+            issues,
+            "orchestration.max_batch_workers",
+            self.max_batch_workers,
+            1..=100_000,
+        );
+    }
 }
 
 /// What retention deletes and how often (see `crate::retention`). An age of 0 keeps that
@@ -395,6 +424,7 @@ impl TaskerConfig {
         self.runtime.check(&mut issues);
         self.metrics.check(&mut issues);
         self.retention.check(&mut issues);
+        self.orchestration.check(&mut issues);
         issues
     }
 }

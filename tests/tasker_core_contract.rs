@@ -2,7 +2,8 @@
 //! mirror of their result types, written here from the facts in the project's
 //! tasker-core-compat notes (section 3): required fields required, their enum spellings,
 //! `null` only where they take an Option, unknown keys ignored (as they ignore them).
-//! Every kind of result this worker stores must deserialize into it.
+//! Every kind of result this worker stores must deserialize into it, and the decision and
+//! batch outcomes the Ruby handler bases store into their outcome types.
 
 use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
@@ -122,6 +123,35 @@ mod theirs {
         ServiceUnavailable,
         Custom,
     }
+
+    /// `result.decision_point_outcome`: internally tagged by `type`, snake_case variants.
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum DecisionPointOutcome {
+        NoBranches,
+        CreateSteps { step_names: Vec<String> },
+    }
+
+    /// `result.batch_processing_outcome`; every field of create_batches required.
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum BatchProcessingOutcome {
+        NoBatches,
+        CreateBatches {
+            worker_template_name: String,
+            worker_count: u32,
+            total_items: u64,
+            cursor_configs: Vec<CursorConfig>,
+        },
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct CursorConfig {
+        pub batch_id: String,
+        pub start_cursor: Value,
+        pub end_cursor: Value,
+        pub batch_size: u32,
+    }
 }
 
 fn read_as_theirs(stored: &Value) -> theirs::StepExecutionResult {
@@ -149,6 +179,73 @@ fn the_mirror_is_strict_where_theirs_is() {
     assert!(serde_json::from_value::<theirs::StepExecutionResult>(no_message).is_err());
     let null_metadata = json!({"success": true, "metadata": null});
     assert!(serde_json::from_value::<theirs::StepExecutionResult>(null_metadata).is_err());
+}
+
+/// What the Ruby handler bases store (tests/fixtures/ruby_outcomes.json, kept current by
+/// spec/tasker_worker/outcome_contract_spec.rb) reads as their outcome types.
+#[test]
+fn the_ruby_handlers_outcomes_read_as_theirs() {
+    let outcomes: Map<String, Value> =
+        serde_json::from_str(include_str!("fixtures/ruby_outcomes.json")).unwrap();
+    let mut kinds = BTreeSet::new();
+    for (name, result) in &outcomes {
+        let stored =
+            json!({"step_uuid": Uuid::now_v7(), "success": true, "status": "completed", "result": result});
+        let read = read_as_theirs(&stored);
+        if let Some(decision) = read.result.get("decision_point_outcome") {
+            match serde_json::from_value::<theirs::DecisionPointOutcome>(decision.clone()) {
+                Ok(theirs::DecisionPointOutcome::CreateSteps { step_names }) => {
+                    assert!(!step_names.is_empty(), "{name}");
+                    kinds.insert("create_steps");
+                }
+                Ok(theirs::DecisionPointOutcome::NoBranches) => {
+                    kinds.insert("no_branches");
+                }
+                Err(err) => panic!("{name}: their orchestrator would ignore {decision}: {err}"),
+            }
+        } else {
+            let batch = read
+                .result
+                .get("batch_processing_outcome")
+                .unwrap_or_else(|| panic!("{name} carries no outcome"));
+            match serde_json::from_value::<theirs::BatchProcessingOutcome>(batch.clone()) {
+                Ok(theirs::BatchProcessingOutcome::CreateBatches {
+                    worker_count,
+                    cursor_configs,
+                    ..
+                }) => {
+                    assert_eq!(worker_count as usize, cursor_configs.len(), "{name}");
+                    let ids: BTreeSet<&str> = cursor_configs.iter().map(|c| c.batch_id.as_str()).collect();
+                    assert_eq!(ids.len(), cursor_configs.len(), "{name}: batch ids are unique");
+                    kinds.insert("create_batches");
+                }
+                Ok(theirs::BatchProcessingOutcome::NoBatches) => {
+                    kinds.insert("no_batches");
+                }
+                Err(err) => panic!("{name}: their orchestrator would ignore {batch}: {err}"),
+            }
+        }
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["create_batches", "create_steps", "no_batches", "no_branches"]
+    );
+    // The mirror refuses what theirs refuses: Ruby-style spellings and a missing batch_size.
+    for (bad, what) in [
+        (json!({"type": "CreateSteps", "step_names": ["a"]}), "decision"),
+        (
+            json!({"outcome_type": "create_steps", "step_names": ["a"]}),
+            "decision",
+        ),
+    ] {
+        assert!(
+            serde_json::from_value::<theirs::DecisionPointOutcome>(bad).is_err(),
+            "{what}"
+        );
+    }
+    let no_size = json!({"type": "create_batches", "worker_template_name": "w", "worker_count": 1, "total_items": 1,
+                         "cursor_configs": [{"batch_id": "001", "start_cursor": 0, "end_cursor": 1}]});
+    assert!(serde_json::from_value::<theirs::BatchProcessingOutcome>(no_size).is_err());
 }
 
 #[test]

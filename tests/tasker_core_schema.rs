@@ -470,6 +470,13 @@ async fn workflows_on_their_schema(lean_claim: bool) {
             .await
             .unwrap();
     }
+    // Their identity_strategy column (their type) holds what the templates say: none here.
+    let strategies: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT identity_strategy::text FROM tasker.named_tasks")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(strategies, ["always_unique"]);
     let registry = ok_and_flaky();
     registry.register(
         "Broken",

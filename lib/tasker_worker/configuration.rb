@@ -39,7 +39,9 @@ module TaskerWorker
       checkpoint_max_bytes: "worker.checkpoints.max_bytes",
       checkpoint_min_interval: "worker.checkpoints.min_interval_ms",
       checkpoint_max_history: "worker.checkpoints.max_history",
-      checkpoint_max_yields_per_claim: "worker.checkpoints.max_yields_per_claim"
+      checkpoint_max_yields_per_claim: "worker.checkpoints.max_yields_per_claim",
+      max_steps_per_decision: "orchestration.max_steps_per_decision",
+      max_batch_workers: "orchestration.max_batch_workers"
     }.freeze
     MILLISECOND_OPTIONS = %i[poll_interval shutdown_timeout handler_timeout completion_timeout
                              starvation_warning_threshold checkpoint_min_interval].freeze
@@ -47,7 +49,7 @@ module TaskerWorker
                          max_delivery_attempts concurrency prefetch metrics_port
                          retention_completed_after retention_failed_after retention_archive_after
                          retention_interval retention_batch_size checkpoint_max_bytes checkpoint_max_history
-                         checkpoint_max_yields_per_claim].freeze
+                         checkpoint_max_yields_per_claim max_steps_per_decision max_batch_workers].freeze
     OPTIONS = (CORE_KEYS.keys + %i[log_level log_format logger config_path]).freeze
     LOG_FORMATS = %i[text json].freeze
     LOG_LEVELS = { trace: Logger::DEBUG, debug: Logger::DEBUG, info: Logger::INFO, warn: Logger::WARN,

@@ -74,7 +74,13 @@ $$;
 --   failed_result - the step waits with a failure result: nothing changed, nothing archived
 --                   (the caller applies the retry policy);
 --   duplicate     - no such task, or the step is not waiting for orchestration: archived,
---                   nothing else changed.
+--                   nothing else changed;
+--   dynamic       - the step is a `decision` or `batchable` step of its template (by
+--                   coalesce(inputs->>'__template_step_name', its name)) and p_dynamic is
+--                   false: nothing changed, nothing archived. The caller applies the outcome
+--                   (src/orchestration/dynamic.rs) and calls again, in the same transaction,
+--                   with p_dynamic true. A template without such steps costs one containment
+--                   test of its configuration.
 --
 -- It commits with synchronous_commit off when the call is its own transaction (as the
 -- worker's claims do): everything it writes follows from the result message, which the worker
@@ -83,11 +89,15 @@ $$;
 -- depends on it (a child step's result, committed synchronously) flushes it first, WAL being
 -- written in order. A child claimed in the window and lost with it is re-run: handlers run at
 -- least once, as after any crash.
+-- The 4-argument version this replaced: dropped, so no overload is left beside this one.
+DROP FUNCTION IF EXISTS tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[]);
+
 CREATE OR REPLACE FUNCTION tasker.orchestrator_complete_step(
     p_msg_id    bigint,
     p_task_uuid uuid,
     p_step_uuid uuid,
-    p_uuids     uuid[]
+    p_uuids     uuid[],
+    p_dynamic   boolean DEFAULT false
 )
 RETURNS TABLE (outcome text, task_state text)
 LANGUAGE plpgsql
@@ -100,6 +110,7 @@ DECLARE
     t_state       text;
     t_correlation uuid;
     t_queue       text;
+    t_dynamic     boolean;
     s_state       text;
     s_sort        integer;
     sent          bigint[];
@@ -111,8 +122,12 @@ BEGIN
         RETURN QUERY SELECT 'duplicate'::text, NULL::text;
         RETURN;
     END IF;
-    SELECT tt.to_state, t.correlation_id, 'worker_' || tn.name || '_queue'
-      INTO t_state, t_correlation, t_queue
+    SELECT tt.to_state, t.correlation_id, 'worker_' || tn.name || '_queue',
+           NOT p_dynamic AND (nt.configuration -> 'steps' @> '[{"type": "decision"}]'
+                              OR nt.configuration -> 'steps' @> '[{"type": "batchable"}]'
+                              OR nt.configuration -> 'steps' @> '[{"step_type": "decision"}]'
+                              OR nt.configuration -> 'steps' @> '[{"step_type": "batchable"}]')
+      INTO t_state, t_correlation, t_queue, t_dynamic
       FROM tasker.tasks t
       JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
       JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
@@ -131,6 +146,19 @@ BEGIN
     IF s_state IS DISTINCT FROM 'enqueued_for_orchestration' THEN
         PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
         RETURN QUERY SELECT 'duplicate'::text, NULL::text;
+        RETURN;
+    END IF;
+    IF t_dynamic AND EXISTS (
+        SELECT 1
+          FROM tasker.workflow_steps ws
+          JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+          JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
+          JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+          CROSS JOIN LATERAL jsonb_array_elements(nt.configuration -> 'steps') s
+         WHERE ws.workflow_step_uuid = p_step_uuid
+           AND s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
+           AND coalesce(s ->> 'type', s ->> 'step_type') IN ('decision', 'batchable')) THEN
+        RETURN QUERY SELECT 'dynamic'::text, t_state;
         RETURN;
     END IF;
 

@@ -4,6 +4,7 @@
 //! NOTIFY on `pgmq_message_ready.orchestration` with a fallback poll; a result whose
 //! notification carries it is processed straight away, without reading the queue.
 
+mod dynamic;
 mod registry;
 mod result_processor;
 mod task_initializer;
@@ -14,7 +15,7 @@ pub use registry::register_template;
 pub use result_processor::{OrchestratorCounters, OrchestratorStatus, ResultProcessor};
 pub use task_initializer::{create_task, plan_task, PlannedEdge, PlannedStep, TaskPlan, TaskRequest};
 pub use task_summary::{task_summary, StepSummary, TaskSummary};
-pub use template::{RetryPolicy, StepTemplate, TaskTemplate};
+pub use template::{BatchConfig, RetryPolicy, StepTemplate, StepType, TaskTemplate};
 
 use crate::config::TaskerConfig;
 use crate::database;
@@ -68,6 +69,7 @@ impl Orchestrator {
             batch_size: config.worker.claim_batch_size as i32,
             visibility_timeout_seconds: config.worker.visibility_timeout_seconds as i32,
             max_delivery_attempts: config.worker.max_delivery_attempts,
+            dynamic: config.orchestration.clone(),
         };
         let tasks = vec![
             Task::spawn_source(|stop| events.run(stop)),

@@ -1,6 +1,7 @@
 //! Registers task templates into the tables tasker-core reads them from (`task_namespaces`,
 //! `named_tasks.configuration`, `named_steps`) and creates each namespace's worker queue.
-//! Idempotent: registering the same template again replaces its configuration.
+//! Idempotent: registering the same template again replaces its configuration (and its
+//! `identity_strategy`).
 
 use crate::error::TaskerResult;
 use crate::messaging::{worker_queue_name, MessageClient};
@@ -20,10 +21,12 @@ pub async fn register_template(pool: &PgPool, template: &TaskTemplate) -> Tasker
     .await?;
     let named_task_uuid: Uuid = sqlx::query_scalar(
         "INSERT INTO tasker.named_tasks \
-         (named_task_uuid, task_namespace_uuid, name, version, description, configuration, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, now(), now()) \
+         (named_task_uuid, task_namespace_uuid, name, version, description, configuration, identity_strategy, \
+          created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::tasker.identity_strategy, now(), now()) \
          ON CONFLICT (task_namespace_uuid, name, version) \
-         DO UPDATE SET configuration = EXCLUDED.configuration, description = EXCLUDED.description, updated_at = now() \
+         DO UPDATE SET configuration = EXCLUDED.configuration, description = EXCLUDED.description, \
+                       identity_strategy = EXCLUDED.identity_strategy, updated_at = now() \
          RETURNING named_task_uuid",
     )
     .bind(Uuid::now_v7())
@@ -32,6 +35,7 @@ pub async fn register_template(pool: &PgPool, template: &TaskTemplate) -> Tasker
     .bind(&template.version)
     .bind(&template.description)
     .bind(serde_json::to_value(template)?)
+    .bind(template.identity_strategy.unwrap_or_default().as_str())
     .fetch_one(&mut *tx)
     .await?;
     let step_names: Vec<&str> = template.steps.iter().map(|s| s.name.as_str()).collect();

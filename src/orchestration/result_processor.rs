@@ -19,6 +19,12 @@
 //!    (`RetryBackoff`) as soon as it is back, for up to half the visibility timeout, not
 //!    after it.
 //!
+//! 7. a success of a `decision` or `batchable` step (tasker.orchestrator_complete_step answers
+//!    `dynamic` for it and changes nothing): `process_dynamic` applies its outcome
+//!    (`super::dynamic`: the chosen steps, or the batch workers and their convergence) and
+//!    completes the step in one transaction; an outcome that cannot be applied fails the step
+//!    (`error`, the reason in its result; the task becomes `blocked_by_failures`).
+//!
 //! A success is the hot path of every workflow: it is one call of
 //! `tasker.orchestrator_complete_step` (sql/functions/orchestrator.sql), one round trip and one
 //! transaction. A failure result (rare; the retry policy is the template's) is handled here,
@@ -26,8 +32,10 @@
 //!
 //! Safe to run in every worker process at once.
 
+use crate::config::OrchestrationConfig;
 use crate::error::{RetryBackoff, TaskerResult};
 use crate::messaging::{self, Poison, QueuedMessage, StepMessage, STEP_RESULTS_QUEUE};
+use crate::orchestration::dynamic;
 use crate::orchestration::task_initializer::insert_step_transition;
 use crate::orchestration::template::TaskTemplate;
 use crate::worker::event_systems::worker_event_system::NotifiedMessage;
@@ -35,6 +43,7 @@ use crate::worker::task::StopSignal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +64,10 @@ pub struct OrchestratorCounters {
     pub processing_errors: AtomicU64,
     /// Result messages moved to `tasker.dead_letters`.
     pub dead_lettered: AtomicU64,
+    /// Steps created by decision and batchable outcomes.
+    pub dynamic_steps_created: AtomicU64,
+    /// Decision / batchable outcomes refused (their step failed).
+    pub outcomes_refused: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -69,6 +82,8 @@ pub struct OrchestratorStatus {
     pub duplicates: u64,
     pub processing_errors: u64,
     pub dead_lettered: u64,
+    pub dynamic_steps_created: u64,
+    pub outcomes_refused: u64,
 }
 
 impl OrchestratorCounters {
@@ -85,6 +100,8 @@ impl OrchestratorCounters {
             duplicates: get(&self.duplicates),
             processing_errors: get(&self.processing_errors),
             dead_lettered: get(&self.dead_lettered),
+            dynamic_steps_created: get(&self.dynamic_steps_created),
+            outcomes_refused: get(&self.outcomes_refused),
         }
     }
 }
@@ -102,6 +119,8 @@ pub struct ResultProcessor {
     pub visibility_timeout_seconds: i32,
     /// Reads of a message whose processing failed before it is dead-lettered.
     pub max_delivery_attempts: u32,
+    /// Limits of decision and batchable outcomes.
+    pub dynamic: OrchestrationConfig,
 }
 
 impl ResultProcessor {
@@ -281,6 +300,7 @@ impl ResultProcessor {
                 self.count_settled(message.task_uuid, task_state.as_deref());
             }
             "failed_result" => return self.process_failure(msg_id, message).await,
+            "dynamic" => return self.process_dynamic(msg_id, message).await,
             _ => bump(&self.counters.duplicates),
         }
         bump(&self.counters.results_processed);
@@ -297,6 +317,230 @@ impl ResultProcessor {
             let state = settled.unwrap_or_default().to_string();
             tokio::spawn(log_settled(self.pool.clone(), task_uuid, state));
         }
+    }
+
+    /// A success of a decision or batchable step, in one transaction holding the task's row
+    /// lock: its outcome is applied (`dynamic::plan_growth`, `dynamic::apply`), then the step
+    /// is completed by `tasker.orchestrator_complete_step` (which enqueues its ready children,
+    /// the new steps among them, and archives the message), then any other new step whose
+    /// parents are all complete is enqueued. A replay finds the step complete and changes
+    /// nothing. An outcome that cannot be applied fails the step instead (`refuse_outcome`).
+    /// In a task blocked by a failed step the outcome is applied too, and its steps wait
+    /// (pending) for the operator's retry or resolve; a cancelled task's is not.
+    async fn process_dynamic(&self, msg_id: i64, message: &StepMessage) -> TaskerResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM tasker.tasks WHERE task_uuid = $1 FOR UPDATE")
+            .bind(message.task_uuid)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let task = sqlx::query(include_str!("../../sql/queries/result_failure_task.sql"))
+            .bind(message.task_uuid)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut created = Vec::new();
+        let mut template_holder = None;
+        if let Some(task) = &task {
+            let template: TaskTemplate = serde_json::from_value(task.try_get(1)?)?;
+            let task_state: String = task.try_get(2)?;
+            let step = sqlx::query(
+                "SELECT coalesce(ws.inputs ->> '__template_step_name', ns.name), ws.results, tr.to_state, tr.sort_key \
+                 FROM tasker.workflow_steps ws \
+                 JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+                 JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent \
+                 WHERE ws.workflow_step_uuid = $1 AND ws.task_uuid = $2",
+            )
+            .bind(message.step_uuid)
+            .bind(message.task_uuid)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let applies = step.as_ref().is_some_and(|s| {
+                s.try_get::<String, _>(2)
+                    .is_ok_and(|st| st == "enqueued_for_orchestration")
+            }) && task_state != "cancelled";
+            if let (Some(step), true) = (step, applies) {
+                let step_name: String = step.try_get(0)?;
+                let sort_key: i32 = step.try_get(3)?;
+                let refused = |reason: String| dynamic::Refused {
+                    error_type: "invalid_step_result",
+                    message: reason,
+                };
+                let plan = match messaging::client::json_column(&step, "results", "the step's stored result")
+                {
+                    Ok(results) => {
+                        let existing: HashSet<String> = sqlx::query_scalar(
+                            "SELECT ns.name::text FROM tasker.workflow_steps ws \
+                             JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+                             WHERE ws.task_uuid = $1",
+                        )
+                        .bind(message.task_uuid)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect();
+                        dynamic::plan_growth(
+                            &template,
+                            &step_name,
+                            results.as_ref(),
+                            &existing,
+                            &self.dynamic,
+                        )
+                    }
+                    Err(bad) => Err(refused(format!(
+                        "step {step_name:?}: its result cannot be read: {}",
+                        bad.reason
+                    ))),
+                };
+                let ctx = TaskCtx {
+                    task_uuid: message.task_uuid,
+                    correlation_id: task.try_get(0)?,
+                    template: &template,
+                    task_state: task_state.clone(),
+                };
+                match plan {
+                    Ok(growth) => {
+                        created = dynamic::apply(&mut tx, message.task_uuid, &growth).await?;
+                        if !created.is_empty() {
+                            tracing::info!(event = "steps_created", task_uuid = %message.task_uuid, step_uuid = %message.step_uuid, step = %step_name, created = created.len(), steps = ?growth.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), "outcome applied");
+                        }
+                    }
+                    Err(refused) => {
+                        self.refuse_outcome(&mut tx, &ctx, message.step_uuid, &step, sort_key, &refused)
+                            .await?;
+                        messaging::client::archive(&mut *tx, STEP_RESULTS_QUEUE, &[msg_id]).await?;
+                        tx.commit().await?;
+                        bump(&self.counters.outcomes_refused);
+                        bump(&self.counters.results_processed);
+                        return Ok(());
+                    }
+                }
+            }
+            template_holder = Some((template, task.try_get::<Uuid, _>(0)?, task_state));
+        }
+        let uuids: Vec<Uuid> = (0..2 + CHILD_TRANSITION_UUIDS).map(|_| Uuid::now_v7()).collect();
+        let (outcome, task_state): (String, Option<String>) = sqlx::query_as(COMPLETE_DYNAMIC_SQL)
+            .bind(msg_id)
+            .bind(message.task_uuid)
+            .bind(message.step_uuid)
+            .bind(&uuids)
+            .fetch_one(&mut *tx)
+            .await?;
+        if outcome == "failed_result" {
+            drop(tx);
+            return self.process_failure(msg_id, message).await;
+        }
+        // A blocked task's new steps wait, as its others do, for the operator's retry or
+        // resolve (which enqueues every ready pending step).
+        if outcome == "completed" && !created.is_empty() {
+            if let Some((template, correlation_id, t_state)) =
+                template_holder.as_ref().filter(|(_, _, state)| {
+                    !["blocked_by_failures", "error", "cancelled"].contains(&state.as_str())
+                })
+            {
+                let ctx = TaskCtx {
+                    task_uuid: message.task_uuid,
+                    correlation_id: *correlation_id,
+                    template,
+                    task_state: t_state.clone(),
+                };
+                self.enqueue_ready(&mut tx, &ctx, &created).await?;
+            }
+        }
+        tx.commit().await?;
+        self.counters
+            .dynamic_steps_created
+            .fetch_add(created.len() as u64, Ordering::Relaxed);
+        if outcome == "completed" {
+            bump(&self.counters.steps_completed);
+            self.count_settled(message.task_uuid, task_state.as_deref());
+        } else {
+            bump(&self.counters.duplicates);
+        }
+        bump(&self.counters.results_processed);
+        Ok(())
+    }
+
+    /// New steps that are `pending` with every parent complete (those not children of the
+    /// deciding step, which `tasker.orchestrator_complete_step` enqueued): enqueued.
+    async fn enqueue_ready(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &TaskCtx<'_>,
+        steps: &[Uuid],
+    ) -> TaskerResult<()> {
+        let ready: Vec<(Uuid, i32)> = sqlx::query_as(
+            "SELECT ws.workflow_step_uuid, tr.sort_key FROM tasker.workflow_steps ws \
+             JOIN tasker.workflow_step_transitions tr \
+               ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent AND tr.to_state = 'pending' \
+             WHERE ws.workflow_step_uuid = ANY($1) \
+               AND NOT EXISTS (SELECT 1 FROM tasker.workflow_step_edges pe \
+                                 JOIN tasker.workflow_step_transitions pt \
+                                   ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent \
+                                WHERE pe.to_step_uuid = ws.workflow_step_uuid \
+                                  AND pt.to_state NOT IN ('complete', 'resolved_manually')) \
+             ORDER BY ws.workflow_step_uuid",
+        )
+        .bind(steps)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (step_uuid, sort_key) in ready {
+            insert_step_transition(
+                tx,
+                step_uuid,
+                Some("pending"),
+                "enqueued",
+                sort_key + 1,
+                json!({"event": "enqueue"}),
+            )
+            .await?;
+            self.send_step(tx, ctx, step_uuid, 0).await?;
+        }
+        Ok(())
+    }
+
+    /// Fails a decision / batchable step whose outcome cannot be applied: its stored result
+    /// becomes a non-retryable failure carrying the reason (the handler's `result` is kept),
+    /// the step goes to `error`, and the task settles (to `blocked_by_failures`).
+    async fn refuse_outcome(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &TaskCtx<'_>,
+        step_uuid: Uuid,
+        step: &sqlx::postgres::PgRow,
+        sort_key: i32,
+        refused: &dynamic::Refused,
+    ) -> TaskerResult<()> {
+        let state: String = step.try_get(2)?;
+        let mut results = messaging::client::json_column(step, "results", "the step's stored result")
+            .ok()
+            .flatten()
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        results["success"] = json!(false);
+        results["status"] = json!("error");
+        results["error"] =
+            json!({"message": refused.message, "error_type": refused.error_type, "retryable": false});
+        if !results["metadata"].is_object() {
+            results["metadata"] = json!({});
+        }
+        results["metadata"]["retryable"] = json!(false);
+        results["metadata"]["error_type"] = json!(refused.error_type);
+        sqlx::query("UPDATE tasker.workflow_steps SET results = $2, in_process = false, updated_at = now() WHERE workflow_step_uuid = $1")
+            .bind(step_uuid)
+            .bind(&results)
+            .execute(&mut *tx)
+            .await?;
+        insert_step_transition(
+            tx,
+            step_uuid,
+            Some(&state),
+            "error",
+            sort_key + 1,
+            json!({"event": "fail", "error_type": refused.error_type, "message": refused.message}),
+        )
+        .await?;
+        bump(&self.counters.steps_failed);
+        tracing::warn!(event = "outcome_refused", task_uuid = %ctx.task_uuid, %step_uuid, namespace = %ctx.template.namespace_name, task = %ctx.template.name, error_type = refused.error_type, reason = %refused.message, "an outcome could not be applied; the step failed");
+        self.settle_task(tx, ctx).await
     }
 
     /// A failure result: retried after its backoff or failed (with the task), in one
@@ -379,9 +623,10 @@ impl ResultProcessor {
                         .await?;
                     return Ok(());
                 } else if step_retryable && result_retryable && attempts < max_attempts {
+                    let template_step: String = step.try_get(7)?;
                     let policy = ctx
                         .template
-                        .step(&name)
+                        .step(&template_step)
                         .map(|s| s.retry.clone())
                         .unwrap_or_default();
                     let backoff_s = policy.backoff_ms(attempts as u32 + 1).div_ceil(1000);
@@ -504,6 +749,10 @@ const CHILD_TRANSITION_UUIDS: usize = 16;
 /// A success result in one call (sql/functions/orchestrator.sql), for a message read (leased).
 const COMPLETE_READ_SQL: &str =
     "SELECT outcome, task_state FROM tasker.orchestrator_complete_step($1, $2, $3, $4)";
+
+/// The same, after a decision / batchable outcome was applied in the caller's transaction.
+const COMPLETE_DYNAMIC_SQL: &str =
+    "SELECT outcome, task_state FROM tasker.orchestrator_complete_step($1, $2, $3, $4, true)";
 
 /// The same for a message not read, known from its notification: it is taken first, by
 /// locking its row if it is visible and no one else holds it (a reader's read or another

@@ -6,11 +6,12 @@
 
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging;
-use crate::orchestration::template::TaskTemplate;
+use crate::orchestration::template::{IdentityStrategy, StepType, TaskTemplate};
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -89,7 +90,7 @@ pub async fn plan_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Tas
     // every step of the task failing as invalid_input.
     crate::limits::check_value(&request.context, "the task context")?;
     let row = sqlx::query(
-        "SELECT nt.named_task_uuid, nt.configuration FROM tasker.named_tasks nt \
+        "SELECT nt.named_task_uuid, nt.configuration, nt.identity_strategy::text FROM tasker.named_tasks nt \
          JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid \
          WHERE tn.name = $1 AND nt.name = $2 AND nt.version = $3",
     )
@@ -105,16 +106,16 @@ pub async fn plan_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Tas
         ))
     })?;
     let template: TaskTemplate = serde_json::from_value(row.try_get(1)?)?;
+    let named_task_uuid: Uuid = row.try_get(0)?;
+    let strategy: String = row.try_get(2)?;
     let task_uuid = Uuid::now_v7();
+    let identity_hash = identity_hash(request, &strategy, named_task_uuid, task_uuid)?;
     let (steps, edges) = planned_steps(&template);
     Ok(TaskPlan {
         task_uuid,
-        named_task_uuid: row.try_get(0)?,
+        named_task_uuid,
         context: request.context.clone(),
-        identity_hash: request
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| task_uuid.to_string()),
+        identity_hash,
         correlation_id: Uuid::now_v7(),
         queue: messaging::worker_queue_name(&template.namespace_name)?,
         task_transitions: [Uuid::now_v7(), Uuid::now_v7()],
@@ -123,28 +124,132 @@ pub async fn plan_task(pool: &PgPool, request: &TaskRequest) -> TaskerResult<Tas
     })
 }
 
+/// The task's `identity_hash` (UNIQUE: creating a task whose hash exists returns that task),
+/// by the template's `named_tasks.identity_strategy`, as tasker-core orders them: an
+/// idempotency key, when given, is the identity; else `strict` hashes the template and the
+/// context (SHA-256 of the named task's uuid and the context as JSON with every object's keys
+/// sorted, so key order does not matter), `caller_provided` refuses a request without a key,
+/// and `always_unique` (this project's default) is the new task's uuid. tasker-core's own
+/// hash is a 64-bit hasher's, so the two never recognise each other's strict tasks.
+fn identity_hash(
+    request: &TaskRequest,
+    strategy: &str,
+    named_task_uuid: Uuid,
+    task_uuid: Uuid,
+) -> TaskerResult<String> {
+    if let Some(key) = &request.idempotency_key {
+        return Ok(key.clone());
+    }
+    match IdentityStrategy::parse(strategy) {
+        Some(IdentityStrategy::Strict) => {
+            let mut canonical = String::new();
+            write_canonical(&request.context, &mut canonical);
+            let digest = Sha256::new()
+                .chain_update(named_task_uuid.as_bytes())
+                .chain_update(canonical.as_bytes())
+                .finalize();
+            Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+        }
+        Some(IdentityStrategy::CallerProvided) => Err(TaskerError::InvalidInput(format!(
+            "task template {}/{}@{} has identity_strategy caller_provided: create_task needs an idempotency_key",
+            request.namespace, request.name, request.version
+        ))),
+        Some(IdentityStrategy::AlwaysUnique) => Ok(task_uuid.to_string()),
+        None => Err(TaskerError::Configuration(format!(
+            "task template {}/{}@{}: unknown identity_strategy {strategy:?}",
+            request.namespace, request.name, request.version
+        ))),
+    }
+}
+
+/// JSON text with every object's keys in sorted order (serde_json's own order depends on its
+/// features).
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// The steps created with the task. A static template: all of them. With dynamic step types,
+/// tasker-core's initial set, made stricter: never a `batch_worker` (a template for the
+/// workers a batchable step's outcome creates) nor a `deferred_convergence` (created by the
+/// outcome it waits for), nor anything below a decision (created by its outcome), a
+/// batch_worker or a deferred_convergence. tasker-core creates a convergence that is not below
+/// a decision at once, with no edge, so it runs first; here it waits for its outcome. Edges
+/// only between steps created here.
+pub(crate) fn initial_step_names(template: &TaskTemplate) -> HashSet<String> {
+    let mut excluded = HashSet::new();
+    for step in &template.steps {
+        match step.kind() {
+            StepType::Standard | StepType::Batchable => {}
+            StepType::Decision => excluded.extend(template.descendants(&step.name)),
+            StepType::DeferredConvergence | StepType::BatchWorker => {
+                excluded.insert(step.name.clone());
+                excluded.extend(template.descendants(&step.name));
+            }
+        }
+    }
+    template
+        .steps
+        .iter()
+        .map(|s| s.name.clone())
+        .filter(|name| !excluded.contains(name))
+        .collect()
+}
+
 fn planned_steps(template: &TaskTemplate) -> (Vec<PlannedStep>, Vec<PlannedEdge>) {
+    let created = initial_step_names(template);
     let by_name: HashMap<&str, Uuid> = template
         .steps
         .iter()
+        .filter(|step| created.contains(&step.name))
         .map(|step| (step.name.as_str(), Uuid::now_v7()))
         .collect();
-    let mut steps = Vec::with_capacity(template.steps.len());
+    let mut steps = Vec::with_capacity(by_name.len());
     let mut edges = Vec::new();
-    for step in &template.steps {
+    for step in template.steps.iter().filter(|s| created.contains(&s.name)) {
         let uuid = by_name[step.name.as_str()];
+        let parents: Vec<Uuid> = step
+            .dependencies
+            .iter()
+            .filter_map(|parent| by_name.get(parent.as_str()).copied())
+            .collect();
         steps.push(PlannedStep {
             step_uuid: uuid,
             name: step.name.clone(),
             retryable: step.retry.retryable,
             max_attempts: step.retry.max_attempts as i32,
             pending_uuid: Uuid::now_v7(),
-            enqueued_uuid: step.dependencies.is_empty().then(Uuid::now_v7),
+            enqueued_uuid: parents.is_empty().then(Uuid::now_v7),
         });
-        for parent in &step.dependencies {
+        for from_step in parents {
             edges.push(PlannedEdge {
                 edge_uuid: Uuid::now_v7(),
-                from_step: by_name[parent.as_str()],
+                from_step,
                 to_step: uuid,
             });
         }

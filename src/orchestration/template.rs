@@ -2,6 +2,11 @@
 //! duplicate steps, unknown dependencies, cycles and bad retry values are errors naming the
 //! template and the step. Keys this worker does not use (metadata, input_schema, ...) are
 //! kept as they are, so the stored configuration is the whole template.
+//!
+//! Step types (tasker-core's `type:`, alias `step_type:`): `standard` (the default, not
+//! written back), `decision`, `deferred_convergence`, `batchable` and `batch_worker` (with its
+//! `batch_config`). Their shape rules are checked here, each error naming the step; what the
+//! orchestrator does with them is in `super::dynamic`.
 
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging::validate_namespace;
@@ -20,9 +25,42 @@ pub struct TaskTemplate {
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// tasker-core's `named_tasks.identity_strategy`: how creating a task twice is told apart
+    /// (task_initializer.rs). Not a template key in tasker-core, whose registration always
+    /// writes `strict`; here it is, and a template without it is `always_unique`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_strategy: Option<IdentityStrategy>,
     pub steps: Vec<StepTemplate>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityStrategy {
+    /// The same template and context (keys in any order) is the same task.
+    Strict,
+    /// Every create_task must carry an idempotency key; the key is the identity.
+    CallerProvided,
+    /// Every create_task without a key is a new task.
+    #[default]
+    AlwaysUnique,
+}
+
+impl IdentityStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::CallerProvided => "caller_provided",
+            Self::AlwaysUnique => "always_unique",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Strict, Self::CallerProvided, Self::AlwaysUnique]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,8 +75,94 @@ pub struct StepTemplate {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub publishes_events: Vec<Value>,
+    /// `standard`, `decision`, `deferred_convergence`, `batchable` or `batch_worker`
+    /// (checked by `validate`, so the error names the step).
+    #[serde(
+        rename = "type",
+        alias = "step_type",
+        default = "standard_type",
+        skip_serializing_if = "is_standard_type"
+    )]
+    pub step_type: String,
+    /// `batch_worker` steps only (`BatchConfig`; checked by `validate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_config: Option<Value>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+fn standard_type() -> String {
+    "standard".into()
+}
+
+fn is_standard_type(t: &String) -> bool {
+    t == "standard"
+}
+
+/// The kinds of step tasker-core knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepType {
+    Standard,
+    Decision,
+    DeferredConvergence,
+    Batchable,
+    BatchWorker,
+}
+
+impl StepType {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "standard" => Self::Standard,
+            "decision" => Self::Decision,
+            "deferred_convergence" => Self::DeferredConvergence,
+            "batchable" => Self::Batchable,
+            "batch_worker" => Self::BatchWorker,
+            _ => return None,
+        })
+    }
+}
+
+/// A `batch_worker` step's `batch_config`. Only `cursor_field` and `failure_strategy` reach
+/// the workers (in `inputs.batch_metadata`); the others are for the handlers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub worker_template: String,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u64,
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
+    #[serde(default = "default_cursor_field")]
+    pub cursor_field: String,
+    #[serde(default = "default_failure_strategy")]
+    pub failure_strategy: String,
+}
+
+fn default_batch_size() -> u64 {
+    1000
+}
+fn default_parallelism() -> u32 {
+    10
+}
+fn default_cursor_field() -> String {
+    "id".into()
+}
+fn default_failure_strategy() -> String {
+    "continue_on_failure".into()
+}
+
+impl StepTemplate {
+    /// The step's type; an unknown one (refused by `validate`) reads as standard.
+    pub fn kind(&self) -> StepType {
+        StepType::parse(&self.step_type).unwrap_or(StepType::Standard)
+    }
+
+    /// The parsed `batch_config` (validated at registration).
+    pub fn batch(&self) -> Option<BatchConfig> {
+        self.batch_config
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +280,121 @@ impl TaskTemplate {
         if let Some(cycle) = self.find_cycle() {
             return Err(format!("{label}: dependency cycle through step {cycle:?}"));
         }
+        self.validate_types(&label)
+    }
+
+    /// The rules of the dynamic step types (a valid DAG is assumed).
+    fn validate_types(&self, label: &str) -> Result<(), String> {
+        for step in &self.steps {
+            let at = format!("{label}: step {:?}", step.name);
+            let kind = StepType::parse(&step.step_type).ok_or_else(|| {
+                format!(
+                    "{at}: unknown type {:?} (standard, decision, deferred_convergence, batchable or batch_worker)",
+                    step.step_type
+                )
+            })?;
+            if step.batch_config.is_some() && kind != StepType::BatchWorker {
+                return Err(format!(
+                    "{at}: batch_config is only for batch_worker steps, not {}",
+                    step.step_type
+                ));
+            }
+            match kind {
+                StepType::Decision => {
+                    if step.dependencies.is_empty() {
+                        return Err(format!("{at}: a decision step needs at least one dependency"));
+                    }
+                    if self.children(&step.name).next().is_none() {
+                        return Err(format!(
+                            "{at}: a decision step needs candidate steps (steps that depend on it), it has none"
+                        ));
+                    }
+                }
+                StepType::BatchWorker => {
+                    let raw = step.batch_config.clone().ok_or_else(|| {
+                        format!("{at}: a batch_worker step needs batch_config (worker_template, ...)")
+                    })?;
+                    let config: BatchConfig =
+                        serde_json::from_value(raw).map_err(|err| format!("{at}: batch_config: {err}"))?;
+                    if config.worker_template.trim().is_empty() {
+                        return Err(format!("{at}: batch_config.worker_template must not be empty"));
+                    }
+                    if config.batch_size == 0 {
+                        return Err(format!("{at}: batch_config.batch_size must be at least 1"));
+                    }
+                    if config.parallelism == 0 {
+                        return Err(format!("{at}: batch_config.parallelism must be at least 1"));
+                    }
+                    if config.cursor_field.trim().is_empty() {
+                        return Err(format!("{at}: batch_config.cursor_field must not be empty"));
+                    }
+                    if !["continue_on_failure", "fail_fast", "isolate"]
+                        .contains(&config.failure_strategy.as_str())
+                    {
+                        return Err(format!(
+                            "{at}: batch_config.failure_strategy must be continue_on_failure, fail_fast or isolate, not {:?}",
+                            config.failure_strategy
+                        ));
+                    }
+                    if !self
+                        .ancestors(&step.name)
+                        .iter()
+                        .any(|a| self.step(a).is_some_and(|s| s.kind() == StepType::Batchable))
+                    {
+                        return Err(format!(
+                            "{at}: a batch_worker step needs a batchable step before it (among its dependencies), none precedes it"
+                        ));
+                    }
+                }
+                StepType::DeferredConvergence => {
+                    if !self.ancestors(&step.name).iter().any(|a| {
+                        self.step(a)
+                            .is_some_and(|s| matches!(s.kind(), StepType::Decision | StepType::Batchable))
+                    }) {
+                        return Err(format!(
+                            "{at}: a deferred_convergence step needs a decision or batchable step before it; no path leads to it from one"
+                        ));
+                    }
+                }
+                StepType::Standard | StepType::Batchable => {}
+            }
+        }
         Ok(())
+    }
+
+    /// The steps that list `name` among their dependencies.
+    pub fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a StepTemplate> + 'a {
+        self.steps
+            .iter()
+            .filter(move |s| s.dependencies.iter().any(|d| d == name))
+    }
+
+    /// Every transitive dependency of `name` (not itself).
+    pub fn ancestors(&self, name: &str) -> HashSet<String> {
+        let mut seen = HashSet::new();
+        let mut todo: Vec<&str> = vec![name];
+        while let Some(next) = todo.pop() {
+            for dep in self.step(next).map(|s| s.dependencies.as_slice()).unwrap_or(&[]) {
+                if seen.insert(dep.clone()) {
+                    todo.push(dep);
+                }
+            }
+        }
+        seen
+    }
+
+    /// Every transitive dependent of `name` (not itself).
+    pub fn descendants(&self, name: &str) -> HashSet<String> {
+        let mut seen = HashSet::new();
+        let mut todo: Vec<String> = vec![name.to_string()];
+        while let Some(next) = todo.pop() {
+            for child in self.children(&next) {
+                if seen.insert(child.name.clone()) {
+                    todo.push(child.name.clone());
+                }
+            }
+        }
+        seen
     }
 
     /// Kahn's algorithm: a step never freed of its parents is on (or behind) a cycle.

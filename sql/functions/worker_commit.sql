@@ -1,6 +1,73 @@
 -- The worker's commit of handler results. Applied by src/database/migrate.rs after the
 -- migrations; edit the definition here.
 
+-- The tail of both commits: sends the orchestration message of each live result (those of
+-- p_tokens in p_live_tokens) to orchestration_step_results with the notification
+-- tasker.pgmq_send_with_notify sends for each (message_with_payload; message_ready when the
+-- payload would be too large), then acks the worker messages they were claimed through, per
+-- queue: archived, or deleted when p_delete (worker.ack_mode = delete).
+CREATE OR REPLACE FUNCTION tasker.worker_send_results_and_ack(
+    p_tokens      uuid[],
+    p_messages    jsonb[],
+    p_queue_names text[],
+    p_msg_ids     bigint[],
+    p_live_tokens uuid[],
+    p_delete      boolean,
+    p_sent_at     timestamptz
+)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+DECLARE
+    payloads   text[];
+    payload    text;
+    archive_to record;
+BEGIN
+    WITH sent AS (
+        INSERT INTO pgmq.q_orchestration_step_results (vt, message)
+        SELECT p_sent_at, i.message
+          FROM unnest(p_tokens, p_messages) WITH ORDINALITY AS i(token, message, n)
+         WHERE i.token = ANY(p_live_tokens)
+         ORDER BY i.n
+        RETURNING msg_id, message
+    ), built AS (
+        SELECT s.msg_id,
+               json_build_object(
+                   'event_type', 'message_with_payload', 'msg_id', s.msg_id,
+                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
+                   'message', s.message, 'ready_at', p_sent_at, 'delay_seconds', 0)::text AS full_payload,
+               json_build_object(
+                   'event_type', 'message_ready', 'msg_id', s.msg_id,
+                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
+                   'ready_at', p_sent_at, 'delay_seconds', 0, 'payload_omitted', true)::text AS short_payload
+          FROM sent s
+    )
+    SELECT array_agg(CASE WHEN length(b.full_payload) > tasker.pgmq_payload_size_threshold()
+                          THEN b.short_payload ELSE b.full_payload END ORDER BY b.msg_id)
+      INTO payloads
+      FROM built b;
+    FOREACH payload IN ARRAY coalesce(payloads, '{}') LOOP
+        PERFORM pg_notify('pgmq_message_ready.orchestration', payload);
+    END LOOP;
+
+    FOR archive_to IN
+        SELECT i.queue_name, array_agg(i.msg_id) AS msg_ids
+          FROM unnest(p_tokens, p_queue_names, p_msg_ids) AS i(token, queue_name, msg_id)
+         WHERE i.token = ANY(p_live_tokens)
+         GROUP BY i.queue_name
+    LOOP
+        IF p_delete THEN
+            PERFORM tasker.worker_delete_messages(archive_to.queue_name, archive_to.msg_ids);
+        ELSE
+            PERFORM tasker.worker_archive(archive_to.queue_name, archive_to.msg_ids);
+        END IF;
+    END LOOP;
+END;
+$$;
+
 -- Commits a batch of handler results (see src/worker/handlers/completion_processor.rs): for
 -- each result whose claim token is still the step's current transition, move the step to
 -- enqueued_for_orchestration (or enqueued_as_error_for_orchestration), store its results,
@@ -33,9 +100,6 @@ DECLARE
     live_steps    uuid[];
     live_results  jsonb[];
     sent_at       timestamptz := clock_timestamp();
-    payloads      text[];
-    payload       text;
-    archive_to    record;
 BEGIN
     PERFORM 1 FROM tasker.workflow_steps s
      WHERE s.workflow_step_uuid = ANY(p_step_uuids)
@@ -75,43 +139,8 @@ BEGIN
            in_process = false, updated_at = now()
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
-    -- The orchestration messages, with the notification tasker.pgmq_send_with_notify sends
-    -- for each (message_with_payload; message_ready when the payload would be too large).
-    WITH sent AS (
-        INSERT INTO pgmq.q_orchestration_step_results (vt, message)
-        SELECT sent_at, i.message
-          FROM unnest(p_tokens, p_messages) WITH ORDINALITY AS i(token, message, n)
-         WHERE i.token = ANY(live_tokens)
-         ORDER BY i.n
-        RETURNING msg_id, message
-    ), built AS (
-        SELECT s.msg_id,
-               json_build_object(
-                   'event_type', 'message_with_payload', 'msg_id', s.msg_id,
-                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
-                   'message', s.message, 'ready_at', sent_at, 'delay_seconds', 0)::text AS full_payload,
-               json_build_object(
-                   'event_type', 'message_ready', 'msg_id', s.msg_id,
-                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
-                   'ready_at', sent_at, 'delay_seconds', 0, 'payload_omitted', true)::text AS short_payload
-          FROM sent s
-    )
-    SELECT array_agg(CASE WHEN length(b.full_payload) > tasker.pgmq_payload_size_threshold()
-                          THEN b.short_payload ELSE b.full_payload END ORDER BY b.msg_id)
-      INTO payloads
-      FROM built b;
-    FOREACH payload IN ARRAY payloads LOOP
-        PERFORM pg_notify('pgmq_message_ready.orchestration', payload);
-    END LOOP;
-
-    FOR archive_to IN
-        SELECT i.queue_name, array_agg(i.msg_id) AS msg_ids
-          FROM unnest(p_tokens, p_queue_names, p_msg_ids) AS i(token, queue_name, msg_id)
-         WHERE i.token = ANY(live_tokens)
-         GROUP BY i.queue_name
-    LOOP
-        PERFORM tasker.worker_archive(archive_to.queue_name, archive_to.msg_ids);
-    END LOOP;
+    PERFORM tasker.worker_send_results_and_ack(p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
+                                               false, sent_at);
 
     RETURN QUERY SELECT unnest(live_tokens);
 END;
@@ -200,9 +229,6 @@ DECLARE
     live_sort     integer[];
     live_results  jsonb[];
     sent_at       timestamptz := clock_timestamp();
-    payloads      text[];
-    payload       text;
-    archive_to    record;
 BEGIN
     PERFORM 1 FROM tasker.workflow_steps s
      WHERE s.workflow_step_uuid = ANY(p_step_uuids)
@@ -279,45 +305,8 @@ BEGIN
            in_process = false, updated_at = now()
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
-    WITH sent AS (
-        INSERT INTO pgmq.q_orchestration_step_results (vt, message)
-        SELECT sent_at, i.message
-          FROM unnest(p_tokens, p_messages) WITH ORDINALITY AS i(token, message, n)
-         WHERE i.token = ANY(live_tokens)
-         ORDER BY i.n
-        RETURNING msg_id, message
-    ), built AS (
-        SELECT s.msg_id,
-               json_build_object(
-                   'event_type', 'message_with_payload', 'msg_id', s.msg_id,
-                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
-                   'message', s.message, 'ready_at', sent_at, 'delay_seconds', 0)::text AS full_payload,
-               json_build_object(
-                   'event_type', 'message_ready', 'msg_id', s.msg_id,
-                   'queue_name', 'orchestration_step_results', 'namespace', 'orchestration',
-                   'ready_at', sent_at, 'delay_seconds', 0, 'payload_omitted', true)::text AS short_payload
-          FROM sent s
-    )
-    SELECT array_agg(CASE WHEN length(b.full_payload) > tasker.pgmq_payload_size_threshold()
-                          THEN b.short_payload ELSE b.full_payload END ORDER BY b.msg_id)
-      INTO payloads
-      FROM built b;
-    FOREACH payload IN ARRAY payloads LOOP
-        PERFORM pg_notify('pgmq_message_ready.orchestration', payload);
-    END LOOP;
-
-    FOR archive_to IN
-        SELECT i.queue_name, array_agg(i.msg_id) AS msg_ids
-          FROM unnest(p_tokens, p_queue_names, p_msg_ids) AS i(token, queue_name, msg_id)
-         WHERE i.token = ANY(live_tokens)
-         GROUP BY i.queue_name
-    LOOP
-        IF p_delete THEN
-            PERFORM tasker.worker_delete_messages(archive_to.queue_name, archive_to.msg_ids);
-        ELSE
-            PERFORM tasker.worker_archive(archive_to.queue_name, archive_to.msg_ids);
-        END IF;
-    END LOOP;
+    PERFORM tasker.worker_send_results_and_ack(p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
+                                               p_delete, sent_at);
 
     RETURN QUERY SELECT unnest(live_tokens);
 END;

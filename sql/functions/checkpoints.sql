@@ -34,7 +34,6 @@ AS $$
 #variable_conflict use_column
 DECLARE
     stored  jsonb;
-    built   jsonb;
 BEGIN
     SELECT s.checkpoint INTO stored
       FROM tasker.workflow_steps s
@@ -55,6 +54,34 @@ BEGIN
         RETURN;
     END IF;
 
+    RETURN QUERY SELECT w.outcome, w.checkpoint
+      FROM tasker.worker_write_checkpoint(p_step_uuid, stored, p_cursor, p_items_processed, p_accumulated_results,
+                                          p_max_history, p_max_bytes) w;
+END;
+$$;
+
+-- The end of both saves, once the claim is known current and the step row locked: the record
+-- (tasker.worker_checkpoint_record, from `stored`) written to the step, or `too_large` with
+-- nothing written.
+CREATE OR REPLACE FUNCTION tasker.worker_write_checkpoint(
+    p_step_uuid           uuid,
+    stored                jsonb,
+    p_cursor              jsonb,
+    p_items_processed     bigint,
+    p_accumulated_results jsonb,
+    p_max_history         integer,
+    p_max_bytes           integer
+)
+RETURNS TABLE (outcome text, checkpoint jsonb)
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    built jsonb;
+BEGIN
     built := tasker.worker_checkpoint_record(stored, p_cursor, p_items_processed, p_accumulated_results,
                                              p_max_history, p_max_bytes);
     IF built IS NULL THEN
@@ -138,7 +165,6 @@ AS $$
 #variable_conflict use_column
 DECLARE
     stored  jsonb;
-    built   jsonb;
 BEGIN
     SELECT s.checkpoint INTO stored
       FROM tasker.workflow_steps s
@@ -158,16 +184,8 @@ BEGIN
         RETURN;
     END IF;
 
-    built := tasker.worker_checkpoint_record(stored, p_cursor, p_items_processed, p_accumulated_results,
-                                             p_max_history, p_max_bytes);
-    IF built IS NULL THEN
-        RETURN QUERY SELECT 'too_large'::text, NULL::jsonb;
-        RETURN;
-    END IF;
-
-    UPDATE tasker.workflow_steps s
-       SET checkpoint = built, updated_at = now()
-     WHERE s.workflow_step_uuid = p_step_uuid;
-    RETURN QUERY SELECT 'saved'::text, built;
+    RETURN QUERY SELECT w.outcome, w.checkpoint
+      FROM tasker.worker_write_checkpoint(p_step_uuid, stored, p_cursor, p_items_processed, p_accumulated_results,
+                                          p_max_history, p_max_bytes) w;
 END;
 $$;

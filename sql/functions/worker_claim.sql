@@ -44,17 +44,26 @@ AS $$
            (SELECT s FROM jsonb_array_elements(nt.configuration -> 'steps') s
              WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
              LIMIT 1),
+           -- Each ancestor and each of its parents is looked up by key (LATERAL ... OFFSET 0
+           -- keeps the planner from turning these into a scan of every step or every edge:
+           -- with statistics taken while few steps had results, and none for the edges, the
+           -- generic plan had walked all steps with results for every claim; see
+           -- tests/hydration_plans.rs).
            (WITH RECURSIVE ancestors(step_uuid) AS (
                 SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
                  WHERE e.to_step_uuid = ws.workflow_step_uuid
                 UNION
-                SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
-                  JOIN ancestors a ON e.to_step_uuid = a.step_uuid)
-            SELECT jsonb_object_agg(ans.name, aws.results)
+                SELECT p.from_step_uuid
+                  FROM ancestors a
+                 CROSS JOIN LATERAL (SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
+                                      WHERE e.to_step_uuid = a.step_uuid OFFSET 0) p)
+            SELECT jsonb_object_agg(d.name, d.results)
               FROM ancestors a
-              JOIN tasker.workflow_steps aws ON aws.workflow_step_uuid = a.step_uuid
-              JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
-             WHERE aws.results IS NOT NULL)
+             CROSS JOIN LATERAL (SELECT ans.name, aws.results
+                                   FROM tasker.workflow_steps aws
+                                   JOIN tasker.named_steps ans ON ans.named_step_uuid = aws.named_step_uuid
+                                  WHERE aws.workflow_step_uuid = a.step_uuid AND aws.results IS NOT NULL
+                                 OFFSET 0) d)
       FROM tasker.workflow_steps ws
       JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
       JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid

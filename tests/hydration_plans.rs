@@ -61,7 +61,8 @@ async fn hydrate(db: &TestDatabase, step: Uuid) -> (i64, serde_json::Value) {
         .await
         .expect("reset");
     let top = &plan[0]["Plan"];
-    let buffers = top["Shared Hit Blocks"].as_i64().expect("hit blocks") + top["Shared Read Blocks"].as_i64().unwrap_or(0);
+    let buffers = top["Shared Hit Blocks"].as_i64().expect("hit blocks")
+        + top["Shared Read Blocks"].as_i64().unwrap_or(0);
     (buffers, results)
 }
 
@@ -100,6 +101,9 @@ async fn hydration_reaches_ancestors_by_key_whatever_the_statistics() {
     );
     // By key: the step, its task and template, two edges hops and two ancestors, each a few
     // index pages. A scan of the 6,000 steps with results or of the 6,000 edges is hundreds.
-    assert!(buffers < 80, "hydrating one step touched {buffers} buffers (expected a few dozen)");
+    assert!(
+        buffers < 80,
+        "hydrating one step touched {buffers} buffers (expected a few dozen)"
+    );
     db.drop_database().await;
 }

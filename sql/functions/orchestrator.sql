@@ -181,17 +181,24 @@ BEGIN
       FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p;
 
     IF t_state IS NULL OR t_state NOT IN ('blocked_by_failures', 'error', 'cancelled') THEN
+        -- From the step's edges, each child's and each of its parents' current transition
+        -- by key (LATERAL ... OFFSET 0): planned as a join, statistics taken while few steps
+        -- were pending had made it walk every pending step's transition for each completion
+        -- (tests/plans_by_key.rs).
         WITH ready AS (
             SELECT c.to_step_uuid AS step_uuid, ct.sort_key,
                    row_number() OVER (ORDER BY c.to_step_uuid) AS n
               FROM tasker.workflow_step_edges c
-              JOIN tasker.workflow_step_transitions ct
-                ON ct.workflow_step_uuid = c.to_step_uuid AND ct.most_recent AND ct.to_state = 'pending'
+             CROSS JOIN LATERAL (SELECT ct.sort_key FROM tasker.workflow_step_transitions ct
+                                  WHERE ct.workflow_step_uuid = c.to_step_uuid AND ct.most_recent
+                                    AND ct.to_state = 'pending'
+                                 OFFSET 0) ct
              WHERE c.from_step_uuid = p_step_uuid
                AND NOT EXISTS (
                    SELECT 1 FROM tasker.workflow_step_edges pe
-                     JOIN tasker.workflow_step_transitions pt
-                       ON pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent
+                    CROSS JOIN LATERAL (SELECT pt.to_state FROM tasker.workflow_step_transitions pt
+                                         WHERE pt.workflow_step_uuid = pe.from_step_uuid AND pt.most_recent
+                                        OFFSET 0) pt
                     WHERE pe.to_step_uuid = c.to_step_uuid
                       AND pt.to_state NOT IN ('complete', 'resolved_manually'))
         ), retired AS (

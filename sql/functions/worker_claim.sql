@@ -48,7 +48,7 @@ AS $$
            -- keeps the planner from turning these into a scan of every step or every edge:
            -- with statistics taken while few steps had results, and none for the edges, the
            -- generic plan had walked all steps with results for every claim; see
-           -- tests/hydration_plans.rs).
+           -- tests/plans_by_key.rs).
            (WITH RECURSIVE ancestors(step_uuid) AS (
                 SELECT e.from_step_uuid FROM tasker.workflow_step_edges e
                  WHERE e.to_step_uuid = ws.workflow_step_uuid

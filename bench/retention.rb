@@ -2,14 +2,18 @@
 
 # A drain on a database with a large history vs the same drain on a fresh one, in
 # interleaved rounds. "history": HISTORY completed single-step tasks (2 task transitions, 3
-# step transitions each) backdated 30 days, and as many archived rows in the worker queue's
-# and the result queue's PGMQ archives, written with SQL (not run); then one retention round
-# (TaskerWorker::Client#prune, default ages) deletes them, timed; then the drain. "fresh": the
-# drain alone. Both: TASKS enqueued no-op tasks, concurrency 10, the autovacuum settings of
-# migration 20261203000001 in force (they act only where autovacuum runs; this machine's
-# server runs with it off, so here they do nothing: see BENCHMARKS.md "Retention").
+# step transitions each) finished 30 days ago and KEPT finished a day ago, each with an
+# archived row in the worker queue's and the result queue's PGMQ archives, written with SQL
+# (not run); then one retention round (TaskerWorker::Client#prune, default ages: it deletes
+# the old ones, keeps the recent ones and VACUUMs what it deleted from), timed; then the
+# drain. "fresh": the drain alone. Both: TASKS enqueued no-op tasks, concurrency 10, the
+# autovacuum settings of migration 20261203000001 in force (they act only where autovacuum
+# runs; this machine's shared server runs with it off: see BENCHMARKS.md "Retention", which
+# also has a run on a throw-away cluster with it on).
 #
 #   ruby -Ilib bench/retention.rb [--quick]     BENCH_RUNS rounds (default 3)
+#   sizes: BENCH_RETENTION_TASKS (20,000; quick 2,000), BENCH_RETENTION_HISTORY (200,000;
+#   quick 20,000), BENCH_RETENTION_KEPT (100,000; quick 10,000); DATABASE_URL picks the server
 #
 # Prints one RESULT line per drain (bench: retention, database: fresh|history) and per round
 # the ratio history/fresh of steps/s.
@@ -26,12 +30,12 @@ module Bench
       ns AS (SELECT named_step_uuid FROM tasker.named_steps ORDER BY created_at LIMIT 1),
       t AS (
           INSERT INTO tasker.tasks (task_uuid, named_task_uuid, complete, identity_hash, correlation_id, created_at, completed_at)
-          SELECT u, nt.named_task_uuid, true, u::text, u, now() - interval '31 days', now() - interval '30 days'
+          SELECT u, nt.named_task_uuid, true, u::text, u, now() - make_interval(days => $3 + 1), now() - make_interval(days => $3)
             FROM nt, (SELECT gen_random_uuid() AS u FROM generate_series(1, $1)) g
           RETURNING task_uuid),
       tt AS (
           INSERT INTO tasker.task_transitions (task_transition_uuid, task_uuid, from_state, to_state, sort_key, most_recent, created_at)
-          SELECT gen_random_uuid(), t.task_uuid, x.f, x.s, x.k, x.last, now() - interval '30 days'
+          SELECT gen_random_uuid(), t.task_uuid, x.f, x.s, x.k, x.last, now() - make_interval(days => $3)
             FROM t, (VALUES (NULL, 'pending', 1, false), ('pending', 'complete', 2, true)) x (f, s, k, last)),
       s AS (
           INSERT INTO tasker.workflow_steps (workflow_step_uuid, task_uuid, named_step_uuid, processed, results)
@@ -39,18 +43,18 @@ module Bench
             FROM t, ns
           RETURNING workflow_step_uuid)
       INSERT INTO tasker.workflow_step_transitions (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, sort_key, most_recent, created_at)
-      SELECT gen_random_uuid(), s.workflow_step_uuid, x.f, x.s, x.k, x.last, now() - interval '30 days'
+      SELECT gen_random_uuid(), s.workflow_step_uuid, x.f, x.s, x.k, x.last, now() - make_interval(days => $3)
         FROM s, (VALUES (NULL, 'enqueued', 1, false), ('enqueued', 'in_progress', 2, false),
                         ('in_progress', 'complete', 3, true)) x (f, s, k, last)
     SQL
 
     module_function
 
-    def run(rounds, tasks, history)
+    def run(rounds, tasks, history, kept)
       ratios = (1..rounds).map do |round|
         # Interleaved, the order alternating, so drift on the shared machine hits both alike.
         order = round.odd? ? %i[fresh history] : %i[history fresh]
-        rates = order.to_h { |kind| [kind, drain(kind, tasks, history, round)] }
+        rates = order.to_h { |kind| [kind, drain(kind, tasks, history, kept, round)] }
         ratio = rates[:history] / rates[:fresh]
         Bench.log(format("round %d: history/fresh = %.3f", round, ratio))
         ratio
@@ -58,38 +62,46 @@ module Bench
       Bench.log(format("median ratio history/fresh over %d rounds: %.3f", rounds, Bench.median(ratios)))
     end
 
-    def drain(kind, tasks, history, round)
+    def drain(kind, tasks, history, kept, round)
       Prepared.database(tasks) do |url|
-        prune = kind == :history ? write_and_prune(url, history) : {}
+        prune = kind == :history ? write_and_prune(url, history, kept) : {}
         measure(url, kind, tasks, round, prune)
       end
     end
 
-    def write_and_prune(url, history)
+    # Writes `history` tasks 30 days old (which retention deletes) and `kept` 1 day old (which
+    # it keeps, as it would the last fortnight), each with archived messages, then runs one
+    # retention round and checks it deleted exactly the old ones.
+    def write_and_prune(url, history, kept)
       conn = PG.connect(url)
       started = Bench.now
-      (history / 10_000.0).ceil.times do |i|
-        n = [10_000, history - (i * 10_000)].min
-        conn.exec_params(HISTORY_SQL, [n, Prepared::TASK_NAME])
-      end
-      %w[worker_bench_queue orchestration_step_results].each do |queue|
-        conn.exec("SELECT pgmq.create('#{queue}') WHERE NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = '#{queue}')")
-        conn.exec("INSERT INTO pgmq.a_#{queue} (msg_id, read_ct, enqueued_at, archived_at, vt, message) " \
-                  "SELECT -g, 1, now() - interval '30 days', now() - interval '30 days', now(), '{}' " \
-                  "FROM generate_series(1, #{history}) g")
-      end
+      { 30 => history, 1 => kept }.each { |days, count| write_history(conn, count, days) }
       written = Bench.now - started
       started = Bench.now
       report = TaskerWorker::Client.for(url).prune
       seconds = Bench.now - started
       deleted = report[:deleted].values.sum
-      Bench.log(format("history: %d tasks written in %.1f s; retention deleted %d rows in %d batches in %.1f s",
-                       history, written, deleted, report[:batches], seconds))
+      left = conn.exec("SELECT count(*) FROM tasker.tasks WHERE complete").getvalue(0, 0).to_i
+      Bench.log(format("history: %d old + %d recent tasks written in %.1f s; retention deleted %d rows in %d batches " \
+                       "in %.1f s; %d completed tasks kept", history, kept, written, deleted, report[:batches], seconds, left))
       raise "retention deleted #{report[:deleted]["tasker.tasks"]} of #{history} tasks" if report[:deleted]["tasker.tasks"] != history
+      raise "retention kept #{left} of #{kept} recent tasks" if left != kept
 
-      { prune_seconds: seconds.round(2), pruned_rows: deleted }
+      { prune_seconds: seconds.round(2), pruned_rows: deleted, kept_tasks: left }
     ensure
       conn&.close
+    end
+
+    def write_history(conn, count, days)
+      (count / 10_000.0).ceil.times do |i|
+        conn.exec_params(HISTORY_SQL, [[10_000, count - (i * 10_000)].min, Prepared::TASK_NAME, days])
+      end
+      %w[worker_bench_queue orchestration_step_results].each do |queue|
+        conn.exec("SELECT pgmq.create('#{queue}') WHERE NOT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = '#{queue}')")
+        conn.exec("INSERT INTO pgmq.a_#{queue} (msg_id, read_ct, enqueued_at, archived_at, vt, message) " \
+                  "SELECT -g - (SELECT count(*) FROM pgmq.a_#{queue}), 1, now() - make_interval(days => #{days}), " \
+                  "now() - make_interval(days => #{days}), now(), '{}' FROM generate_series(1, #{count}) g")
+      end
     end
 
     def wal_lsn(url)
@@ -135,5 +147,6 @@ end
 if $PROGRAM_NAME == __FILE__
   Bench::Retention.run(Integer(ENV.fetch("BENCH_RUNS", "3")),
                        Bench.size(:retention_tasks, full: 20_000, quick: 2_000),
-                       Bench.size(:retention_history, full: 200_000, quick: 20_000))
+                       Bench.size(:retention_history, full: 200_000, quick: 20_000),
+                       Bench.size(:retention_kept, full: 100_000, quick: 10_000))
 end

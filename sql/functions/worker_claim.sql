@@ -16,6 +16,11 @@
 -- touch is reached through an index (primary keys, the most_recent partial index, the edge
 -- indexes), so sequential scans are off for them: their plans are index plans whatever the
 -- tables' size when they were made. The settings apply to the functions they call as well.
+-- Turning sequential scans off does not stop a plan from walking a whole index, though: a join
+-- the planner may drive from the large side (every step with results, every pending
+-- transition) when the statistics say that side is nearly empty is written as
+-- LATERAL (... OFFSET 0) from the few rows at hand, so each lookup is by key
+-- (tests/plans_by_key.rs; BENCHMARKS.md, "Retention").
 --
 -- What costs inside tasker.worker_claim_next is the number of statements and the size of
 -- their plans, not the rows (BENCHMARKS.md, session 4); hence the read runs the prepared

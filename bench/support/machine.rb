@@ -16,7 +16,7 @@ module Bench
 
     def describe
       conn = PG.connect(Bench.database_url)
-      settings = %w[server_version synchronous_commit fsync wal_sync_method commit_delay shared_buffers max_connections]
+      settings = %w[server_version synchronous_commit fsync wal_sync_method commit_delay shared_buffers max_connections autovacuum]
                  .to_h { |name| [name, conn.exec("SHOW #{name}").getvalue(0, 0)] }
       { nproc: `nproc`.strip.to_i,
         cpu: File.read("/proc/cpuinfo")[/^model name\s*:\s*(.+)$/, 1],

@@ -14,10 +14,12 @@ require "time"
 require_relative "common"
 require_relative "pg_work_table"
 require_relative "peer_report"
+require_relative "retention_report"
 
 module Bench
   class Report
     include PeerReport
+    include RetentionReport
 
     OBSERVATIONS = "## Observations"
     LINEAR_REFERENCE_MS = 312.0 # tasker-core's published p50 for the linear shape through its Ruby worker
@@ -32,7 +34,7 @@ module Bench
 
     def write
       kept = File.exist?(@out_path) ? File.read(@out_path)[/^#{Regexp.escape(OBSERVATIONS)}\b.*/m] : nil
-      text = [header, machine, summary, ffi, drain, pickup, workflow, memory, profile, failures].compact.join("\n")
+      text = [header, machine, summary, ffi, drain, pickup, workflow, memory, retention, profile, failures].compact.join("\n")
       text += "\n#{kept || "#{OBSERVATIONS}\n\n(none yet)\n"}"
       File.write(@out_path, text)
     end
@@ -160,7 +162,7 @@ module Bench
         | RAM | #{m[:ram_gb]} GB |
         | OS | #{m[:os]}, Linux #{m[:kernel]} |
         | PostgreSQL | #{m[:postgresql]} |
-        | PostgreSQL settings | synchronous_commit=#{s[:synchronous_commit]}, fsync=#{s[:fsync]}, wal_sync_method=#{s[:wal_sync_method]}, commit_delay=#{s[:commit_delay]}, shared_buffers=#{s[:shared_buffers]} |
+        | PostgreSQL settings | synchronous_commit=#{s[:synchronous_commit]}, fsync=#{s[:fsync]}, wal_sync_method=#{s[:wal_sync_method]}, commit_delay=#{s[:commit_delay]}, shared_buffers=#{s[:shared_buffers]}, autovacuum=#{s[:autovacuum] || "not recorded"} |
         | durable one-row commit, p50 | #{m[:commit_p50_ms]} ms |
         | Ruby | #{m[:ruby]}, pg gem #{m[:pg_gem]} |
         | Rust | #{m[:rustc]}, extension built with the #{m[:cargo_profile]} profile at #{m[:extension_built_at]} |
@@ -201,6 +203,7 @@ module Bench
         | 3. Pickup latency p50 (enqueue → handler start), ms | #{fmt(pickup, 2)} | – (no same-run baseline; target shown) | #{ratio(pickup && pickup / 3.0)} of target | ≤ 3 ms | #{met(pickup && pickup <= 3)} |
         | 4. Workflow latency, linear p50, ms | #{fmt(linear, 1)} | #{fmt(LINEAR_REFERENCE_MS, 0)} (tasker-core's published figure, not measured here) | #{ratio(linear && linear / LINEAR_REFERENCE_MS)} | ≤ 25 ms | #{met(linear && linear <= 25)} |
         | 5. Memory, idle RSS (10 threads), MB | #{fmt(idle, 1)} | – | – | ≤ 80 MB, no growth | #{met(idle && growth && idle <= 80 && growth <= 5)} (largest growth from 10% to the end of a run: #{fmt(growth, 1)} MB) |
+        #{retention_summary_row}
       MD
     end
 

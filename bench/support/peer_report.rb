@@ -1,8 +1,8 @@
 # frozen_string_literal: true
 
-# The drain's peers (bench/peer_batched_pgmq.rb, bench/peer_sidekiq.rb) in BENCHMARKS.md: their
-# rows of the drain table, their CPU, and the ratios of tasker_worker at concurrency 10 to each,
-# same round. Included by Bench::Report (bench/support/report.rb).
+# The peers (bench/peer_batched_pgmq.rb, bench/peer_sidekiq.rb, bench/peer_sidekiq_pickup.rb)
+# in BENCHMARKS.md: their rows of the drain table, their CPU, the ratios of tasker_worker at
+# concurrency 10 to each, same round, and pickup latency's Sidekiq peer. Included by Bench::Report (bench/support/report.rb).
 module Bench
   module PeerReport
     PEERS = [["peer_batched_pgmq", "peer: batched pure-Ruby PGMQ worker (read 10 + send_batch + archive), 10 threads"],
@@ -36,6 +36,21 @@ module Bench
                               ->(r) { in_round(bench, :steps_per_s, r) })
         ratio_line("Ratio tasker_worker at concurrency 10 / #{label.sub(/\Apeer: /, "")} (same round)", ratios) unless ratios.empty?
       end.join
+    end
+
+    # Pickup latency's peer (bench/peer_sidekiq_pickup.rb): its p50 per round and the ratio of
+    # tasker_worker's enqueue -> handler start p50 to it, same round.
+    def pickup_peer
+      rows = results("peer_sidekiq_pickup")
+      return "" if rows.empty?
+
+      ratios = round_ratios(->(r) { in_round("pickup_latency", :p50_ms, r) },
+                            ->(r) { in_round("peer_sidekiq_pickup", :p50_ms, r) })
+      "Peer, same rounds: `#{command("peer_sidekiq_pickup")}`: an idle Sidekiq 6 (`-c 4`, Redis without " \
+        "persistence) gets single jobs 20 ms apart; push -> perform start p50 per run " \
+        "#{rows.map { |r| fmt(r[:result][:p50_ms], 2) }.join(" / ")} ms (p95 median " \
+        "#{fmt(Bench.median(values("peer_sidekiq_pickup", :p95_ms)), 2)} ms).\n" \
+        "#{ratio_line("Ratio tasker_worker enqueue → handler start p50 / Sidekiq push → perform start p50 (same round)", ratios)}"
     end
 
     # Rows of the drain table (steps/s per round and the median) for the peers that ran.

@@ -324,6 +324,7 @@ module Bench
         and the handler's wall clock, same host.
 
         #{metric_table("pickup_latency", [["steps per way", :steps, 0], ["enqueue → handler start p50 (ms)", :p50_ms, 2], ["enqueue → handler start p95 (ms)", :p95_ms, 2], ["enqueue → handler start max (ms)", :max_ms, 2], ["create_task call → handler start p50 (ms)", :create_task_pickup_p50_ms, 2], ["create_task call → handler start p95 (ms)", :create_task_pickup_p95_ms, 2], ["create_task call itself p50 (ms)", :create_task_p50_ms, 2], ["create_task return → handler start p50 (ms)", :from_return_p50_ms, 2], ["create_task return → handler start p95 (ms)", :from_return_p95_ms, 2], ["breakdown: create tx start → claim tx start p50 (ms)", :enqueue_tx_to_claim_tx_p50_ms, 2], ["breakdown: claim tx start → handler start p50 (ms)", :claim_tx_to_handler_p50_ms, 2]])}
+        #{pickup_peer}
       MD
     end
 

@@ -11,7 +11,6 @@
 #
 #   ruby bench/peer_sidekiq_pickup.rb [--quick]
 require "json"
-require "tmpdir"
 require_relative "peer_sidekiq"
 
 module Bench
@@ -24,30 +23,9 @@ module Bench
     module_function
 
     def run(count)
-      port = Integer(ENV.fetch("BENCH_REDIS_PORT", "6391"))
-      redis_url = "redis://127.0.0.1:#{port}/0"
-      SidekiqPeer.with_redis(port) do
-        ENV["REDIS_URL"] = redis_url
-        require "sidekiq"
-        require JOB_FILE
-        Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
-        Sidekiq.configure_client { |c| c.redis = { url: redis_url } }
-        Sidekiq.redis(&:flushdb)
-        with_sidekiq(redis_url) { measure(count) }
+      SidekiqPeer.with_client(JOB_FILE) do |redis_url, _redis_pid|
+        SidekiqPeer.with_sidekiq(redis_url, CONCURRENCY, JOB_FILE) { measure(count) }
       end
-    end
-
-    def with_sidekiq(redis_url)
-      log = File.join(Dir.tmpdir, "bench_sidekiq_pickup_#{Process.pid}.log")
-      pid = Process.spawn({ "REDIS_URL" => redis_url }, "sidekiq", "-c", CONCURRENCY.to_s, "-r", JOB_FILE,
-                          "-q", "default", %i[out err] => log)
-      yield
-    ensure
-      if pid
-        Process.kill("TERM", pid)
-        Process.wait(pid)
-      end
-      File.delete(log) if log && File.exist?(log) && $ERROR_INFO.nil?
     end
 
     def measure(count)

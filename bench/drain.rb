@@ -12,6 +12,9 @@
 # BENCH_WAL_BREAKDOWN=1 also logs the WAL records per step by record type and relation.
 # BENCH_LEAN_CLAIM=1 (or 0) sets worker.lean_claim (the lease-only claim); unset: the default.
 # BENCH_ACK_MODE=delete|archive sets worker.ack_mode (delete needs BENCH_LEAN_CLAIM=1).
+# BENCH_ORCHESTRATE=1: the worker runs the embedded orchestrator too (`orchestrate: true`) and
+# is timed until every task is complete; BENCH_COMPLETE_IN_COMMIT=1 (or 0) then sets
+# orchestration.complete_in_commit (unset: the default, on).
 require_relative "support/worker_setup"
 require_relative "support/prepare"
 require_relative "support/database"
@@ -32,13 +35,13 @@ module Bench
       sync = ThrowawayDatabase.setting(url, "synchronous_commit")
       worker = TaskerWorker::Worker.new(registry: Bench.noop_registry, concurrency: concurrency,
                                         namespaces: [Prepared::NAMESPACE], database_url: url, templates_path: nil,
-                                        **lean_claim)
+                                        **lean_claim, **orchestrate)
       pg_before = PgWork.snapshot_before(url)
       cpu_before = Cpu.snapshot(url)
       started = Bench.now
       worker.start
       succeeded = Bench.wait_until(timeout: 3600, interval: 0.05, what: "#{tasks} steps") do
-        count = worker.status[:counters][:succeeded]
+        count = finished(worker)
         count if count >= tasks
       end
       seconds = Bench.now - started
@@ -47,7 +50,6 @@ module Bench
       worker.stop(timeout: 10)
       pg_after = PgWork.snapshot_after(url)
       pg = PgWork.per_step(url, pg_before, pg_after, succeeded, keep: ENV["BENCH_WAL_BREAKDOWN"] == "1")
-      committed = ThrowawayDatabase.committed_steps(url)
       counters = status[:counters]
       Bench.log(format("concurrency %d: %d steps in %.2f s = %.1f steps/s (synchronous_commit=%s, " \
                        "%.1f steps per read, %.1f per commit)", concurrency, succeeded, seconds,
@@ -56,9 +58,10 @@ module Bench
       Bench.log("  CPU µs per step: #{cpu}")
       round_trips = (counters[:read_batches] + counters[:commit_batches]).fdiv(succeeded).round(3)
       log_pg_work(url, pg, round_trips, pg_before, pg_after, succeeded)
-      raise "only #{committed} of #{tasks} steps reached enqueued_for_orchestration" if committed < tasks
+      check_settled(url, tasks)
 
-      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, **lean_claim, seconds: seconds.round(3),
+      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, **lean_claim, **orchestrate,
+                   seconds: seconds.round(3),
                    steps_per_s: (succeeded / seconds).round(1), synchronous_commit: sync,
                    steps_per_read: counters[:messages_read].fdiv(counters[:read_batches]).round(2),
                    steps_per_commit: counters[:succeeded].fdiv(counters[:commit_batches]).round(2),
@@ -75,6 +78,42 @@ module Bench
       when "0" then { lean_claim: false }
       else raise "BENCH_LEAN_CLAIM must be 1 or 0, got #{ENV["BENCH_LEAN_CLAIM"].inspect}"
       end.merge(ENV.fetch("BENCH_ACK_MODE", "").empty? ? {} : { ack_mode: ENV["BENCH_ACK_MODE"] })
+    end
+
+    # Steps committed; with the orchestrator, tasks completed.
+    def finished(worker)
+      orchestrate? ? worker.status[:orchestrator][:tasks_completed] : worker.status[:counters][:succeeded]
+    end
+
+    def check_settled(url, tasks)
+      if orchestrate?
+        done = ThrowawayDatabase.completed_tasks(url)
+        raise "only #{done} of #{tasks} tasks are complete" if done < tasks
+      else
+        done = ThrowawayDatabase.committed_steps(url)
+        raise "only #{done} of #{tasks} steps reached enqueued_for_orchestration" if done < tasks
+      end
+    end
+
+    # orchestrate: true from BENCH_ORCHESTRATE=1, with complete_in_commit from
+    # BENCH_COMPLETE_IN_COMMIT (1/0; unset: the default).
+    def orchestrate
+      return {} unless orchestrate?
+
+      case ENV.fetch("BENCH_COMPLETE_IN_COMMIT", "")
+      when "" then { orchestrate: true }
+      when "1" then { orchestrate: true, complete_in_commit: true }
+      when "0" then { orchestrate: true, complete_in_commit: false }
+      else raise "BENCH_COMPLETE_IN_COMMIT must be 1 or 0, got #{ENV["BENCH_COMPLETE_IN_COMMIT"].inspect}"
+      end
+    end
+
+    def orchestrate?
+      case ENV.fetch("BENCH_ORCHESTRATE", "")
+      when "", "0" then false
+      when "1" then true
+      else raise "BENCH_ORCHESTRATE must be 1 or 0, got #{ENV["BENCH_ORCHESTRATE"].inspect}"
+      end
     end
 
     # PostgreSQL's work per step; with BENCH_WAL_BREAKDOWN=1 also the WAL records per step by

@@ -48,6 +48,12 @@ pub struct OrchestrationConfig {
     pub max_steps_per_decision: u32,
     /// Most batch workers one batchable outcome may create.
     pub max_batch_workers: u32,
+    /// When this process runs the embedded orchestrator: a success of a step that is not a
+    /// decision or batchable step is completed in the worker's own result transaction (the
+    /// step completes, its ready children are enqueued, the task settles) instead of through
+    /// a message on `orchestration_step_results`. Failures and dynamic outcomes keep the
+    /// message route.
+    pub complete_in_commit: bool,
 }
 
 impl OrchestrationConfig {

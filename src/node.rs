@@ -89,7 +89,8 @@ impl Node {
                 true => Some(Orchestrator::start(&config).await?),
                 false => None,
             };
-            let worker = WorkerCore::start(config, options.dispatch).await?;
+            let counters = orchestrator.as_ref().map(|o| o.counters().clone());
+            let worker = WorkerCore::start_with(config, options.dispatch, counters).await?;
             Ok::<_, TaskerError>((worker, orchestrator))
         });
         let (worker, orchestrator) = match started {

@@ -185,14 +185,14 @@ async fn the_worker_functions_run_with_generic_index_plans() {
                 ('worker_read', 'worker_archive', 'worker_claim_next', 'worker_claim_steps', 'worker_commit_results', \
                  'worker_claim_next_lean', 'worker_claim_read', 'worker_claim_steps_lean', \
                  'worker_commit_results_lean', 'worker_held_messages', 'worker_delete_messages', \
-                 'worker_send_results_and_ack', \
+                 'worker_send_results_and_ack', 'worker_complete_in_commit', 'worker_lock_completed_tasks', \
                  'orchestrator_settle_task', 'orchestrator_complete_step') \
           ORDER BY 1",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 14, "{rows:?}");
+    assert_eq!(rows.len(), 16, "{rows:?}");
     for (name, config) in &rows {
         for setting in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
             assert!(
@@ -205,7 +205,8 @@ async fn the_worker_functions_run_with_generic_index_plans() {
 }
 
 /// Claims and the orchestrator's processing of a success commit asynchronously (what they
-/// write is re-derived from a durable message if lost in a crash); results commit durably.
+/// write is re-derived from a durable message if lost in a crash); results commit durably,
+/// with the orchestrator's work done in them too.
 /// Each function sets this for its own transaction only.
 #[tokio::test]
 async fn claims_and_orchestration_commit_asynchronously_and_results_durably() {
@@ -224,6 +225,11 @@ async fn claims_and_orchestration_commit_asynchronously_and_results_durably() {
         ),
         (
             "SELECT count(*) FROM tasker.worker_commit_results('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+            "on",
+        ),
+        // Called by the worker's commit (orchestration.complete_in_commit): the commit stays durable.
+        (
+            "SELECT count(*) FROM tasker.orchestrator_complete_step(NULL, gen_random_uuid(), gen_random_uuid(), '{}')",
             "on",
         ),
     ];
@@ -280,7 +286,7 @@ async fn a_changed_function_file_is_detected_and_re_applied() {
     // its recorded checksum no longer matches, and the function itself is an older one.
     sqlx::raw_sql(
         "UPDATE tasker.schema_functions SET checksum = 'old' WHERE file_name = 'worker_commit.sql'; \
-         ALTER FUNCTION tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[]) RESET ALL;",
+         ALTER FUNCTION tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[], bigint[], uuid[], boolean[], uuid[]) RESET ALL;",
     )
     .execute(&db.pool)
     .await

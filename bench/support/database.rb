@@ -61,6 +61,13 @@ module Bench
       conn&.close
     end
 
+    def completed_tasks(url)
+      conn = PG.connect(url)
+      conn.exec("SELECT count(*) FROM tasker.tasks WHERE complete").getvalue(0, 0).to_i
+    ensure
+      conn&.close
+    end
+
     # `SHOW name` on `url`.
     def setting(url, name)
       conn = PG.connect(url)

@@ -41,7 +41,8 @@ module TaskerWorker
       checkpoint_max_history: "worker.checkpoints.max_history",
       checkpoint_max_yields_per_claim: "worker.checkpoints.max_yields_per_claim",
       max_steps_per_decision: "orchestration.max_steps_per_decision",
-      max_batch_workers: "orchestration.max_batch_workers"
+      max_batch_workers: "orchestration.max_batch_workers",
+      complete_in_commit: "orchestration.complete_in_commit"
     }.freeze
     MILLISECOND_OPTIONS = %i[poll_interval shutdown_timeout handler_timeout completion_timeout
                              starvation_warning_threshold checkpoint_min_interval].freeze
@@ -129,11 +130,16 @@ module TaskerWorker
       end
     end
 
-    # true: the lease-only claim (no in_progress transition until the result commits).
-    def lean_claim=(value)
-      @lean_claim = optional(value) do
-        reject(:lean_claim, value, "true or false") unless [true, false].include?(value)
-        core_checked(:lean_claim, value)
+    # lean_claim true: the lease-only claim (no in_progress transition until the result
+    # commits). complete_in_commit (default true): with `orchestrate: true`, a plain step's
+    # success completes in the worker's result transaction, not through a results message.
+    BOOLEAN_OPTIONS = %i[lean_claim complete_in_commit].freeze
+    BOOLEAN_OPTIONS.each do |option|
+      define_method(:"#{option}=") do |value|
+        instance_variable_set(:"@#{option}", optional(value) do
+          reject(option, value, "true or false") unless [true, false].include?(value)
+          core_checked(option, value)
+        end)
       end
     end
 

@@ -83,9 +83,11 @@ RSpec.describe "operating the tasker_worker process", :worker do
       "tasker_steps_failed_total" => transitions("enqueued_as_error_for_orchestration"),
       "tasker_steps_retried_total" => transitions("waiting_for_retry"),
       "tasker_tasks_completed_total" => tasks_in("complete"),
-      "tasker_tasks_failed_total" => tasks_in("blocked_by_failures")
+      "tasker_tasks_failed_total" => tasks_in("blocked_by_failures"),
+      # every success, completed in the worker's commit (orchestration.complete_in_commit)
+      "tasker_steps_completed_in_commit_total" => transitions("complete")
     }
-    expect(expected.values).to eq([9, 4, 5, 2, 4, 3]) # the bug and the retry: two attempts each
+    expect(expected.values).to eq([9, 4, 5, 2, 4, 3, 4]) # the bug and the retry: two attempts each
     wait_until("the counters to match the database", timeout: 5) { scrape.slice(*expected.keys) == expected.transform_values(&:to_f) }
     samples = scrape
     expect(samples["tasker_handler_seconds_count"]).to eq(9)

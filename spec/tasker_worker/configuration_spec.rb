@@ -152,6 +152,15 @@ RSpec.describe TaskerWorker::Configuration do
       expect(config.effective[:worker][:lean_claim]).to be(false)
     end
 
+    it "sends complete_in_commit as a boolean (default true) and refuses anything else" do
+      expect(config.effective[:orchestration][:complete_in_commit]).to be(true)
+      config.complete_in_commit = false
+      expect(config.to_core_overrides).to eq("orchestration.complete_in_commit" => false)
+      expect(config.effective[:orchestration][:complete_in_commit]).to be(false)
+      expect { config.complete_in_commit = 0 }
+        .to raise_error(TaskerWorker::ConfigurationError, /complete_in_commit must be true or false, got 0/)
+    end
+
     it "sends ack_mode as a String; delete needs lean_claim, checked when the worker's settings are read" do
       config.ack_mode = :delete
       expect(config.to_core_overrides).to eq("worker.ack_mode" => "delete")

@@ -89,6 +89,9 @@ $$;
 -- depends on it (a child step's result, committed synchronously) flushes it first, WAL being
 -- written in order. A child claimed in the window and lost with it is re-run: handlers run at
 -- least once, as after any crash.
+-- p_msg_id NULL: the worker's own result transaction completes the step
+-- (tasker.worker_complete_in_commit, sql/functions/worker_commit.sql): there is no message to
+-- archive, and the commit keeps the session's synchronous_commit (the result is in it).
 -- The 4-argument version this replaced: dropped, so no overload is left beside this one.
 DROP FUNCTION IF EXISTS tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[]);
 
@@ -115,10 +118,12 @@ DECLARE
     s_sort        integer;
     sent          bigint[];
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
+    IF p_msg_id IS NOT NULL THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
     PERFORM 1 FROM tasker.tasks t WHERE t.task_uuid = p_task_uuid FOR UPDATE;
     IF NOT FOUND THEN
-        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]) WHERE p_msg_id IS NOT NULL;
         RETURN QUERY SELECT 'duplicate'::text, NULL::text;
         RETURN;
     END IF;
@@ -144,7 +149,7 @@ BEGIN
         RETURN;
     END IF;
     IF s_state IS DISTINCT FROM 'enqueued_for_orchestration' THEN
-        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]) WHERE p_msg_id IS NOT NULL;
         RETURN QUERY SELECT 'duplicate'::text, NULL::text;
         RETURN;
     END IF;
@@ -222,7 +227,7 @@ BEGIN
                  ORDER BY e.workflow_step_uuid) s;
     END IF;
 
-    PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+    PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]) WHERE p_msg_id IS NOT NULL;
     RETURN QUERY SELECT 'completed'::text, tasker.orchestrator_settle_task(p_task_uuid, t_state, p_uuids[2]);
 END;
 $$;

@@ -1,17 +1,22 @@
 -- The worker's commit of handler results. Applied by src/database/migrate.rs after the
 -- migrations; edit the definition here.
 
--- The tail of both commits: sends the orchestration message of each live result (those of
--- p_tokens in p_live_tokens) to orchestration_step_results with the notification
+-- The tail of both commits: sends the orchestration message of each result of p_tokens in
+-- p_sent_tokens to orchestration_step_results with the notification
 -- tasker.pgmq_send_with_notify sends for each (message_with_payload; message_ready when the
--- payload would be too large), then acks the worker messages they were claimed through, per
--- queue: archived, or deleted when p_delete (worker.ack_mode = delete).
+-- payload would be too large), then acks the worker messages the live results (those in
+-- p_live_tokens) were claimed through, per queue: archived, or deleted when p_delete
+-- (worker.ack_mode = delete). A live result not in p_sent_tokens was completed in the commit
+-- itself (tasker.worker_complete_in_commit) and needs no message.
+DROP FUNCTION IF EXISTS tasker.worker_send_results_and_ack(uuid[], jsonb[], text[], bigint[], uuid[], boolean,
+                                                          timestamptz);
 CREATE OR REPLACE FUNCTION tasker.worker_send_results_and_ack(
     p_tokens      uuid[],
     p_messages    jsonb[],
     p_queue_names text[],
     p_msg_ids     bigint[],
     p_live_tokens uuid[],
+    p_sent_tokens uuid[],
     p_delete      boolean,
     p_sent_at     timestamptz
 )
@@ -30,7 +35,7 @@ BEGIN
         INSERT INTO pgmq.q_orchestration_step_results (vt, message)
         SELECT p_sent_at, i.message
           FROM unnest(p_tokens, p_messages) WITH ORDINALITY AS i(token, message, n)
-         WHERE i.token = ANY(p_live_tokens)
+         WHERE i.token = ANY(p_sent_tokens)
          ORDER BY i.n
         RETURNING msg_id, message
     ), built AS (
@@ -68,15 +73,96 @@ BEGIN
 END;
 $$;
 
+-- The embedded orchestrator's work on the commit's successes, in the commit's transaction
+-- (orchestration.complete_in_commit, when this process runs the embedded orchestrator): each
+-- live result of p_tokens with p_complete is completed by tasker.orchestrator_complete_step
+-- (no message: p_msg_id NULL), in the batch's order, with the transition uuids
+-- p_uuids[(n - 1) * stride + 1 .. n * stride] (stride = length(p_uuids) / length(p_tokens)):
+-- the step becomes complete, its ready children are enqueued, the task settles. One row per
+-- such result: its outcome (completed; dynamic for a decision or batchable step, which is
+-- left to the orchestrator's message route) and the task's new state. The caller holds the
+-- tasks' row locks (taken before the steps', the order the orchestrator takes them in).
+CREATE OR REPLACE FUNCTION tasker.worker_complete_in_commit(
+    p_live_tokens uuid[],
+    p_tokens      uuid[],
+    p_task_uuids  uuid[],
+    p_step_uuids  uuid[],
+    p_complete    boolean[],
+    p_uuids       uuid[]
+)
+RETURNS TABLE (token uuid, outcome text, task_state text)
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    stride integer := coalesce(array_length(p_uuids, 1) / nullif(array_length(p_tokens, 1), 0), 0);
+    r      record;
+BEGIN
+    FOR r IN
+        SELECT i.token, i.task_uuid, i.step_uuid, i.n::integer AS n
+          FROM unnest(p_tokens, p_task_uuids, p_step_uuids, p_complete) WITH ORDINALITY
+               AS i(token, task_uuid, step_uuid, complete, n)
+         WHERE i.complete AND i.token = ANY(p_live_tokens)
+         ORDER BY i.n
+    LOOP
+        RETURN QUERY
+        SELECT r.token, c.outcome, c.task_state
+          FROM tasker.orchestrator_complete_step(NULL, r.task_uuid, r.step_uuid,
+                                                 p_uuids[(r.n - 1) * stride + 1 : r.n * stride]) c;
+    END LOOP;
+END;
+$$;
+
+-- Locks the rows of the tasks whose results the commit completes (p_complete), in uuid
+-- order, before the commit locks their steps: the orchestrator and the operations take a
+-- task's row before its steps', so a commit that completes steps takes them in that order too.
+CREATE OR REPLACE FUNCTION tasker.worker_lock_completed_tasks(p_task_uuids uuid[], p_complete boolean[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+BEGIN
+    PERFORM 1 FROM tasker.tasks t
+     WHERE t.task_uuid = ANY(ARRAY(SELECT i.task_uuid FROM unnest(p_task_uuids, p_complete) AS i(task_uuid, complete)
+                                    WHERE i.complete))
+     ORDER BY t.task_uuid
+       FOR UPDATE;
+END;
+$$;
+
+-- The live results that still need an orchestration message: all but those completed in
+-- the commit (outcome `completed`).
+CREATE OR REPLACE FUNCTION tasker.worker_tokens_to_send(p_live_tokens uuid[], p_done_tokens uuid[],
+                                                        p_done_outcomes text[])
+RETURNS uuid[]
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT coalesce(array_agg(l.token), '{}')
+      FROM unnest(p_live_tokens) AS l(token)
+     WHERE NOT EXISTS (SELECT 1 FROM unnest(p_done_tokens, p_done_outcomes) AS d(token, outcome)
+                        WHERE d.token = l.token AND d.outcome = 'completed')
+$$;
+
 -- Commits a batch of handler results (see src/worker/handlers/completion_processor.rs): for
 -- each result whose claim token is still the step's current transition, move the step to
 -- enqueued_for_orchestration (or enqueued_as_error_for_orchestration), store its results,
 -- send its StepMessage to orchestration_step_results with the notification
 -- tasker.pgmq_send_with_notify would send, and archive the worker message it was claimed
--- through (tasker.worker_archive). Returns the tokens that committed; the others were stale
--- (the step was reclaimed) and changed nothing. Commits durably (the session's
--- synchronous_commit): the result is what makes the step's work count. Generic plans without
--- sequential scans: see the header of worker_claim.sql.
+-- through (tasker.worker_archive). Returns a row for each token that committed (the others
+-- were stale: the step was reclaimed, and changed nothing). With p_complete (the embedded
+-- orchestrator in the worker's process; NULL otherwise), each live result marked in it is
+-- completed here as well (tasker.worker_complete_in_commit, transition uuids p_uuids) and
+-- sends no orchestration message unless its outcome is not `completed`; the row carries the
+-- outcome and the task's new state. Commits durably (the session's synchronous_commit): the
+-- result is what makes the step's work count. Generic plans without sequential scans: see the
+-- header of worker_claim.sql.
+DROP FUNCTION IF EXISTS tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[],
+                                                    bigint[]);
 CREATE OR REPLACE FUNCTION tasker.worker_commit_results(
     p_tokens           uuid[],
     p_step_uuids       uuid[],
@@ -86,21 +172,31 @@ CREATE OR REPLACE FUNCTION tasker.worker_commit_results(
     p_results          jsonb[],
     p_messages         jsonb[],
     p_queue_names      text[],
-    p_msg_ids          bigint[]
+    p_msg_ids          bigint[],
+    p_task_uuids       uuid[] DEFAULT NULL,
+    p_complete         boolean[] DEFAULT NULL,
+    p_uuids            uuid[] DEFAULT NULL
 )
-RETURNS SETOF uuid
+RETURNS TABLE (token uuid, outcome text, task_state text)
 LANGUAGE plpgsql
 SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
+#variable_conflict use_column
 DECLARE
     live_tokens   uuid[];
     live_sort     integer[];
     live_steps    uuid[];
     live_results  jsonb[];
+    done_tokens   uuid[];
+    done_outcomes text[];
+    done_states   text[];
     sent_at       timestamptz := clock_timestamp();
 BEGIN
+    IF p_complete IS NOT NULL THEN
+        PERFORM tasker.worker_lock_completed_tasks(p_task_uuids, p_complete);
+    END IF;
     PERFORM 1 FROM tasker.workflow_steps s
      WHERE s.workflow_step_uuid = ANY(p_step_uuids)
      ORDER BY s.workflow_step_uuid
@@ -139,10 +235,21 @@ BEGIN
            in_process = false, updated_at = now()
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
-    PERFORM tasker.worker_send_results_and_ack(p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
-                                               false, sent_at);
+    IF p_complete IS NOT NULL THEN
+        SELECT array_agg(c.token), array_agg(c.outcome), array_agg(c.task_state)
+          INTO done_tokens, done_outcomes, done_states
+          FROM tasker.worker_complete_in_commit(live_tokens, p_tokens, p_task_uuids, p_step_uuids, p_complete,
+                                                p_uuids) c;
+    END IF;
 
-    RETURN QUERY SELECT unnest(live_tokens);
+    PERFORM tasker.worker_send_results_and_ack(
+        p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
+        tasker.worker_tokens_to_send(live_tokens, done_tokens, done_outcomes), false, sent_at);
+
+    RETURN QUERY
+    SELECT l.token, d.outcome, d.task_state
+      FROM unnest(live_tokens) AS l(token)
+      LEFT JOIN unnest(done_tokens, done_outcomes, done_states) AS d(token, outcome, task_state) ON d.token = l.token;
 END;
 $$;
 
@@ -199,7 +306,10 @@ $$;
 -- recent; none when the claim found the step in_progress already) and then the result's
 -- enqueued_(as_error_)for_orchestration transition, so the history reads as the transition
 -- claim's does. The worker messages are archived, or deleted when p_delete
--- (worker.ack_mode = delete). Returns the tokens that committed; the others changed nothing.
+-- (worker.ack_mode = delete). Returns a row per token that committed (the others changed
+-- nothing); p_task_uuids, p_complete and p_uuids as for tasker.worker_commit_results.
+DROP FUNCTION IF EXISTS tasker.worker_commit_results_lean(uuid[], uuid[], integer[], uuid[], uuid[], text[], jsonb[],
+                                                         jsonb[], jsonb[], text[], bigint[], boolean);
 CREATE OR REPLACE FUNCTION tasker.worker_commit_results_lean(
     p_tokens           uuid[],
     p_previous         uuid[],
@@ -212,14 +322,18 @@ CREATE OR REPLACE FUNCTION tasker.worker_commit_results_lean(
     p_messages         jsonb[],
     p_queue_names      text[],
     p_msg_ids          bigint[],
-    p_delete           boolean
+    p_delete           boolean,
+    p_task_uuids       uuid[] DEFAULT NULL,
+    p_complete         boolean[] DEFAULT NULL,
+    p_uuids            uuid[] DEFAULT NULL
 )
-RETURNS SETOF uuid
+RETURNS TABLE (token uuid, outcome text, task_state text)
 LANGUAGE plpgsql
 SET search_path = tasker, public
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $$
+#variable_conflict use_column
 DECLARE
     held          text[] := '{}';  -- queue_name:msg_id
     held_queue    record;
@@ -228,8 +342,14 @@ DECLARE
     live_from     text[];
     live_sort     integer[];
     live_results  jsonb[];
+    done_tokens   uuid[];
+    done_outcomes text[];
+    done_states   text[];
     sent_at       timestamptz := clock_timestamp();
 BEGIN
+    IF p_complete IS NOT NULL THEN
+        PERFORM tasker.worker_lock_completed_tasks(p_task_uuids, p_complete);
+    END IF;
     PERFORM 1 FROM tasker.workflow_steps s
      WHERE s.workflow_step_uuid = ANY(p_step_uuids)
      ORDER BY s.workflow_step_uuid
@@ -305,9 +425,20 @@ BEGIN
            in_process = false, updated_at = now()
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
-    PERFORM tasker.worker_send_results_and_ack(p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
-                                               p_delete, sent_at);
+    IF p_complete IS NOT NULL THEN
+        SELECT array_agg(c.token), array_agg(c.outcome), array_agg(c.task_state)
+          INTO done_tokens, done_outcomes, done_states
+          FROM tasker.worker_complete_in_commit(live_tokens, p_tokens, p_task_uuids, p_step_uuids, p_complete,
+                                                p_uuids) c;
+    END IF;
 
-    RETURN QUERY SELECT unnest(live_tokens);
+    PERFORM tasker.worker_send_results_and_ack(
+        p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
+        tasker.worker_tokens_to_send(live_tokens, done_tokens, done_outcomes), p_delete, sent_at);
+
+    RETURN QUERY
+    SELECT l.token, d.outcome, d.task_state
+      FROM unnest(live_tokens) AS l(token)
+      LEFT JOIN unnest(done_tokens, done_outcomes, done_states) AS d(token, outcome, task_state) ON d.token = l.token;
 END;
 $$;

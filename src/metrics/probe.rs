@@ -340,6 +340,12 @@ impl Probe {
             );
             counter(
                 &mut registry,
+                "steps_completed_in_commit",
+                "Of those, completed in the worker's own result transaction (orchestration.complete_in_commit)",
+                o.completed_in_commit,
+            );
+            counter(
+                &mut registry,
                 "steps_retried",
                 "Failed steps scheduled for another attempt",
                 o.steps_retried,

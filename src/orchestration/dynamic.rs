@@ -564,6 +564,7 @@ steps:
         OrchestrationConfig {
             max_steps_per_decision: 50,
             max_batch_workers: 1000,
+            complete_in_commit: true,
         }
     }
 

@@ -12,7 +12,10 @@ mod task_summary;
 mod template;
 
 pub use registry::register_template;
-pub use result_processor::{OrchestratorCounters, OrchestratorStatus, ResultProcessor};
+pub use result_processor::{
+    record_completed_in_commit, OrchestratorCounters, OrchestratorStatus, ResultProcessor,
+    COMPLETE_STEP_UUIDS,
+};
 pub use task_initializer::{create_task, plan_task, PlannedEdge, PlannedStep, TaskPlan, TaskRequest};
 pub use task_summary::{task_summary, StepSummary, TaskSummary};
 pub use template::{BatchConfig, RetryPolicy, StepTemplate, StepType, TaskTemplate};

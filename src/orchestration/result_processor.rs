@@ -55,6 +55,9 @@ pub struct OrchestratorCounters {
     pub results_processed: AtomicU64,
     /// Of those, processed straight from their notification, without a read.
     pub results_from_notifications: AtomicU64,
+    /// Successes completed in the worker's own result transaction, with no results message
+    /// (`orchestration.complete_in_commit`); counted in results_processed too.
+    pub completed_in_commit: AtomicU64,
     pub steps_completed: AtomicU64,
     pub steps_retried: AtomicU64,
     pub steps_failed: AtomicU64,
@@ -74,6 +77,7 @@ pub struct OrchestratorCounters {
 pub struct OrchestratorStatus {
     pub results_processed: u64,
     pub results_from_notifications: u64,
+    pub completed_in_commit: u64,
     pub steps_completed: u64,
     pub steps_retried: u64,
     pub steps_failed: u64,
@@ -92,6 +96,7 @@ impl OrchestratorCounters {
         OrchestratorStatus {
             results_processed: get(&self.results_processed),
             results_from_notifications: get(&self.results_from_notifications),
+            completed_in_commit: get(&self.completed_in_commit),
             steps_completed: get(&self.steps_completed),
             steps_retried: get(&self.steps_retried),
             steps_failed: get(&self.steps_failed),
@@ -273,7 +278,7 @@ impl ResultProcessor {
     ) -> TaskerResult<Option<(String, Option<String>)>> {
         // Time-ordered uuids for the transitions it may insert: the step's, the task's, then
         // the children's (past those, PostgreSQL makes random ones).
-        let uuids: Vec<Uuid> = (0..2 + CHILD_TRANSITION_UUIDS).map(|_| Uuid::now_v7()).collect();
+        let uuids: Vec<Uuid> = (0..COMPLETE_STEP_UUIDS).map(|_| Uuid::now_v7()).collect();
         Ok(sqlx::query_as(sql)
             .bind(msg_id)
             .bind(message.task_uuid)
@@ -308,15 +313,7 @@ impl ResultProcessor {
     }
 
     fn count_settled(&self, task_uuid: Uuid, settled: Option<&str>) {
-        match settled {
-            Some("complete") => bump(&self.counters.tasks_completed),
-            Some("blocked_by_failures" | "error") => bump(&self.counters.tasks_failed),
-            _ => return,
-        }
-        if tracing::enabled!(tracing::Level::INFO) {
-            let state = settled.unwrap_or_default().to_string();
-            tokio::spawn(log_settled(self.pool.clone(), task_uuid, state));
-        }
+        count_settled(&self.counters, &self.pool, task_uuid, settled);
     }
 
     /// A success of a decision or batchable step, in one transaction holding the task's row
@@ -416,7 +413,7 @@ impl ResultProcessor {
             }
             template_holder = Some((template, task.try_get::<Uuid, _>(0)?, task_state));
         }
-        let uuids: Vec<Uuid> = (0..2 + CHILD_TRANSITION_UUIDS).map(|_| Uuid::now_v7()).collect();
+        let uuids: Vec<Uuid> = (0..COMPLETE_STEP_UUIDS).map(|_| Uuid::now_v7()).collect();
         let (outcome, task_state): (String, Option<String>) = sqlx::query_as(COMPLETE_DYNAMIC_SQL)
             .bind(msg_id)
             .bind(message.task_uuid)
@@ -724,6 +721,34 @@ impl ResultProcessor {
 
 /// "task settled" with its duration and step count: one read per settled task, off the
 /// processing path (spawned), only when the line is logged.
+/// Counts a task that settled (and logs it).
+fn count_settled(counters: &OrchestratorCounters, pool: &PgPool, task_uuid: Uuid, settled: Option<&str>) {
+    match settled {
+        Some("complete") => bump(&counters.tasks_completed),
+        Some("blocked_by_failures" | "error") => bump(&counters.tasks_failed),
+        _ => return,
+    }
+    if tracing::enabled!(tracing::Level::INFO) {
+        let state = settled.unwrap_or_default().to_string();
+        tokio::spawn(log_settled(pool.clone(), task_uuid, state));
+    }
+}
+
+/// Counts a success the worker completed in its own result transaction
+/// (`orchestration.complete_in_commit`), as the result processor counts one it completed;
+/// `task_state` is the task's new state when it settled.
+pub fn record_completed_in_commit(
+    counters: &OrchestratorCounters,
+    pool: &PgPool,
+    task_uuid: Uuid,
+    task_state: Option<&str>,
+) {
+    bump(&counters.steps_completed);
+    bump(&counters.results_processed);
+    bump(&counters.completed_in_commit);
+    count_settled(counters, pool, task_uuid, task_state);
+}
+
 async fn log_settled(pool: PgPool, task_uuid: Uuid, state: String) {
     let sql = "SELECT t.namespace_name, t.task_name, \
                       (EXTRACT(EPOCH FROM now() - t.created_at) * 1000)::bigint, \
@@ -745,6 +770,10 @@ async fn log_settled(pool: PgPool, task_uuid: Uuid, state: String) {
 
 /// Time-ordered uuids passed per result for the children it may enqueue (see `complete_step`).
 const CHILD_TRANSITION_UUIDS: usize = 16;
+
+/// Time-ordered uuids passed per completed step: the step's transition, the task's, then the
+/// children's (past those, PostgreSQL makes random ones).
+pub const COMPLETE_STEP_UUIDS: usize = 2 + CHILD_TRANSITION_UUIDS;
 
 /// A success result in one call (sql/functions/orchestrator.sql), for a message read (leased).
 const COMPLETE_READ_SQL: &str =

@@ -14,6 +14,7 @@ use crate::config::TaskerConfig;
 use crate::database;
 use crate::error::{TaskerError, TaskerResult};
 use crate::messaging::{self, client, MessageClient, STEP_RESULTS_QUEUE};
+use crate::orchestration::OrchestratorCounters;
 use crate::worker::actors::messages::WorkerCommand;
 use crate::worker::actors::registry::{DispatchMode, WorkerActorRegistry};
 use crate::worker::event_systems::domain_event_system::DomainEventSystem;
@@ -38,6 +39,17 @@ pub struct WorkerCore {
 impl WorkerCore {
     /// Starts a worker. With `DispatchMode::Ffi`, `ffi_channel()` is where threads pull steps.
     pub async fn start(config: TaskerConfig, dispatch: DispatchMode) -> TaskerResult<Self> {
+        Self::start_with(config, dispatch, None).await
+    }
+
+    /// `start`, beside the embedded orchestrator whose counters are `orchestrator`: when given
+    /// and `orchestration.complete_in_commit` is on, the worker completes its successes in its
+    /// own result transaction (see `CompletionProcessorService`).
+    pub async fn start_with(
+        config: TaskerConfig,
+        dispatch: DispatchMode,
+        orchestrator: Option<Arc<OrchestratorCounters>>,
+    ) -> TaskerResult<Self> {
         let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
         database::ensure_schema(&pool).await?;
         let client = MessageClient::new(pool.clone());
@@ -74,7 +86,8 @@ impl WorkerCore {
             running: AtomicBool::new(true),
             domain_events,
         });
-        let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch);
+        let complete_in_commit = orchestrator.filter(|_| config.orchestration.complete_in_commit);
+        let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch, complete_in_commit);
         tracing::info!(event = "worker_started", worker_id = %shared.worker_id, namespaces = %shared.namespaces.join(","), capacity = max_in_flight, deployment_mode = ?config.worker.deployment_mode, "worker started");
         let core = Self {
             shared,

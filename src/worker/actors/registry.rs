@@ -9,6 +9,7 @@
 //! ```
 
 use crate::config::TaskerConfig;
+use crate::orchestration::OrchestratorCounters;
 use crate::retention::{Retention, RetentionPolicy};
 use crate::worker::actor_command_processor::ActorCommandProcessor;
 use crate::worker::actors::messages::{StepCompletion, WorkerCommand};
@@ -68,8 +69,14 @@ pub struct WorkerActorRegistry {
 }
 
 impl WorkerActorRegistry {
-    /// Builds and starts every task.
-    pub fn start(config: &TaskerConfig, state: Arc<WorkerState>, dispatch: DispatchMode) -> Self {
+    /// Builds and starts every task; `complete_in_commit`: the embedded orchestrator's
+    /// counters when the worker completes its successes in its result transaction.
+    pub fn start(
+        config: &TaskerConfig,
+        state: Arc<WorkerState>,
+        dispatch: DispatchMode,
+        complete_in_commit: Option<Arc<OrchestratorCounters>>,
+    ) -> Self {
         let worker = &config.worker;
         let channels = &worker.mpsc_channels;
         let (dispatch_tx, dispatch_rx) = mpsc::channel(match dispatch {
@@ -99,6 +106,7 @@ impl WorkerActorRegistry {
                     stale: report.stale,
                 });
             })),
+            complete_in_commit,
         };
         let completion_processor = Task::spawn(completion.run(completion_rx));
         let domain_event_publisher = Task::spawn(

@@ -378,12 +378,13 @@ impl StepExecutorActor {
                 &self.pool,
                 &self.worker_id,
                 self.ack_mode,
+                false,
                 std::slice::from_ref(&completion),
             )
             .await
             {
                 Ok(committed) => {
-                    let counter = if committed.contains(&completion.claim.token) {
+                    let counter = if committed.contains_key(&completion.claim.token) {
                         completion_processor::log_failed(&completion);
                         metrics::timings().failed(Some(&completion_error_type(&completion)));
                         &self.counters.failed

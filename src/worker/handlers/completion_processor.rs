@@ -7,7 +7,12 @@
 //!    notify, and archive the worker message — all or nothing;
 //! 3. after COMMIT only: count the result and call the post-handler callback;
 //! 4. stale results (the step was reclaimed meanwhile) are discarded and counted, and do not
-//!    archive anything.
+//!    archive anything;
+//! 5. with the embedded orchestrator in this process (`orchestration.complete_in_commit`), each
+//!    success is also completed in that transaction (`tasker.worker_complete_in_commit`: the
+//!    step becomes complete, its ready children are enqueued, the task settles) and sends no
+//!    results message; a decision or batchable step's success and every failure still go to
+//!    `orchestration_step_results` for the orchestrator's result processor.
 //!
 //! A commit that fails while the database is away (`TaskerError::is_transient`) is retried
 //! with a short backoff (`RetryBackoff`: 100 ms doubling to 2 s) for up to
@@ -21,13 +26,14 @@ use crate::config::AckMode;
 use crate::error::{RetryBackoff, TaskerError, TaskerResult};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure, StepMessage};
 use crate::metrics::{self, Timings};
+use crate::orchestration::{self, OrchestratorCounters};
 use crate::worker::handlers::domain_event_callback::PostHandlerCallback;
 use crate::worker::handlers::pipeline::StepCompletion;
 use crate::worker::in_flight::InFlight;
 use crate::worker::stats::WorkerCounters;
 use serde_json::json;
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,12 +44,17 @@ use uuid::Uuid;
 /// steps, checks each claim token, records the results, sends the orchestration messages
 /// with their notifications and archives the worker messages, in the caller's transaction
 /// (here: the call's own, committed with the server's synchronous_commit).
-const COMMIT_SQL: &str = "SELECT * FROM tasker.worker_commit_results($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const COMMIT_SQL: &str =
+    "SELECT * FROM tasker.worker_commit_results($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 /// Results of lease-only claims (`worker.lean_claim`): `tasker.worker_commit_results_lean`
 /// also checks each message's read count and the step's transition at the claim, and writes
 /// the claim's `in_progress` transition.
 const COMMIT_LEAN_SQL: &str =
-    "SELECT * FROM tasker.worker_commit_results_lean($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    "SELECT * FROM tasker.worker_commit_results_lean($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+
+/// Transition uuids passed per result completed in the commit: the step's, the task's, then
+/// its children's (as the orchestrator's result processor passes them).
+const COMPLETE_UUIDS_PER_RESULT: usize = orchestration::COMPLETE_STEP_UUIDS;
 
 /// Retry pauses for a result that failed to commit on its own (not for the database being
 /// away), before it is dropped.
@@ -72,6 +83,22 @@ pub struct CompletionProcessorService {
     /// Told of each committed batch (the registry sends it on as `ProcessStepCompletion`);
     /// must not block.
     pub on_commit: Option<Arc<dyn Fn(CommitReport) + Send + Sync>>,
+    /// The embedded orchestrator's counters when successes are completed in the commit
+    /// (`orchestration.complete_in_commit` with the orchestrator in this process).
+    pub complete_in_commit: Option<Arc<OrchestratorCounters>>,
+}
+
+/// What a commit did with each live result (the others were stale): `Some` when it was also
+/// completed in the commit (`tasker.worker_complete_in_commit`).
+pub type Committed = HashMap<Uuid, Option<CompletedInCommit>>;
+
+/// The orchestrator's outcome for a result completed in the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedInCommit {
+    /// `completed`, or `dynamic` (a decision / batchable step: left to the message route).
+    pub outcome: String,
+    /// The task's new state when it settled.
+    pub task_state: Option<String>,
 }
 
 /// What one committed batch did.
@@ -83,7 +110,7 @@ pub struct CommitReport {
 
 /// What one commit did with each result.
 struct CommitOutcome {
-    committed: Vec<StepCompletion>,
+    committed: Vec<(StepCompletion, Option<CompletedInCommit>)>,
     stale: Vec<StepCompletion>,
 }
 
@@ -152,13 +179,17 @@ impl CompletionProcessorService {
     }
 
     /// `commit`, retried with `RetryBackoff` while the error says the database is away (for
-    /// up to `TRANSIENT_RETRY_FOR`); any other error is returned at once.
-    async fn commit_while_away(&self, batch: &[StepCompletion]) -> TaskerResult<HashSet<Uuid>> {
+    /// up to `TRANSIENT_RETRY_FOR`). A commit that also completes its successes and fails
+    /// otherwise is tried again at once without completing them: the results are stored and
+    /// sent to the orchestrator's queue, whose processing handles (and dead-letters) a result
+    /// it cannot apply, rather than the step being re-run. Any other error is returned at once.
+    async fn commit_while_away(&self, batch: &[StepCompletion]) -> TaskerResult<Committed> {
         let give_up = tokio::time::Instant::now() + TRANSIENT_RETRY_FOR;
         let mut backoff = RetryBackoff::default();
+        let mut complete = self.complete_in_commit.is_some();
         loop {
             let started = std::time::Instant::now();
-            let outcome = commit(&self.pool, &self.worker_id, self.ack_mode, batch).await;
+            let outcome = commit(&self.pool, &self.worker_id, self.ack_mode, complete, batch).await;
             Timings::observe(&metrics::timings().commit, started.elapsed());
             match outcome {
                 Err(err) if err.is_transient() && tokio::time::Instant::now() < give_up => {
@@ -166,6 +197,11 @@ impl CompletionProcessorService {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %err, size = batch.len(), retry_in_ms = delay.as_millis() as u64, "committing results failed while the database is away; retrying");
                     tokio::time::sleep(delay).await;
+                }
+                Err(err) if complete => {
+                    WorkerCounters::add(&self.counters.commit_failures, 1);
+                    tracing::warn!(error = %err, size = batch.len(), "completing steps in the result commit failed; committing the results for the orchestrator's queue instead");
+                    complete = false;
                 }
                 outcome => return outcome,
             }
@@ -188,7 +224,17 @@ impl CompletionProcessorService {
         }
         let events = self.events_enabled.load(Ordering::Relaxed);
         let timings = metrics::timings();
-        for done in outcome.committed {
+        for (done, in_commit) in outcome.committed {
+            if let (Some(counters), Some(in_commit)) = (&self.complete_in_commit, &in_commit) {
+                if in_commit.outcome == "completed" {
+                    orchestration::record_completed_in_commit(
+                        counters,
+                        &self.pool,
+                        done.claim.task_uuid,
+                        in_commit.task_state.as_deref(),
+                    );
+                }
+            }
             let counter = if done.result.success {
                 log_succeeded(&done);
                 &self.counters.succeeded
@@ -249,36 +295,51 @@ pub fn log_failed(done: &StepCompletion) {
     );
 }
 
-fn split(batch: Vec<StepCompletion>, committed: &HashSet<Uuid>) -> CommitOutcome {
-    let (committed, stale) = batch
-        .into_iter()
-        .partition(|c| committed.contains(&c.claim.token));
-    CommitOutcome { committed, stale }
+fn split(batch: Vec<StepCompletion>, committed: &Committed) -> CommitOutcome {
+    let mut outcome = CommitOutcome {
+        committed: Vec::with_capacity(batch.len()),
+        stale: Vec::new(),
+    };
+    for completion in batch {
+        match committed.get(&completion.claim.token) {
+            Some(in_commit) => outcome.committed.push((completion, in_commit.clone())),
+            None => outcome.stale.push(completion),
+        }
+    }
+    outcome
 }
 
-/// One transaction for the whole batch. Returns the claim tokens whose results committed;
-/// the others were stale. Results of lease-only claims and of transition claims (a batch
+/// One transaction for the whole batch. Returns the claim tokens whose results committed
+/// (the others were stale), each with what the orchestrator did when `complete` (successes
+/// completed in the commit). Results of lease-only claims and of transition claims (a batch
 /// holds one kind; both only if a worker's mode changed) commit through their own function,
 /// in the same transaction.
 pub async fn commit(
     pool: &PgPool,
     worker_id: &str,
     ack_mode: AckMode,
+    complete: bool,
     batch: &[StepCompletion],
-) -> TaskerResult<HashSet<Uuid>> {
+) -> TaskerResult<Committed> {
     let (lean, plain): (Vec<&StepCompletion>, Vec<&StepCompletion>) =
         batch.iter().partition(|c| c.claim.lease.is_some());
     if lean.is_empty() || plain.is_empty() {
         let all: Vec<&StepCompletion> = batch.iter().collect();
-        return Ok(commit_rows(worker_id, ack_mode, &all)?
+        return Ok(commit_rows(worker_id, ack_mode, complete, &all)?
             .send(pool)
             .await?
             .into_iter()
             .collect());
     }
     let mut tx = pool.begin().await?;
-    let mut committed = commit_rows(worker_id, ack_mode, &lean)?.send(&mut *tx).await?;
-    committed.extend(commit_rows(worker_id, ack_mode, &plain)?.send(&mut *tx).await?);
+    let mut committed = commit_rows(worker_id, ack_mode, complete, &lean)?
+        .send(&mut *tx)
+        .await?;
+    committed.extend(
+        commit_rows(worker_id, ack_mode, complete, &plain)?
+            .send(&mut *tx)
+            .await?,
+    );
     tx.commit().await?;
     Ok(committed.into_iter().collect())
 }
@@ -299,15 +360,22 @@ struct CommitRows<'a> {
     messages: Vec<serde_json::Value>,
     queue_names: Vec<&'a str>,
     msg_ids: Vec<i64>,
+    /// Set when successes are completed in the commit: each result's task, whether it is
+    /// completed (a success), and COMPLETE_UUIDS_PER_RESULT transition uuids per result.
+    task_uuids: Option<Vec<Uuid>>,
+    complete: Option<Vec<bool>>,
+    complete_uuids: Option<Vec<Uuid>>,
 }
 
+type CommitRow = (Uuid, Option<String>, Option<String>);
+
 impl CommitRows<'_> {
-    async fn send<'e, E>(self, executor: E) -> TaskerResult<Vec<Uuid>>
+    async fn send<'e, E>(self, executor: E) -> TaskerResult<Vec<(Uuid, Option<CompletedInCommit>)>>
     where
         E: sqlx::PgExecutor<'e>,
     {
-        let committed = if self.lean {
-            sqlx::query_scalar(COMMIT_LEAN_SQL)
+        let rows: Vec<CommitRow> = if self.lean {
+            sqlx::query_as(COMMIT_LEAN_SQL)
                 .bind(&self.tokens)
                 .bind(&self.previous)
                 .bind(&self.read_cts)
@@ -320,10 +388,13 @@ impl CommitRows<'_> {
                 .bind(&self.queue_names)
                 .bind(&self.msg_ids)
                 .bind(self.delete)
+                .bind(&self.task_uuids)
+                .bind(&self.complete)
+                .bind(&self.complete_uuids)
                 .fetch_all(executor)
                 .await?
         } else {
-            sqlx::query_scalar(COMMIT_SQL)
+            sqlx::query_as(COMMIT_SQL)
                 .bind(&self.tokens)
                 .bind(&self.step_uuids)
                 .bind(&self.transition_uuids)
@@ -333,16 +404,26 @@ impl CommitRows<'_> {
                 .bind(&self.messages)
                 .bind(&self.queue_names)
                 .bind(&self.msg_ids)
+                .bind(&self.task_uuids)
+                .bind(&self.complete)
+                .bind(&self.complete_uuids)
                 .fetch_all(executor)
                 .await?
         };
-        Ok(committed)
+        Ok(rows
+            .into_iter()
+            .map(|(token, outcome, task_state)| {
+                let in_commit = outcome.map(|outcome| CompletedInCommit { outcome, task_state });
+                (token, in_commit)
+            })
+            .collect())
     }
 }
 
 fn commit_rows<'a>(
     worker_id: &str,
     ack_mode: AckMode,
+    complete: bool,
     batch: &[&'a StepCompletion],
 ) -> TaskerResult<CommitRows<'a>> {
     let n = batch.len();
@@ -360,6 +441,13 @@ fn commit_rows<'a>(
         messages: Vec::with_capacity(n),
         queue_names: Vec::with_capacity(n),
         msg_ids: Vec::with_capacity(n),
+        task_uuids: complete.then(|| batch.iter().map(|c| c.claim.task_uuid).collect()),
+        complete: complete.then(|| batch.iter().map(|c| c.result.success).collect()),
+        complete_uuids: complete.then(|| {
+            (0..n * COMPLETE_UUIDS_PER_RESULT)
+                .map(|_| Uuid::now_v7())
+                .collect()
+        }),
     };
     // The worker id is `worker_<uuid>`.
     let worker_uuid = worker_id

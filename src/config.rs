@@ -180,6 +180,12 @@ pub struct WorkerConfig {
     pub poll_interval_ms: u64,
     pub claim_batch_size: u32,
     pub completion_batch_size: u32,
+    /// Result commits in flight at once (each a batch of up to completion_batch_size). Unset:
+    /// 2 when the worker completes steps in its commits (`orchestration.complete_in_commit`
+    /// beside the embedded orchestrator: a commit then does the orchestrator's work too), else
+    /// 1 (one commit at a time batches the most results; BENCHMARKS.md, session 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_concurrency: Option<u32>,
     pub max_delivery_attempts: u32,
     pub shutdown_timeout_ms: u64,
     /// The lease-only claim (issue 19): a claim writes only the step row (attempts,
@@ -327,6 +333,13 @@ impl WorkerConfig {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// Result commits in flight at once (`completion_concurrency`; see there for the default).
+    pub fn effective_completion_concurrency(&self, completes_in_commit: bool) -> usize {
+        self.completion_concurrency
+            .map(|n| n as usize)
+            .unwrap_or(if completes_in_commit { 2 } else { 1 })
     }
 
     /// Steps claimed ahead of the handlers (`prefetch`, or `max_concurrent_handlers` when unset).
@@ -788,6 +801,9 @@ impl WorkerConfig {
             self.completion_batch_size,
             1..=10_000,
         );
+        if let Some(concurrency) = self.completion_concurrency {
+            check_range(issues, "worker.completion_concurrency", concurrency, 1..=64);
+        }
         check_min(
             issues,
             "worker.max_delivery_attempts",

@@ -171,6 +171,17 @@ fn prefetch_defaults_to_the_handler_count_and_adds_to_the_claim_capacity() {
 }
 
 #[test]
+fn completion_concurrency_defaults_to_two_only_when_completing_in_the_commit() {
+    let config = load_with_overrides(&[]).unwrap();
+    assert_eq!(config.worker.completion_concurrency, None);
+    assert_eq!(config.worker.effective_completion_concurrency(false), 1);
+    assert_eq!(config.worker.effective_completion_concurrency(true), 2);
+    let config = load_with_overrides(&[("worker.completion_concurrency", Value::Integer(3))]).unwrap();
+    assert_eq!(config.worker.effective_completion_concurrency(false), 3);
+    assert_eq!(config.worker.effective_completion_concurrency(true), 3);
+}
+
+#[test]
 fn defaults_are_valid_and_are_what_an_empty_load_returns() {
     let defaults = TaskerConfig::default();
     defaults.validate().unwrap();
@@ -465,6 +476,8 @@ fn each_rule_rejects_a_bad_value_naming_the_key() {
         ("worker.claim_batch_size", 1001),
         ("worker.completion_batch_size", 0),
         ("worker.completion_batch_size", 10_001),
+        ("worker.completion_concurrency", 0),
+        ("worker.completion_concurrency", 65),
         ("worker.max_delivery_attempts", 0),
         ("worker.prefetch", 100_001),
         ("worker.mpsc_channels.handler_dispatch.dispatch_buffer_size", 0),
@@ -505,6 +518,8 @@ fn each_rule_accepts_its_boundaries() {
         ("worker.claim_batch_size", 1000),
         ("worker.completion_batch_size", 1),
         ("worker.completion_batch_size", 10_000),
+        ("worker.completion_concurrency", 1),
+        ("worker.completion_concurrency", 64),
         ("worker.max_delivery_attempts", 1),
         ("worker.shutdown_timeout_ms", 0),
         ("worker.shutdown_timeout_ms", i64::MAX),

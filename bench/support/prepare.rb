@@ -30,8 +30,10 @@ module Bench
       end
     end
 
+    # The child loads the same lib as this process (`ruby -I<build>/lib`), so a database is
+    # migrated with the SQL of the build being measured.
     def spawn_prepare(tasks)
-      lib = File.join(Bench::ROOT, "lib")
+      lib = $LOAD_PATH.find { |dir| File.exist?(File.join(dir, "tasker_worker.rb")) } || File.join(Bench::ROOT, "lib")
       out = IO.popen([RbConfig.ruby, "-I", lib, __FILE__, tasks.to_s], &:read)
       url = out[/^URL (\S+)$/, 1]
       raise "preparing a database failed (exit #{$CHILD_STATUS.exitstatus}): #{out}" unless $CHILD_STATUS.success? && url

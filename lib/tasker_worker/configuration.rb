@@ -20,6 +20,7 @@ module TaskerWorker
       poll_interval: "worker.poll_interval_ms",
       claim_batch_size: "worker.claim_batch_size",
       completion_batch_size: "worker.completion_batch_size",
+      completion_concurrency: "worker.completion_concurrency",
       max_delivery_attempts: "worker.max_delivery_attempts",
       shutdown_timeout: "worker.shutdown_timeout_ms",
       lean_claim: "worker.lean_claim",
@@ -46,7 +47,7 @@ module TaskerWorker
     }.freeze
     MILLISECOND_OPTIONS = %i[poll_interval shutdown_timeout handler_timeout completion_timeout
                              starvation_warning_threshold checkpoint_min_interval].freeze
-    INTEGER_OPTIONS = %i[pool_size visibility_timeout claim_batch_size completion_batch_size
+    INTEGER_OPTIONS = %i[pool_size visibility_timeout claim_batch_size completion_batch_size completion_concurrency
                          max_delivery_attempts concurrency prefetch metrics_port
                          retention_completed_after retention_failed_after retention_archive_after
                          retention_interval retention_batch_size checkpoint_max_bytes checkpoint_max_history

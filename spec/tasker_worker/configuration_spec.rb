@@ -116,6 +116,7 @@ RSpec.describe TaskerWorker::Configuration do
       config.poll_interval = 0.25
       config.claim_batch_size = 20
       config.completion_batch_size = 200
+      config.completion_concurrency = 2
       config.max_delivery_attempts = 4
       config.shutdown_timeout = 10.5
       config.handler_timeout = 45
@@ -133,6 +134,7 @@ RSpec.describe TaskerWorker::Configuration do
         "worker.poll_interval_ms" => 250,
         "worker.claim_batch_size" => 20,
         "worker.completion_batch_size" => 200,
+        "worker.completion_concurrency" => 2,
         "worker.max_delivery_attempts" => 4,
         "worker.shutdown_timeout_ms" => 10_500,
         "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers" => 12,

@@ -94,6 +94,7 @@ impl WorkerActorRegistry {
         let completion = CompletionProcessorService {
             pool: state.pool.clone(),
             batch_size: worker.completion_batch_size as usize,
+            concurrency: worker.effective_completion_concurrency(complete_in_commit.is_some()),
             worker_id: state.worker_id.clone(),
             ack_mode: worker.ack_mode,
             in_flight: state.in_flight.clone(),

@@ -1,6 +1,7 @@
 //! `CompletionProcessorService`: commits results. It owns:
 //! 1. group commit: it takes every result waiting in the completion channel (up to
-//!    `completion_batch_size`) and commits them in ONE transaction;
+//!    `completion_batch_size`) and commits them in ONE transaction; up to
+//!    `completion_concurrency` such commits run at once (each takes what waits when it starts);
 //! 2. in that transaction, per result: check the claim token is still the step's current
 //!    transition, move the step to `enqueued_for_orchestration` (or `..._as_error_...`), write
 //!    `workflow_steps.results`, send the StepMessage to `orchestration_step_results` with
@@ -37,7 +38,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 /// One round trip: `tasker.worker_commit_results` (sql/functions/worker_commit.sql) locks the
@@ -73,6 +75,8 @@ pub struct CompletionProcessorService {
     pub pool: PgPool,
     /// Most results committed in one transaction.
     pub batch_size: usize,
+    /// Commits in flight at once (`worker.completion_concurrency`, at least 1).
+    pub concurrency: usize,
     pub worker_id: Arc<str>,
     /// `worker.ack_mode`.
     pub ack_mode: AckMode,
@@ -115,18 +119,42 @@ struct CommitOutcome {
 }
 
 impl CompletionProcessorService {
-    /// Runs until every sender of the completion channel is gone and it is drained.
+    /// Runs until every sender of the completion channel is gone, it is drained and its
+    /// commits are done. A batch is taken when a commit slot is free, so results that arrive
+    /// while every slot is busy wait for the next batch.
     pub async fn run(self, mut completion_rx: mpsc::Receiver<StepCompletion>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.concurrency.max(1)));
+        let mut commits = JoinSet::new();
         while let Some(first) = completion_rx.recv().await {
+            let slot = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             let mut batch = vec![first];
-            while batch.len() < self.batch_size {
+            while batch.len() < this.batch_size {
                 match completion_rx.try_recv() {
                     Ok(next) => batch.push(next),
                     Err(_) => break,
                 }
             }
-            self.process(batch).await;
+            let processor = this.clone();
+            commits.spawn(async move {
+                let tokens: Vec<Uuid> = batch.iter().map(|c| c.claim.token).collect();
+                let in_flight = processor.in_flight.clone();
+                if let Err(err) = tokio::spawn(async move { processor.process(batch).await }).await {
+                    // A bug. Released here, the leases lapse and the steps run again.
+                    tracing::error!(error = %err, steps = tokens.len(), "a result commit panicked; its steps run again after their leases lapse");
+                    for token in &tokens {
+                        in_flight.remove(token);
+                    }
+                }
+                drop(slot);
+            });
+            while commits.try_join_next().is_some() {}
         }
+        while commits.join_next().await.is_some() {}
     }
 
     async fn process(&self, batch: Vec<StepCompletion>) {

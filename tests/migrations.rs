@@ -185,14 +185,14 @@ async fn the_worker_functions_run_with_generic_index_plans() {
                 ('worker_read', 'worker_archive', 'worker_claim_next', 'worker_claim_steps', 'worker_commit_results', \
                  'worker_claim_next_lean', 'worker_claim_read', 'worker_claim_steps_lean', \
                  'worker_commit_results_lean', 'worker_held_messages', 'worker_delete_messages', \
-                 'worker_send_results_and_ack', 'worker_complete_in_commit', 'worker_lock_completed_tasks', \
+                 'worker_send_results_and_ack', 'worker_complete_in_commit', 'worker_lock_completed_tasks', 'worker_finish_commit', \
                  'orchestrator_settle_task', 'orchestrator_complete_step') \
           ORDER BY 1",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 16, "{rows:?}");
+    assert_eq!(rows.len(), 17, "{rows:?}");
     for (name, config) in &rows {
         for setting in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
             assert!(

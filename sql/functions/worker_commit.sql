@@ -1,13 +1,13 @@
 -- The worker's commit of handler results. Applied by src/database/migrate.rs after the
 -- migrations; edit the definition here.
 
--- The tail of both commits: sends the orchestration message of each result of p_tokens in
--- p_sent_tokens to orchestration_step_results with the notification
--- tasker.pgmq_send_with_notify sends for each (message_with_payload; message_ready when the
--- payload would be too large), then acks the worker messages the live results (those in
--- p_live_tokens) were claimed through, per queue: archived, or deleted when p_delete
--- (worker.ack_mode = delete). A live result not in p_sent_tokens was completed in the commit
--- itself (tasker.worker_complete_in_commit) and needs no message.
+-- Part of both commits' tail (tasker.worker_finish_commit): sends the orchestration message
+-- of each result of p_tokens in p_sent_tokens to orchestration_step_results with the
+-- notification tasker.pgmq_send_with_notify sends for each (message_with_payload;
+-- message_ready when the payload would be too large), then acks the worker messages the live
+-- results (those in p_live_tokens) were claimed through, per queue: archived, or deleted when
+-- p_delete (worker.ack_mode = delete). A live result not in p_sent_tokens was completed in
+-- the commit itself (tasker.worker_complete_in_commit) and needs no message.
 DROP FUNCTION IF EXISTS tasker.worker_send_results_and_ack(uuid[], jsonb[], text[], bigint[], uuid[], boolean,
                                                           timestamptz);
 CREATE OR REPLACE FUNCTION tasker.worker_send_results_and_ack(
@@ -135,17 +135,55 @@ BEGIN
 END;
 $$;
 
--- The live results that still need an orchestration message: all but those completed in
--- the commit (outcome `completed`).
-CREATE OR REPLACE FUNCTION tasker.worker_tokens_to_send(p_live_tokens uuid[], p_done_tokens uuid[],
-                                                        p_done_outcomes text[])
-RETURNS uuid[]
-LANGUAGE sql IMMUTABLE
+-- The tail of both commits, after the live results (p_live_tokens) are stored: completes
+-- those marked in p_complete (tasker.worker_complete_in_commit), sends the orchestration
+-- message of every other live result and acks the worker messages
+-- (tasker.worker_send_results_and_ack), and returns a row per live result: its token, and
+-- for one completed here the orchestrator's outcome and the task's new state.
+CREATE OR REPLACE FUNCTION tasker.worker_finish_commit(
+    p_tokens      uuid[],
+    p_step_uuids  uuid[],
+    p_messages    jsonb[],
+    p_queue_names text[],
+    p_msg_ids     bigint[],
+    p_live_tokens uuid[],
+    p_delete      boolean,
+    p_sent_at     timestamptz,
+    p_task_uuids  uuid[],
+    p_complete    boolean[],
+    p_uuids       uuid[]
+)
+RETURNS TABLE (token uuid, outcome text, task_state text)
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
-    SELECT coalesce(array_agg(l.token), '{}')
+#variable_conflict use_column
+DECLARE
+    done_tokens   uuid[];
+    done_outcomes text[];
+    done_states   text[];
+BEGIN
+    IF p_complete IS NOT NULL THEN
+        SELECT array_agg(c.token), array_agg(c.outcome), array_agg(c.task_state)
+          INTO done_tokens, done_outcomes, done_states
+          FROM tasker.worker_complete_in_commit(p_live_tokens, p_tokens, p_task_uuids, p_step_uuids, p_complete,
+                                                p_uuids) c;
+    END IF;
+
+    PERFORM tasker.worker_send_results_and_ack(
+        p_tokens, p_messages, p_queue_names, p_msg_ids, p_live_tokens,
+        ARRAY(SELECT l.token FROM unnest(p_live_tokens) AS l(token)
+               WHERE NOT EXISTS (SELECT 1 FROM unnest(done_tokens, done_outcomes) AS d(token, outcome)
+                                  WHERE d.token = l.token AND d.outcome = 'completed')),
+        p_delete, p_sent_at);
+
+    RETURN QUERY
+    SELECT l.token, d.outcome, d.task_state
       FROM unnest(p_live_tokens) AS l(token)
-     WHERE NOT EXISTS (SELECT 1 FROM unnest(p_done_tokens, p_done_outcomes) AS d(token, outcome)
-                        WHERE d.token = l.token AND d.outcome = 'completed')
+      LEFT JOIN unnest(done_tokens, done_outcomes, done_states) AS d(token, outcome, task_state) ON d.token = l.token;
+END;
 $$;
 
 -- Commits a batch of handler results (see src/worker/handlers/completion_processor.rs): for
@@ -189,9 +227,6 @@ DECLARE
     live_sort     integer[];
     live_steps    uuid[];
     live_results  jsonb[];
-    done_tokens   uuid[];
-    done_outcomes text[];
-    done_states   text[];
     sent_at       timestamptz := clock_timestamp();
 BEGIN
     IF p_complete IS NOT NULL THEN
@@ -235,21 +270,9 @@ BEGIN
            in_process = false, updated_at = now()
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
-    IF p_complete IS NOT NULL THEN
-        SELECT array_agg(c.token), array_agg(c.outcome), array_agg(c.task_state)
-          INTO done_tokens, done_outcomes, done_states
-          FROM tasker.worker_complete_in_commit(live_tokens, p_tokens, p_task_uuids, p_step_uuids, p_complete,
-                                                p_uuids) c;
-    END IF;
-
-    PERFORM tasker.worker_send_results_and_ack(
-        p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
-        tasker.worker_tokens_to_send(live_tokens, done_tokens, done_outcomes), false, sent_at);
-
     RETURN QUERY
-    SELECT l.token, d.outcome, d.task_state
-      FROM unnest(live_tokens) AS l(token)
-      LEFT JOIN unnest(done_tokens, done_outcomes, done_states) AS d(token, outcome, task_state) ON d.token = l.token;
+    SELECT * FROM tasker.worker_finish_commit(p_tokens, p_step_uuids, p_messages, p_queue_names, p_msg_ids, live_tokens,
+                                              false, sent_at, p_task_uuids, p_complete, p_uuids);
 END;
 $$;
 
@@ -342,9 +365,6 @@ DECLARE
     live_from     text[];
     live_sort     integer[];
     live_results  jsonb[];
-    done_tokens   uuid[];
-    done_outcomes text[];
-    done_states   text[];
     sent_at       timestamptz := clock_timestamp();
 BEGIN
     IF p_complete IS NOT NULL THEN
@@ -425,20 +445,8 @@ BEGIN
            in_process = false, updated_at = now()
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
-    IF p_complete IS NOT NULL THEN
-        SELECT array_agg(c.token), array_agg(c.outcome), array_agg(c.task_state)
-          INTO done_tokens, done_outcomes, done_states
-          FROM tasker.worker_complete_in_commit(live_tokens, p_tokens, p_task_uuids, p_step_uuids, p_complete,
-                                                p_uuids) c;
-    END IF;
-
-    PERFORM tasker.worker_send_results_and_ack(
-        p_tokens, p_messages, p_queue_names, p_msg_ids, live_tokens,
-        tasker.worker_tokens_to_send(live_tokens, done_tokens, done_outcomes), p_delete, sent_at);
-
     RETURN QUERY
-    SELECT l.token, d.outcome, d.task_state
-      FROM unnest(live_tokens) AS l(token)
-      LEFT JOIN unnest(done_tokens, done_outcomes, done_states) AS d(token, outcome, task_state) ON d.token = l.token;
+    SELECT * FROM tasker.worker_finish_commit(p_tokens, p_step_uuids, p_messages, p_queue_names, p_msg_ids, live_tokens,
+                                              p_delete, sent_at, p_task_uuids, p_complete, p_uuids);
 END;
 $$;

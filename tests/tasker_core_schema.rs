@@ -424,16 +424,23 @@ steps:
 /// their audit trigger records every result with the worker and correlation ids.
 #[tokio::test]
 async fn workflows_run_on_tasker_cores_schema_for_a_role_without_tasker_on_its_path() {
-    workflows_on_their_schema(false).await;
+    workflows_on_their_schema(false, false).await;
 }
 
 /// The same with the lease-only claim (`worker.lean_claim`): the rows written are theirs too.
 #[tokio::test]
 async fn workflows_run_on_tasker_cores_schema_with_the_lease_only_claim() {
-    workflows_on_their_schema(true).await;
+    workflows_on_their_schema(true, false).await;
 }
 
-async fn workflows_on_their_schema(lean_claim: bool) {
+/// The same with the worker completing its successes in its own commits
+/// (`orchestration.complete_in_commit`, the orchestrator in its process).
+#[tokio::test]
+async fn workflows_run_on_tasker_cores_schema_completing_steps_in_the_worker_commit() {
+    workflows_on_their_schema(false, true).await;
+}
+
+async fn workflows_on_their_schema(lean_claim: bool, in_commit: bool) {
     let db = their_database().await;
     migrate(&db.pool).await.unwrap();
     let name: String = sqlx::query_scalar("SELECT current_database()")
@@ -496,7 +503,8 @@ async fn workflows_on_their_schema(lean_claim: bool) {
     let mut config = worker_config(&db, &["theirs"]);
     config.worker.lean_claim = lean_claim;
     let mut orchestrator = Orchestrator::start(&config).await.unwrap();
-    let worker = WorkerCore::start(config, DispatchMode::Rust(registry))
+    let counters = in_commit.then(|| orchestrator.counters().clone());
+    let worker = WorkerCore::start_with(config, DispatchMode::Rust(registry), counters)
         .await
         .unwrap();
     let mut expected = Vec::new();
@@ -588,6 +596,27 @@ async fn workflows_on_their_schema(lean_claim: bool) {
         assert!(worker_uuid.is_some());
         assert_eq!(correlation, Some(task_correlation));
     }
+    // Completed in the commit: every success (8 + 8 + 7, as counted above), with no result
+    // message; only the 4 failures went through the queue. (Counted after each commit.)
+    let messages: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pgmq.a_orchestration_step_results) \
+              + (SELECT count(*) FROM pgmq.q_orchestration_step_results)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let expected_in_commit = if in_commit { 23 } else { 0 };
+    assert_eq!(messages, 27 - expected_in_commit as i64);
+    let counted = wait_for(
+        "the successes completed in the commit to be counted",
+        Duration::from_secs(10),
+        || async {
+            let n = orchestrator.status().completed_in_commit;
+            (n >= expected_in_commit).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(counted, expected_in_commit);
     worker.shutdown().await.unwrap();
     orchestrator.shutdown().await;
     pool.close().await;

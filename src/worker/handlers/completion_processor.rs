@@ -143,11 +143,17 @@ impl CompletionProcessorService {
             commits.spawn(async move {
                 let tokens: Vec<Uuid> = batch.iter().map(|c| c.claim.token).collect();
                 let in_flight = processor.in_flight.clone();
-                if let Err(err) = tokio::spawn(async move { processor.process(batch).await }).await {
-                    // A bug. Released here, the leases lapse and the steps run again.
-                    tracing::error!(error = %err, steps = tokens.len(), "a result commit panicked; its steps run again after their leases lapse");
-                    for token in &tokens {
-                        in_flight.remove(token);
+                // Its own task, so a panic is seen here; aborted with this one (the worker
+                // dropped without a shutdown stops its commits, as a crash would).
+                let commit = tokio::spawn(async move { processor.process(batch).await });
+                let _abort = AbortOnDrop(commit.abort_handle());
+                if let Err(err) = commit.await {
+                    if err.is_panic() {
+                        // A bug. Released here, the leases lapse and the steps run again.
+                        tracing::error!(error = %err, steps = tokens.len(), "a result commit panicked; its steps run again after their leases lapse");
+                        for token in &tokens {
+                            in_flight.remove(token);
+                        }
                     }
                 }
                 drop(slot);
@@ -286,6 +292,15 @@ impl CompletionProcessorService {
                     .on_handler_complete(&done.context, &done.result, &self.worker_id);
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

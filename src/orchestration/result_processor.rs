@@ -719,8 +719,6 @@ impl ResultProcessor {
     }
 }
 
-/// "task settled" with its duration and step count: one read per settled task, off the
-/// processing path (spawned), only when the line is logged.
 /// Counts a task that settled (and logs it).
 fn count_settled(counters: &OrchestratorCounters, pool: &PgPool, task_uuid: Uuid, settled: Option<&str>) {
     match settled {
@@ -749,6 +747,8 @@ pub fn record_completed_in_commit(
     count_settled(counters, pool, task_uuid, task_state);
 }
 
+/// "task settled" with its duration and step count: one read per settled task, off the
+/// processing path (spawned), only when the line is logged.
 async fn log_settled(pool: PgPool, task_uuid: Uuid, state: String) {
     let sql = "SELECT t.namespace_name, t.task_name, \
                       (EXTRACT(EPOCH FROM now() - t.created_at) * 1000)::bigint, \

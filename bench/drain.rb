@@ -13,7 +13,8 @@
 # BENCH_LEAN_CLAIM=1 (or 0) sets worker.lean_claim (the lease-only claim); unset: the default.
 # BENCH_ACK_MODE=delete|archive sets worker.ack_mode (delete needs BENCH_LEAN_CLAIM=1).
 # BENCH_ORCHESTRATE=1: the worker runs the embedded orchestrator too (`orchestrate: true`) and
-# is timed until every task is complete; BENCH_COMPLETE_IN_COMMIT=1 (or 0) then sets
+# is timed until every task is complete (concurrency 10 unless --concurrency says otherwise;
+# RESULT bench "drain_orchestrated"); BENCH_COMPLETE_IN_COMMIT=1 (or 0) then sets
 # orchestration.complete_in_commit (unset: the default, on).
 require_relative "support/worker_setup"
 require_relative "support/prepare"
@@ -59,15 +60,17 @@ module Bench
       round_trips = (counters[:read_batches] + counters[:commit_batches]).fdiv(succeeded).round(3)
       log_pg_work(url, pg, round_trips, pg_before, pg_after, succeeded)
       check_settled(url, tasks)
+      result(concurrency, succeeded, seconds, sync, counters, cpu_us_per_step: cpu, pg_per_step: pg,
+                                                              round_trips_per_step: round_trips)
+    end
 
-      Bench.result(bench: "drain", concurrency: concurrency, steps: succeeded, **lean_claim, **orchestrate,
-                   seconds: seconds.round(3),
-                   steps_per_s: (succeeded / seconds).round(1), synchronous_commit: sync,
+    def result(concurrency, steps, seconds, sync, counters, **work)
+      Bench.result(bench: orchestrate? ? "drain_orchestrated" : "drain", concurrency: concurrency, steps: steps,
+                   **lean_claim, **orchestrate, seconds: seconds.round(3),
+                   steps_per_s: (steps / seconds).round(1), synchronous_commit: sync,
                    steps_per_read: counters[:messages_read].fdiv(counters[:read_batches]).round(2),
                    steps_per_commit: counters[:succeeded].fdiv(counters[:commit_batches]).round(2),
-                   cpu_us_per_step: cpu, pg_per_step: pg,
-                   round_trips_per_step: round_trips,
-                   quick: Bench.quick?)
+                   **work, quick: Bench.quick?)
     end
 
     # worker.lean_claim from BENCH_LEAN_CLAIM (1/0), or nothing: the default.
@@ -132,6 +135,7 @@ module Bench
 end
 
 if $PROGRAM_NAME == __FILE__
-  list = ARGV.each_cons(2).find { |flag, _| flag == "--concurrency" }&.last || "1,4,10,25"
+  list = ARGV.each_cons(2).find { |flag, _| flag == "--concurrency" }&.last ||
+         (Bench::Drain.orchestrate? ? "10" : "1,4,10,25")
   Bench::Drain.run(list.split(",").map { |c| Integer(c) }, Bench.size(:drain_tasks, full: 20_000, quick: 2_000))
 end

@@ -15,11 +15,13 @@ require_relative "common"
 require_relative "pg_work_table"
 require_relative "peer_report"
 require_relative "retention_report"
+require_relative "orchestrated_drain_report"
 
 module Bench
   class Report
     include PeerReport
     include RetentionReport
+    include OrchestratedDrainReport
 
     OBSERVATIONS = "## Observations"
     LINEAR_REFERENCE_MS = 312.0 # tasker-core's published p50 for the linear shape through its Ruby worker
@@ -56,10 +58,6 @@ module Bench
     def command(bench)
       row = @rows.find { |r| r[:result] && r[:result][:bench] == bench }
       row && row[:command]
-    end
-
-    def runs(bench, **match)
-      results(bench, **match).size
     end
 
     def values(bench, key, **match)
@@ -231,7 +229,7 @@ module Bench
         "concurrency #{c}: #{fmt(median("drain", :steps_per_read, concurrency: c), 1)} steps per read, " \
           "#{fmt(median("drain", :steps_per_commit, concurrency: c), 1)} per commit"
       end
-      <<~MD
+      [<<~MD, drain_orchestrated].compact.join("\n")
         ## 2. Worker drain (#{fmt(median("drain", :steps), 0)} single-step tasks, no-op Ruby handler)
 
         Commands: `#{command("drain")}`, then `#{command("baseline_ruby_pgmq_worker")}` (each round).

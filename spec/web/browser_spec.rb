@@ -43,6 +43,18 @@ RSpec.describe "TaskerWorker::Web in a browser", :browser, :worker do
                  templates_path: File.join(root, "spec/fixtures/operations"), namespaces: ["ops"], concurrency: 2)
   end
 
+  # Chromium's inspector can answer a query that runs while a link's navigation replaces the
+  # document with "Node with given id does not belong to the document", an error Capybara does
+  # not retry (it retries stale elements). The expectation is run again on the new document.
+  def on_settled_page(tries: 5)
+    yield
+  rescue Selenium::WebDriver::Error::UnknownError => e
+    raise unless e.message.include?("does not belong to the document") && (tries -= 1).positive?
+
+    sleep 0.2
+    retry
+  end
+
   after do
     Capybara.reset_sessions! if BROWSER_MISSING.empty?
     TaskerWorker::Web.client = nil
@@ -58,24 +70,24 @@ RSpec.describe "TaskerWorker::Web in a browser", :browser, :worker do
     session.visit("/failures")
     expect(session).to have_content("permanent_error")
     session.click_link("ops/ops")
-    expect(session).to have_css(%(svg g.step[data-state="error"]))
+    on_settled_page { expect(session).to have_css(%(svg g.step[data-state="error"])) }
     expect(session).to have_content("flaky is broken while")
 
     File.delete(flag)
     session.click_button("Retry step")
     # The confirm page (its button only; "Retry step" is on the task page too, so waiting for
     # that text could act on the page being replaced).
-    expect(session).to have_button("Yes, do it")
+    on_settled_page { expect(session).to have_button("Yes, do it") }
     session.click_button("Yes, do it")
-    expect(session).to have_content("Retried step")
+    on_settled_page { expect(session).to have_content("Retried step") }
     session.click_link("Back to the task")
 
-    expect(session).to have_css("svg g.step")
+    on_settled_page { expect(session).to have_css("svg g.step") }
     # Wait for the worker through the Client, then load the page once: refreshing while a
     # query runs can leave Chromium's inspector holding a node of the replaced document.
     wait_until("the retried task to complete", timeout: 20) { client.task(uuid)[:state] == "complete" }
     session.refresh
-    expect(session).to have_css(%(svg g.step[data-state="complete"]), count: 2)
+    on_settled_page { expect(session).to have_css(%(svg g.step[data-state="complete"]), count: 2) }
     expect(session).to have_content("complete")
     FileUtils.mkdir_p(File.join(root, "tmp"))
     session.save_screenshot(File.join(root, "tmp/dashboard_task.png"))

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tasker_worker::config::TaskerConfig;
 use tasker_worker::messaging::StepFailure;
-use tasker_worker::orchestration::{create_task, register_template, Orchestrator, TaskTemplate};
+use tasker_worker::orchestration::{
+    create_task, register_template, Orchestrator, OrchestratorStatus, TaskTemplate,
+};
 use tasker_worker::testing::{task_request, wait_for, wait_settled, worker_config, TestDatabase};
 use tasker_worker::worker::{
     handler_fn, DispatchMode, InMemoryHandlerRegistry, StepContext, StepSuccess, WorkerCore,
@@ -126,6 +128,16 @@ impl Node {
         Self { worker, orchestrator }
     }
 
+    /// The orchestrator's counters once `tasks` settled tasks are counted (counted after each
+    /// commit, they may trail the database by a moment).
+    async fn counted(&self, tasks: u64) -> OrchestratorStatus {
+        wait_for("the settled tasks to be counted", WAIT, || async {
+            let status = self.orchestrator.status();
+            (status.tasks_completed == tasks).then_some(status)
+        })
+        .await
+    }
+
     async fn stop(mut self) {
         self.worker.shutdown().await.unwrap();
         self.orchestrator.shutdown().await;
@@ -165,6 +177,8 @@ async fn step_states(pool: &sqlx::PgPool, task: Uuid) -> Vec<(String, Vec<String
     .unwrap()
 }
 
+/// The transition states (to_state, by sort_key) of a step that ran once and completed;
+/// "pending" here is the state a step is created in, not a skipped test.
 const RAN: [&str; 5] = [
     "pending",
     "enqueued",
@@ -205,11 +219,7 @@ async fn successes_complete_in_the_worker_commit_without_a_results_message() {
             .unwrap();
     assert!(complete && completed_at.is_some());
     assert_eq!(result_messages(&db.pool).await, 0, "no results message was sent");
-    let status = wait_for("the settled task to be counted", WAIT, || async {
-        let status = node.orchestrator.status();
-        (status.tasks_completed == 1).then_some(status)
-    })
-    .await;
+    let status = node.counted(1).await;
     assert_eq!(status.completed_in_commit, 4, "{status:?}");
     assert_eq!(status.steps_completed, 4, "{status:?}");
     assert_eq!(status.results_processed, 4, "{status:?}");
@@ -229,11 +239,7 @@ async fn turned_off_every_result_goes_through_the_results_queue() {
         .unwrap();
     assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
     assert_eq!(result_messages(&db.pool).await, 4);
-    let status = wait_for("the settled task to be counted", WAIT, || async {
-        let status = node.orchestrator.status();
-        (status.tasks_completed == 1).then_some(status)
-    })
-    .await;
+    let status = node.counted(1).await;
     assert_eq!(status.completed_in_commit, 0, "{status:?}");
     assert_eq!(status.steps_completed, 4, "{status:?}");
     node.stop().await;
@@ -254,6 +260,7 @@ async fn failures_and_decisions_keep_the_message_route() {
     assert_eq!(wait_settled(&db.pool, flaky, WAIT).await, "complete");
     let steps = step_states(&db.pool, flaky).await;
     assert_eq!(steps[0].0, "first");
+    // Transition states in order ("pending": the state the step was created in).
     assert_eq!(
         steps[0].1,
         [
@@ -289,11 +296,7 @@ async fn failures_and_decisions_keep_the_message_route() {
         "committee was not chosen"
     );
     assert_eq!(result_messages(&db.pool).await, 2, "and the decision's success");
-    let status = wait_for("both tasks to be counted", WAIT, || async {
-        let status = node.orchestrator.status();
-        (status.tasks_completed == 2).then_some(status)
-    })
-    .await;
+    let status = node.counted(2).await;
     // flaky: first's retry and second; route: intake and fast_track.
     assert_eq!(status.completed_in_commit, 4, "{status:?}");
     assert_eq!(status.steps_retried, 1, "{status:?}");
@@ -353,11 +356,7 @@ async fn the_lean_claim_commit_completes_in_the_commit_too() {
         ("join".into(), RAN.map(String::from).to_vec(), Some(json!(162)))
     );
     assert_eq!(result_messages(&db.pool).await, 0);
-    let status = wait_for("the settled task to be counted", WAIT, || async {
-        let status = node.orchestrator.status();
-        (status.tasks_completed == 1).then_some(status)
-    })
-    .await;
+    let status = node.counted(1).await;
     assert_eq!(status.completed_in_commit, 4, "{status:?}");
     node.stop().await;
     db.drop_database().await;
@@ -392,6 +391,7 @@ async fn a_completion_that_fails_in_the_commit_falls_back_to_the_message() {
     let start = steps.iter().find(|s| s.0 == "start").unwrap();
     assert_eq!(
         start.1,
+        // Transition states in order ("pending": the state the step was created in).
         ["pending", "enqueued", "in_progress", "enqueued_for_orchestration"],
         "stored once, not re-run"
     );

@@ -54,10 +54,6 @@ const COMMIT_SQL: &str =
 const COMMIT_LEAN_SQL: &str =
     "SELECT * FROM tasker.worker_commit_results_lean($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
-/// Transition uuids passed per result completed in the commit: the step's, the task's, then
-/// its children's (as the orchestrator's result processor passes them).
-const COMPLETE_UUIDS_PER_RESULT: usize = orchestration::COMPLETE_STEP_UUIDS;
-
 /// Retry pauses for a result that failed to commit on its own (not for the database being
 /// away), before it is dropped.
 const SINGLE_RETRY_DELAYS: [Duration; 3] = [
@@ -404,7 +400,7 @@ struct CommitRows<'a> {
     queue_names: Vec<&'a str>,
     msg_ids: Vec<i64>,
     /// Set when successes are completed in the commit: each result's task, whether it is
-    /// completed (a success), and COMPLETE_UUIDS_PER_RESULT transition uuids per result.
+    /// completed (a success), and orchestration::COMPLETE_STEP_UUIDS transition uuids per result.
     task_uuids: Option<Vec<Uuid>>,
     complete: Option<Vec<bool>>,
     complete_uuids: Option<Vec<Uuid>>,
@@ -487,7 +483,7 @@ fn commit_rows<'a>(
         task_uuids: complete.then(|| batch.iter().map(|c| c.claim.task_uuid).collect()),
         complete: complete.then(|| batch.iter().map(|c| c.result.success).collect()),
         complete_uuids: complete.then(|| {
-            (0..n * COMPLETE_UUIDS_PER_RESULT)
+            (0..n * orchestration::COMPLETE_STEP_UUIDS)
                 .map(|_| Uuid::now_v7())
                 .collect()
         }),

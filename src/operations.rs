@@ -487,18 +487,19 @@ pub struct Transition {
     pub created_at: DateTime<Utc>,
 }
 
+/// The activity figures' query: per minute of the last hour, the step transitions to
+/// complete and to error. Its WHERE is the predicate of workflow_step_transitions_activity_idx
+/// (migration 20261205000001), the only rows it reads (tests/dashboard.rs checks the plan).
+pub const ACTIVITY_SQL: &str = "SELECT date_trunc('minute', created_at)::timestamptz AS minute, \
+            count(*) FILTER (WHERE to_state = 'complete') AS completed, \
+            count(*) FILTER (WHERE to_state = 'error') AS failed \
+       FROM tasker.workflow_step_transitions \
+      WHERE created_at > now() - interval '1 hour' AND to_state IN ('complete', 'error') \
+      GROUP BY 1 ORDER BY 1";
+
 /// Steps completed and failed over the last hour (step transitions to complete / error).
 pub async fn activity(pool: &PgPool) -> TaskerResult<Activity> {
-    let minutes: Vec<ActivityMinute> = sqlx::query_as(
-        "SELECT date_trunc('minute', created_at)::timestamptz AS minute, \
-                count(*) FILTER (WHERE to_state = 'complete') AS completed, \
-                count(*) FILTER (WHERE to_state = 'error') AS failed \
-           FROM tasker.workflow_step_transitions \
-          WHERE created_at > now() - interval '1 hour' AND to_state IN ('complete', 'error') \
-          GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
+    let minutes: Vec<ActivityMinute> = sqlx::query_as(ACTIVITY_SQL).fetch_all(pool).await?;
     let completed_last_hour = minutes.iter().map(|m| m.completed).sum::<i64>();
     let failed_last_hour = minutes.iter().map(|m| m.failed).sum::<i64>();
     Ok(Activity {

@@ -124,3 +124,34 @@ async fn failed_steps_transitions_activity_and_tasks_by_state() {
     assert!(none.is_empty(), "{none:?}");
     db.drop_database().await;
 }
+
+/// The activity query reads the step transitions to complete and error through the partial
+/// index made for it, and no index over every transition's created_at is left to cost each
+/// step's worker transitions their entries (migration 20261205000001).
+#[tokio::test]
+async fn activity_reads_through_its_partial_index() {
+    let db = TestDatabase::migrated().await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", operations::ACTIVITY_SQL))
+        .fetch_all(&mut *tx)
+        .await
+        .expect("explain");
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("workflow_step_transitions_activity_idx"),
+        "activity does not use its index:\n{plan}"
+    );
+    let unfiltered: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes \
+          WHERE schemaname = 'tasker' AND tablename = 'workflow_step_transitions' \
+            AND indexdef LIKE '%(created_at)%' AND indexdef NOT LIKE '% WHERE %'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .expect("indexes");
+    assert!(unfiltered.is_empty(), "{unfiltered:?}");
+}

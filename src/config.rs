@@ -350,9 +350,26 @@ impl WorkerConfig {
     }
 
     /// Most steps claimed and not yet finished by a handler: the handlers plus the prefetch.
-    /// (Finished results waiting to commit are bounded by the completion channel.)
+    /// (Finished results waiting to commit are bounded by the completion channel.) With
+    /// `prefetch` unset this is where the adaptive prefetch starts and its floor.
     pub fn claim_capacity(&self) -> usize {
         self.mpsc_channels.handler_dispatch.max_concurrent_handlers + self.effective_prefetch()
+    }
+
+    /// The most the claim capacity can reach: with `prefetch` unset the adaptive prefetch
+    /// grows up to `prefetch::CEILING_FACTOR` x max_concurrent_handlers while claimed steps
+    /// start quickly (src/worker/prefetch.rs); a set `prefetch` is fixed.
+    pub fn claim_capacity_ceiling(&self) -> usize {
+        let handlers = self.mpsc_channels.handler_dispatch.max_concurrent_handlers;
+        match self.prefetch {
+            Some(_) => self.claim_capacity(),
+            None => handlers + crate::worker::prefetch::CEILING_FACTOR * handlers,
+        }
+    }
+
+    /// Whether the prefetch adapts (`prefetch` unset).
+    pub fn adaptive_prefetch(&self) -> bool {
+        self.prefetch.is_none()
     }
 }
 

@@ -91,7 +91,7 @@ fn defaults_match_the_documented_values() {
     assert_eq!(worker.deployment_mode, DeploymentMode::Hybrid);
     assert_eq!(worker.visibility_timeout_seconds, 30);
     assert_eq!(worker.poll_interval_ms, 1000);
-    assert_eq!(worker.claim_batch_size, 10);
+    assert_eq!(worker.claim_batch_size, 20);
     assert_eq!(worker.completion_batch_size, 100);
     assert_eq!(worker.max_delivery_attempts, 5);
     assert_eq!(worker.shutdown_timeout_ms, 30000);
@@ -146,15 +146,21 @@ fn the_metrics_listener_takes_a_port_and_an_ip_address() {
 }
 
 #[test]
-fn prefetch_defaults_to_the_handler_count_and_adds_to_the_claim_capacity() {
+fn prefetch_starts_at_the_handler_count_adapts_when_unset_and_adds_to_the_claim_capacity() {
     let config = load_with_overrides(&[(
         "worker.mpsc_channels.handler_dispatch.max_concurrent_handlers",
         Value::Integer(7),
     )])
     .unwrap();
     assert_eq!(
-        (config.worker.effective_prefetch(), config.worker.claim_capacity()),
-        (7, 14)
+        (
+            config.worker.effective_prefetch(),
+            config.worker.claim_capacity(),
+            config.worker.adaptive_prefetch(),
+            config.worker.claim_capacity_ceiling()
+        ),
+        (7, 14, true, 28),
+        "unset: adaptive, from the handler count up to three times it"
     );
     let config = load_with_overrides(&[
         (
@@ -165,8 +171,14 @@ fn prefetch_defaults_to_the_handler_count_and_adds_to_the_claim_capacity() {
     ])
     .unwrap();
     assert_eq!(
-        (config.worker.effective_prefetch(), config.worker.claim_capacity()),
-        (0, 7)
+        (
+            config.worker.effective_prefetch(),
+            config.worker.claim_capacity(),
+            config.worker.adaptive_prefetch(),
+            config.worker.claim_capacity_ceiling()
+        ),
+        (0, 7, false, 7),
+        "set: fixed"
     );
 }
 
@@ -244,7 +256,7 @@ url = "postgres://file@db.example:5432/from_file"
 
 [worker]
 namespaces = ["from_file"]
-claim_batch_size = 20
+claim_batch_size = 30
 
 [worker.mpsc_channels.handler_dispatch]
 max_concurrent_handlers = 4
@@ -256,7 +268,7 @@ fn file_beats_defaults_and_leaves_other_keys_alone() {
     let config = TaskerConfig::load_from(Some(file.path()), &no_env, &toml::Table::new()).unwrap();
     assert_eq!(config.database.url, "postgres://file@db.example:5432/from_file");
     assert_eq!(config.worker.namespaces, vec!["from_file".to_string()]);
-    assert_eq!(config.worker.claim_batch_size, 20);
+    assert_eq!(config.worker.claim_batch_size, 30);
     assert_eq!(
         config
             .worker
@@ -284,7 +296,7 @@ fn environment_beats_file() {
     assert_eq!(config.database.url, "postgres://env@db.example/from_env");
     assert_eq!(config.worker.namespaces, vec!["from_env".to_string()]);
     assert_eq!(
-        config.worker.claim_batch_size, 20,
+        config.worker.claim_batch_size, 30,
         "the file's other keys still apply"
     );
 }

@@ -455,7 +455,10 @@ async fn heartbeats_register_stop_go_stale_and_are_pruned() {
     assert_eq!(row.state, "running");
     assert_eq!(row.pid, std::process::id() as i32);
     assert_eq!(row.namespaces, vec!["beat_ns".to_string()]);
-    assert_eq!(row.concurrency as usize, running.config.worker.claim_capacity());
+    assert_eq!(
+        row.concurrency as usize,
+        running.config.worker.claim_capacity_ceiling()
+    );
     assert_eq!(row.version, tasker_worker::version());
     running.worker.quiet();
     wait_for("the worker to be listed quiet", WAIT, || async {

@@ -868,3 +868,67 @@ async fn each_committed_result_notifies_the_orchestration_channel_as_pgmq_send_w
     }
     db.drop_database().await;
 }
+
+/// A registry whose `Sleep` handler takes `millis`.
+fn sleeping_registry(millis: u64) -> Arc<InMemoryHandlerRegistry> {
+    let registry = Arc::new(InMemoryHandlerRegistry::new());
+    registry.register(
+        "Sleep",
+        handler_fn(move |_ctx| async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            Ok(StepSuccess::default())
+        }),
+    );
+    registry
+}
+
+/// Runs `steps` one-step tasks of `Sleep` through a worker of 2 handlers and the adaptive
+/// prefetch (floor 2 + 2, ceiling 2 + 6); returns the capacities status showed meanwhile.
+async fn capacities_over_a_drain(db: &TestDatabase, ns: &str, steps: usize, millis: u64) -> Vec<usize> {
+    let mut config = worker_config(db, &[ns]);
+    config
+        .worker
+        .mpsc_channels
+        .handler_dispatch
+        .max_concurrent_handlers = 2;
+    assert_eq!(config.worker.prefetch, None, "the default prefetch adapts");
+    let mut workflows = Vec::new();
+    for _ in 0..steps {
+        let wf = one_step(db, ns, "sleep", "sleep", "Sleep", json!({})).await;
+        wf.enqueue("sleep").await;
+        workflows.push(wf);
+    }
+    let core = start(config, sleeping_registry(millis)).await;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queue_len(&db.pool, &format!("q_worker_{ns}_queue")).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the drain did not finish");
+        seen.push(core.status_now().capacity);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for wf in &workflows {
+        wait_state(wf, "sleep", "enqueued_for_orchestration").await;
+    }
+    core.shutdown().await.unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn the_adaptive_prefetch_grows_while_claimed_steps_start_quickly() {
+    let db = TestDatabase::migrated().await;
+    let seen = capacities_over_a_drain(&db, "quick", 300, 4).await;
+    assert_eq!(seen.first(), Some(&4), "it starts at the floor: {seen:?}");
+    assert!(seen.iter().all(|c| (4..=8).contains(c)), "{seen:?}");
+    assert!(seen.iter().any(|c| *c > 4), "it never grew: {seen:?}");
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_adaptive_prefetch_stays_at_its_floor_while_claimed_steps_wait() {
+    let db = TestDatabase::migrated().await;
+    // Each prefetched step waits a whole handler run (150 ms) for a free handler.
+    let seen = capacities_over_a_drain(&db, "slow", 12, 150).await;
+    assert!(seen.len() > 20, "the drain took under 0.4 s: {seen:?}");
+    assert!(seen.iter().all(|c| *c == 4), "{seen:?}");
+    db.drop_database().await;
+}

@@ -102,6 +102,7 @@ RSpec.describe "the tasker_worker process", :worker do
       namespaces = ["slow_chain"]
       shutdown_timeout_ms = 7000
       poll_interval_ms = 100
+      prefetch = 3
       [worker.mpsc_channels.handler_dispatch]
       max_concurrent_handlers = 3
     TOML

@@ -363,7 +363,8 @@ RSpec.describe TaskerWorker::Configuration do
         worker = start_worker(registry: registry)
 
         expect([worker.concurrency, worker.namespaces, worker.shutdown_timeout]).to eq([3, %w[toml_a toml_b], 0.5])
-        # capacity is the handlers plus the prefetch, which defaults to the handler count.
+        # capacity is the handlers plus the prefetch, which starts at the handler count (unset,
+        # it adapts once steps run; none has yet).
         expect(worker.status).to include(namespaces: %w[toml_a toml_b], threads: 3, capacity: 6)
 
         WorkflowRows.create(db, namespace: "toml_b", steps: [{ name: "only", callable: "SpecBlock" }]).enqueue("only")

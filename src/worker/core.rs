@@ -20,11 +20,12 @@ use crate::worker::actors::registry::{DispatchMode, WorkerActorRegistry};
 use crate::worker::event_systems::domain_event_system::DomainEventSystem;
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::in_flight::InFlight;
+use crate::worker::prefetch::StartWaits;
 use crate::worker::state::{ShutdownReport, WorkerState, WorkerStatus};
 use crate::worker::stats::WorkerCounters;
 use parking_lot::Mutex;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -69,14 +70,18 @@ impl WorkerCore {
         ));
         client.create_queue(STEP_RESULTS_QUEUE).await?;
 
-        let max_in_flight = config.worker.claim_capacity();
+        // The semaphore starts at the floor; the adaptive prefetch (prefetch unset) raises it.
+        let capacity = config.worker.claim_capacity();
+        let max_in_flight = config.worker.claim_capacity_ceiling();
         let shared = Arc::new(WorkerState {
             worker_id: format!("worker_{}", uuid::Uuid::now_v7()).into(),
             namespaces: config.worker.namespaces.clone(),
             queues,
             pool,
             max_in_flight,
-            capacity: Arc::new(Semaphore::new(max_in_flight)),
+            capacity_now: Arc::new(AtomicUsize::new(capacity)),
+            start_waits: Arc::new(StartWaits::default()),
+            capacity: Arc::new(Semaphore::new(capacity)),
             in_flight: Arc::new(InFlight::default()),
             counters: Arc::new(WorkerCounters::default()),
             quiet: Arc::new(AtomicBool::new(false)),
@@ -88,7 +93,7 @@ impl WorkerCore {
         });
         let complete_in_commit = orchestrator.filter(|_| config.orchestration.complete_in_commit);
         let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch, complete_in_commit);
-        tracing::info!(event = "worker_started", worker_id = %shared.worker_id, namespaces = %shared.namespaces.join(","), capacity = max_in_flight, deployment_mode = ?config.worker.deployment_mode, "worker started");
+        tracing::info!(event = "worker_started", worker_id = %shared.worker_id, namespaces = %shared.namespaces.join(","), capacity, max_capacity = max_in_flight, deployment_mode = ?config.worker.deployment_mode, "worker started");
         let core = Self {
             shared,
             registry,

@@ -1,11 +1,11 @@
 //! The worker: claims steps from PGMQ, runs their handlers, commits their results.
 //! Module map follows the seed (`actors/`, `handlers/`, `event_systems/`,
 //! `actor_command_processor`, `core`, `step_claim`); `hydration`, `in_flight`,
-//! `lease_keeper`, `heartbeat`, `state`, `stats`, `step_context` and `task` are helpers it did not name.
+//! `lease_keeper`, `heartbeat`, `prefetch`, `state`, `stats`, `step_context` and `task` are helpers it did not name.
 //!
 //! Imports go one way: `core` -> `actors` (the registry wires everything) ->
 //! `actor_command_processor`, `event_systems`, `handlers`, `lease_keeper`, `heartbeat` -> the leaves
-//! (`state`, `stats`, `in_flight`, `step_claim`, `hydration`, `step_context`, `task`).
+//! (`state`, `stats`, `in_flight`, `prefetch`, `step_claim`, `hydration`, `step_context`, `task`).
 //! `handlers` import nothing from `actors`.
 
 pub mod actor_command_processor;
@@ -20,6 +20,7 @@ pub mod in_flight;
 pub mod lease_keeper;
 #[cfg(feature = "bench")]
 pub mod loopback;
+pub mod prefetch;
 pub mod state;
 pub mod stats;
 pub mod step_claim;

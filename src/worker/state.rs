@@ -3,11 +3,12 @@
 
 use crate::worker::event_systems::domain_event_system::{DomainEventStats, DomainEventSystem};
 use crate::worker::in_flight::InFlight;
+use crate::worker::prefetch::StartWaits;
 use crate::worker::stats::{CounterSnapshot, WorkerCounters};
 use parking_lot::Mutex;
 use serde::Serialize;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -18,7 +19,13 @@ pub struct WorkerState {
     pub namespaces: Vec<String>,
     pub queues: Vec<Arc<str>>,
     pub pool: PgPool,
+    /// The most steps it may hold claimed (the claim capacity's ceiling).
     pub max_in_flight: usize,
+    /// The claim capacity now: `max_in_flight` when the prefetch is fixed; with the adaptive
+    /// prefetch it moves between the floor and the ceiling (src/worker/prefetch.rs).
+    pub capacity_now: Arc<AtomicUsize>,
+    /// Claimed steps' waits for a handler, read by the adaptive prefetch.
+    pub start_waits: Arc<StartWaits>,
     /// One permit per step claimed and not yet finished by a handler (handlers + prefetch);
     /// the permit returns when the handler's result is handed to the completion processor.
     pub capacity: Arc<Semaphore>,
@@ -66,7 +73,7 @@ impl WorkerState {
             worker_id: self.worker_id.to_string(),
             namespaces: self.namespaces.clone(),
             in_flight: self.in_flight.len(),
-            capacity: self.max_in_flight,
+            capacity: self.capacity_now.load(Ordering::Relaxed),
             oldest_in_flight_ms: self.in_flight.oldest_age().map(|d| d.as_millis() as u64),
             last_commit_ms_ago: self.last_commit.lock().map(|at| at.elapsed().as_millis() as u64),
             counters: self.counters.snapshot(),

@@ -21,6 +21,7 @@ use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::handlers::traits::StepHandlerRegistry;
 use crate::worker::heartbeat::Heartbeat;
 use crate::worker::lease_keeper::LeaseKeeper;
+use crate::worker::prefetch::AdaptivePrefetch;
 use crate::worker::state::WorkerState;
 use crate::worker::task::Task;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct WorkerActorRegistry {
     heartbeat: Task,
     /// Retention rounds every `retention.interval_seconds` (none when 0).
     retention: Option<Task>,
+    /// The adaptive prefetch (none when `worker.prefetch` is set).
+    prefetch: Option<Task>,
     pub command_tx: mpsc::Sender<WorkerCommand>,
     pub wake: Arc<Notify>,
 }
@@ -125,17 +128,21 @@ impl WorkerActorRegistry {
                     channels.handler_dispatch.handler_timeout(),
                     completion_tx.clone(),
                     state.worker_id.clone(),
-                );
+                )
+                .with_start_waits(state.start_waits.clone());
                 Handlers::Rust {
                     dispatch: Task::spawn(service.run(dispatch_rx)),
                 }
             }
             DispatchMode::Ffi => {
-                let channel = Arc::new(FfiDispatchChannel::new(
-                    &channels.ffi_dispatch,
-                    completion_tx.clone(),
-                    state.worker_id.clone(),
-                ));
+                let channel = Arc::new(
+                    FfiDispatchChannel::new(
+                        &channels.ffi_dispatch,
+                        completion_tx.clone(),
+                        state.worker_id.clone(),
+                    )
+                    .with_start_waits(state.start_waits.clone()),
+                );
                 channel.enable_checkpoints(
                     state.pool.clone(),
                     worker.checkpoints.clone(),
@@ -156,6 +163,18 @@ impl WorkerActorRegistry {
             visibility_timeout_seconds: worker.visibility_timeout_seconds,
         };
         let lease_keeper = Task::spawn_source(|stop| lease_keeper.run(stop));
+
+        let prefetch = worker.adaptive_prefetch().then(|| {
+            let adapter = AdaptivePrefetch::new(
+                state.capacity.clone(),
+                state.start_waits.clone(),
+                state.capacity_now.clone(),
+                worker.claim_capacity(),
+                state.max_in_flight,
+                channels.handler_dispatch.max_concurrent_handlers,
+            );
+            Task::spawn_source(|stop| adapter.run(stop))
+        });
 
         let executor = StepExecutorActor {
             pool: state.pool.clone(),
@@ -225,6 +244,7 @@ impl WorkerActorRegistry {
             domain_event_publisher,
             heartbeat,
             retention,
+            prefetch,
             command_tx,
             wake,
         }
@@ -255,11 +275,15 @@ impl WorkerActorRegistry {
             domain_event_publisher,
             heartbeat,
             retention,
+            prefetch,
             command_tx,
             wake: _,
         } = self;
         if let Some(retention) = retention {
             retention.stop().await;
+        }
+        if let Some(prefetch) = prefetch {
+            prefetch.stop().await;
         }
         event_system.stop().await;
         command_processor.stop().await;

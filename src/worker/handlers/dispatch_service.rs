@@ -14,6 +14,7 @@ use crate::limits;
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::handlers::traits::{StepHandlerRegistry, StepResult, StepSuccess};
+use crate::worker::prefetch::StartWaits;
 use crate::worker::step_context::StepContext;
 use chrono::Utc;
 use serde_json::Value;
@@ -29,6 +30,8 @@ pub struct HandlerDispatchService {
     handler_timeout: Duration,
     completion_tx: mpsc::Sender<StepCompletion>,
     worker_id: Arc<str>,
+    /// Where each step's wait for a handler slot is recorded (the adaptive prefetch).
+    start_waits: Option<Arc<StartWaits>>,
 }
 
 impl HandlerDispatchService {
@@ -45,7 +48,14 @@ impl HandlerDispatchService {
             handler_timeout,
             completion_tx,
             worker_id,
+            start_waits: None,
         }
+    }
+
+    /// Records each step's wait for a handler slot in `waits`.
+    pub fn with_start_waits(mut self, waits: Arc<StartWaits>) -> Self {
+        self.start_waits = Some(waits);
+        self
     }
 
     /// Runs until the dispatch channel closes. Handler tasks live in a `JoinSet`, so they are
@@ -69,6 +79,9 @@ impl HandlerDispatchService {
         let Ok(slot) = self.handlers.clone().acquire_owned().await else {
             return;
         };
+        if let Some(waits) = &self.start_waits {
+            waits.record(message.claimed_at);
+        }
         let started_at = Utc::now();
         let context = message.context.clone();
         let outcome = self.run_handler(&context).await;

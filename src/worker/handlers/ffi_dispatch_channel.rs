@@ -29,6 +29,7 @@ use crate::config::{CheckpointsConfig, FfiDispatchConfig};
 use crate::messaging::{ExecutionTiming, StepExecutionResult, StepFailure};
 use crate::worker::checkpoints::{self, CheckpointData, CheckpointError};
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
+use crate::worker::prefetch::StartWaits;
 use crate::worker::step_context::StepContext;
 use crate::worker::task::StopSignal;
 use chrono::{DateTime, Utc};
@@ -211,6 +212,8 @@ pub struct FfiDispatchChannel {
     worker_id: Arc<str>,
     counters: Counters,
     checkpoints: OnceLock<CheckpointStore>,
+    /// Where each step's wait for a Ruby thread is recorded (the adaptive prefetch).
+    start_waits: Option<Arc<StartWaits>>,
 }
 
 impl FfiDispatchChannel {
@@ -239,7 +242,14 @@ impl FfiDispatchChannel {
             worker_id,
             counters: Counters::default(),
             checkpoints: OnceLock::new(),
+            start_waits: None,
         }
+    }
+
+    /// Records each step's wait for a Ruby thread (claim to `next_step`) in `waits`.
+    pub fn with_start_waits(mut self, waits: Arc<StartWaits>) -> Self {
+        self.start_waits = Some(waits);
+        self
     }
 
     /// Lets running events save checkpoints (`checkpoint`) through `pool`, blocking their
@@ -403,6 +413,9 @@ impl FfiDispatchChannel {
             .map(Duration::from_secs)
             .unwrap_or(self.completion_timeout);
         let now = Instant::now();
+        if let Some(waits) = &self.start_waits {
+            waits.record(message.claimed_at);
+        }
         let checkpoint = message.context.checkpoint.clone();
         state.running.insert(
             message.event_id,

@@ -932,3 +932,28 @@ async fn the_adaptive_prefetch_stays_at_its_floor_while_claimed_steps_wait() {
     assert!(seen.iter().all(|c| *c == 4), "{seen:?}");
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn the_adaptive_prefetch_stays_at_its_floor_while_the_worker_keeps_up() {
+    let db = TestDatabase::migrated().await;
+    let mut config = worker_config(&db, &["steady"]);
+    config
+        .worker
+        .mpsc_channels
+        .handler_dispatch
+        .max_concurrent_handlers = 2;
+    let core = start(config, sleeping_registry(4)).await;
+    wait_listening(&core).await;
+    let mut seen = Vec::new();
+    // One quick step every 60 ms: each starts at once, but no read ever comes back full.
+    for _ in 0..15 {
+        let wf = one_step(&db, "steady", "sleep", "sleep", "Sleep", json!({})).await;
+        wf.enqueue("sleep").await;
+        wait_state(&wf, "sleep", "enqueued_for_orchestration").await;
+        seen.push(core.status_now().capacity);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(seen.iter().all(|c| *c == 4), "{seen:?}");
+    core.shutdown().await.unwrap();
+    db.drop_database().await;
+}

@@ -3,12 +3,14 @@
 //! (BENCHMARKS.md, session 12), so while handlers are quick, reading more per claim is the
 //! cheapest throughput there is; but a step claimed ahead waits in this process, where no
 //! other worker can take it. So the prefetch starts at `max_concurrent_handlers` (the
-//! fixed default before) and grows, up to `CEILING_FACTOR` times that, only while claimed
-//! steps start within `TARGET_WAIT` of their claim; once they wait longer it shrinks back.
-//! With slow handlers it never leaves the floor. A leaf: handlers record, the adapter reads.
+//! fixed default before) and grows, up to `CEILING_FACTOR` times that, only while the
+//! capacity is what limits the claims (reads come back with as many messages as slots) and
+//! claimed steps start within `TARGET_WAIT` of their claim; once one waits longer it shrinks
+//! back. With slow handlers, or a worker that keeps up with its queue, it stays at the floor.
+//! A leaf: the executor and the handlers record, the adapter reads.
 
 use crate::worker::task::StopSignal;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -21,11 +23,22 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const CEILING_FACTOR: usize = 3;
 
 /// The waits of steps for a handler (claim to handler start) since the adapter last looked:
-/// how many started and the longest wait. Recorded by both dispatch paths.
+/// how many started and the longest wait, recorded by both dispatch paths; and whether a read
+/// meanwhile came back full (as many messages as it had slots: capacity-limited).
 #[derive(Debug, Default)]
 pub struct StartWaits {
     longest_us: AtomicU64,
     started: AtomicU64,
+    limited: AtomicBool,
+}
+
+/// What the adapter reads each tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The longest claim-to-start wait; None when no step started.
+    pub longest_wait: Option<Duration>,
+    /// A read came back full.
+    pub limited: bool,
 }
 
 impl StartWaits {
@@ -35,11 +48,19 @@ impl StartWaits {
         self.started.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The longest wait since the last call, or None when no step started meanwhile.
-    pub fn take(&self) -> Option<Duration> {
+    /// A read came back with as many messages as the claim had slots.
+    pub fn record_limited(&self) {
+        self.limited.store(true, Ordering::Relaxed);
+    }
+
+    /// What was recorded since the last call.
+    pub fn take(&self) -> Window {
         let started = self.started.swap(0, Ordering::Relaxed);
         let longest = self.longest_us.swap(0, Ordering::Relaxed);
-        (started > 0).then(|| Duration::from_micros(longest))
+        Window {
+            longest_wait: (started > 0).then(|| Duration::from_micros(longest)),
+            limited: self.limited.swap(false, Ordering::Relaxed),
+        }
     }
 }
 
@@ -79,15 +100,16 @@ impl AdaptivePrefetch {
         }
     }
 
-    /// One adjustment for the longest wait seen since the last (None: nothing started, no
-    /// change). Returns the capacity it aims for.
-    pub fn adjust(&mut self, longest_wait: Option<Duration>) -> usize {
+    /// One adjustment for what was seen since the last: up while the capacity limited the
+    /// claims and no step waited longer than TARGET_WAIT, down once one did, else no change.
+    /// Returns the capacity it aims for.
+    pub fn adjust(&mut self, window: Window) -> usize {
         self.settle_owed();
         let current = self.current.load(Ordering::Relaxed);
-        let target = match longest_wait {
-            None => current,
-            Some(wait) if wait <= TARGET_WAIT => (current + self.step).min(self.ceiling),
-            Some(_) => current.saturating_sub(self.step).max(self.floor),
+        let target = match window.longest_wait {
+            Some(wait) if wait > TARGET_WAIT => current.saturating_sub(self.step).max(self.floor),
+            Some(_) if window.limited => (current + self.step).min(self.ceiling),
+            _ => current,
         };
         if target > current {
             let grow = target - current;
@@ -117,8 +139,8 @@ impl AdaptivePrefetch {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    let longest = self.waits.take();
-                    self.adjust(longest);
+                    let window = self.waits.take();
+                    self.adjust(window);
                 }
                 _ = stop.stopped() => return,
             }
@@ -129,6 +151,25 @@ impl AdaptivePrefetch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quick() -> Window {
+        Window {
+            longest_wait: Some(Duration::from_millis(2)),
+            limited: true,
+        }
+    }
+
+    fn waited() -> Window {
+        Window {
+            longest_wait: Some(TARGET_WAIT * 2),
+            limited: true,
+        }
+    }
+
+    const IDLE: Window = Window {
+        longest_wait: None,
+        limited: false,
+    };
 
     fn adapter(handlers: usize) -> (AdaptivePrefetch, Arc<Semaphore>, Arc<AtomicUsize>) {
         let capacity = Arc::new(Semaphore::new(2 * handlers));
@@ -147,43 +188,55 @@ mod tests {
     #[test]
     fn grows_to_the_ceiling_while_steps_start_quickly() {
         let (mut adapter, capacity, current) = adapter(10);
-        assert_eq!(adapter.adjust(Some(Duration::from_millis(2))), 30);
-        assert_eq!(adapter.adjust(Some(Duration::from_millis(2))), 40);
-        assert_eq!(adapter.adjust(Some(Duration::from_millis(2))), 40);
+        assert_eq!(adapter.adjust(quick()), 30);
+        assert_eq!(adapter.adjust(quick()), 40);
+        assert_eq!(adapter.adjust(quick()), 40);
         assert_eq!(capacity.available_permits(), 40);
         assert_eq!(current.load(Ordering::Relaxed), 40);
         // Nothing started: no change either way.
-        assert_eq!(adapter.adjust(None), 40);
+        assert_eq!(adapter.adjust(IDLE), 40);
+    }
+
+    #[test]
+    fn does_not_grow_while_the_capacity_limits_nothing() {
+        let (mut adapter, capacity, _) = adapter(10);
+        let keeping_up = Window {
+            longest_wait: Some(Duration::from_millis(1)),
+            limited: false,
+        };
+        assert_eq!(adapter.adjust(keeping_up), 20);
+        assert_eq!(adapter.adjust(keeping_up), 20);
+        assert_eq!(capacity.available_permits(), 20);
     }
 
     #[test]
     fn shrinks_to_the_floor_when_steps_wait() {
         let (mut adapter, capacity, _) = adapter(10);
-        adapter.adjust(Some(Duration::ZERO));
-        adapter.adjust(Some(Duration::ZERO));
-        assert_eq!(adapter.adjust(Some(TARGET_WAIT * 2)), 30);
-        assert_eq!(adapter.adjust(Some(TARGET_WAIT * 2)), 20);
-        assert_eq!(adapter.adjust(Some(TARGET_WAIT * 2)), 20);
+        adapter.adjust(quick());
+        adapter.adjust(quick());
+        assert_eq!(adapter.adjust(waited()), 30);
+        assert_eq!(adapter.adjust(waited()), 20);
+        assert_eq!(adapter.adjust(waited()), 20);
         assert_eq!(capacity.available_permits(), 20);
     }
 
     #[test]
     fn a_shrink_waits_for_permits_in_use() {
         let (mut adapter, capacity, _) = adapter(10);
-        adapter.adjust(Some(Duration::ZERO));
-        adapter.adjust(Some(Duration::ZERO));
+        adapter.adjust(quick());
+        adapter.adjust(quick());
         // 35 of the 40 permits are held by claimed steps.
         let held = capacity.clone().try_acquire_many_owned(35).expect("permits");
-        assert_eq!(adapter.adjust(Some(TARGET_WAIT * 2)), 30);
+        assert_eq!(adapter.adjust(waited()), 30);
         assert_eq!(capacity.available_permits(), 0, "the 5 free ones are taken out");
         drop(held);
         // The next look takes out the other 5 owed, whatever it decides.
-        assert_eq!(adapter.adjust(None), 30);
+        assert_eq!(adapter.adjust(IDLE), 30);
         assert_eq!(capacity.available_permits(), 30);
         // Growing again first cancels what is still owed, never adds twice.
         let held = capacity.clone().try_acquire_many_owned(30).expect("permits");
-        assert_eq!(adapter.adjust(Some(TARGET_WAIT * 2)), 20);
-        assert_eq!(adapter.adjust(Some(Duration::ZERO)), 30);
+        assert_eq!(adapter.adjust(waited()), 20);
+        assert_eq!(adapter.adjust(quick()), 30);
         drop(held);
         assert_eq!(capacity.available_permits(), 30);
     }
@@ -191,14 +244,17 @@ mod tests {
     #[test]
     fn records_the_longest_wait_and_resets() {
         let waits = StartWaits::default();
-        assert_eq!(waits.take(), None);
+        assert_eq!(waits.take(), IDLE);
         waits.record(Instant::now() - Duration::from_millis(5));
         waits.record(Instant::now() - Duration::from_millis(1));
-        let longest = waits.take().expect("two started");
+        waits.record_limited();
+        let window = waits.take();
+        let longest = window.longest_wait.expect("two started");
         assert!(
             longest >= Duration::from_millis(5) && longest < Duration::from_millis(500),
             "{longest:?}"
         );
-        assert_eq!(waits.take(), None);
+        assert!(window.limited);
+        assert_eq!(waits.take(), IDLE);
     }
 }

@@ -187,6 +187,7 @@ impl WorkerActorRegistry {
             concurrent_batches: concurrent_batches(state.max_in_flight, worker.claim_batch_size as usize),
             max_delivery_attempts: worker.max_delivery_attempts,
             capacity: state.capacity.clone(),
+            start_waits: state.start_waits.clone(),
             dispatch_tx,
             in_flight: state.in_flight.clone(),
             counters: state.counters.clone(),

@@ -26,6 +26,7 @@ use crate::worker::handlers::completion_processor;
 use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::hydration;
 use crate::worker::in_flight::{InFlight, InFlightEntry};
+use crate::worker::prefetch::StartWaits;
 use crate::worker::stats::WorkerCounters;
 use crate::worker::step_claim::{self, Claim, ClaimOutcome, ClaimRequest, NextMessage};
 use crate::worker::step_context::{HandlerSpec, StepContext};
@@ -83,6 +84,9 @@ pub struct StepExecutorActor {
     pub concurrent_batches: usize,
     pub max_delivery_attempts: u32,
     pub capacity: Arc<Semaphore>,
+    /// Told when a read comes back full, the queue holding at least as many messages as the
+    /// claim had slots (the adaptive prefetch grows only then).
+    pub start_waits: Arc<StartWaits>,
     pub dispatch_tx: mpsc::Sender<DispatchHandlerMessage>,
     pub in_flight: Arc<InFlight>,
     pub counters: Arc<WorkerCounters>,
@@ -217,6 +221,8 @@ impl StepExecutorActor {
                     Ok(_) => {
                         drained_reads.store(0, Ordering::Relaxed);
                         saw_full.store(true, Ordering::Relaxed);
+                        // As many messages as slots: the capacity, not the queue, bounded it.
+                        this.start_waits.record_limited();
                     }
                     Err(err) if err.is_transient() => {
                         drained_reads.fetch_add(1, Ordering::Relaxed);

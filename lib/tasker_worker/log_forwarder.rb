@@ -29,6 +29,7 @@ module TaskerWorker
 
     @mutex = Mutex.new
     @thread = nil
+    @written = 0 # records the thread has handed to the logger; only the thread adds to it
 
     class << self
       # Starts the forwarding thread once (again after a fork, where it does not exist). The
@@ -42,12 +43,27 @@ module TaskerWorker
         end
       end
 
+      # Waits up to `timeout` seconds until every record the core queued before the call is
+      # written, so a process that exits next (the CLI after a stop) loses none of its last lines.
+      def flush(timeout = 1.0)
+        target = Native.queued_logs
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+        while @written < target && @thread&.alive?
+          break if Process.clock_gettime(Process::CLOCK_MONOTONIC) >= deadline
+
+          sleep 0.002
+        end
+        @written >= target
+      end
+
       private
 
       def run
         Thread.current.name = "tasker_worker.logs"
         loop do
-          Native.drain_logs(1.0).each { |level, target, message, fields| write(level, target, message, fields) }
+          batch = Native.drain_logs(1.0)
+          batch.each { |level, target, message, fields| write(level, target, message, fields) }
+          @written += batch.size
         end
       end
 

@@ -85,6 +85,7 @@ module TaskerWorker
         kill_abandoned(all: true)
         @events.join([deadline - monotonic, 0].max + 1.0)
         @native.drop_fast_events
+        LogForwarder.flush # the core's last lines (worker_stopped) reach the log before stop returns
         report
       end
     end

@@ -151,6 +151,24 @@ RSpec.describe "operating the tasker_worker process", :worker do
     expect(line).to include("task_uuid=", "step_uuid=")
   end
 
+  # The CLI exits right after stop returns; a line still queued in the core would be lost. A
+  # slow log device keeps the forwarding thread behind, as a busy process does.
+  it "has the core's worker_stopped line in the log when stop returns, however slow the log device" do
+    log = StringIO.new
+    slow = Object.new
+    slow.define_singleton_method(:write) do |*parts|
+      sleep 0.15
+      log.write(*parts)
+    end
+    slow.define_singleton_method(:close) { nil }
+    worker = start_worker(registry: TaskerWorker::HandlerRegistry.new, concurrency: 1, namespaces: ["op_flush"],
+                          logger: Logger.new(slow))
+    wait_until("the start line") { log.string.include?("event=worker_started") }
+    worker.stop
+    expect(log.string.lines.grep(/event=worker_stopped/).size).to eq(1)
+    expect(TaskerWorker::LogForwarder.flush(0)).to be(true)
+  end
+
   it "writes text lines with no doubled prefix and no multi-line driver output, successes at debug" do
     spawn_worker("-v")
     tasks = run_tasks("ok", "permanent")

@@ -38,6 +38,8 @@ struct Queue {
     records: Mutex<VecDeque<Record>>,
     ready: Condvar,
     dropped: AtomicU64,
+    /// Records ever queued (not dropped): `LogForwarder.flush` waits until Ruby wrote as many.
+    queued: AtomicU64,
     /// 0 = off, 1 = error ... 5 = trace.
     max_level: AtomicU8,
 }
@@ -48,6 +50,7 @@ fn queue() -> &'static Queue {
         records: Mutex::new(VecDeque::new()),
         ready: Condvar::new(),
         dropped: AtomicU64::new(0),
+        queued: AtomicU64::new(0),
         max_level: AtomicU8::new(3),
     })
 }
@@ -153,6 +156,7 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
             return;
         }
         records.push_back(record);
+        q.queued.fetch_add(1, Ordering::Relaxed);
         drop(records);
         q.ready.notify_one();
     }
@@ -164,6 +168,7 @@ pub fn init(_ruby: &Ruby, native: RModule) -> Result<(), Error> {
     native.define_singleton_method("drain_logs", function!(drain_logs, 1))?;
     native.define_singleton_method("log_level=", function!(set_log_level, 1))?;
     native.define_singleton_method("dropped_logs", function!(dropped_logs, 0))?;
+    native.define_singleton_method("queued_logs", function!(queued_logs, 0))?;
     Ok(())
 }
 
@@ -234,4 +239,8 @@ fn set_log_level(ruby: &Ruby, level: String) -> Result<(), Error> {
 
 fn dropped_logs() -> u64 {
     queue().dropped.load(Ordering::Relaxed)
+}
+
+fn queued_logs() -> u64 {
+    queue().queued.load(Ordering::Relaxed)
 }

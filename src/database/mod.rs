@@ -38,6 +38,102 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> TaskerResult<PgPool>
     Ok(pool)
 }
 
+/// Connections the shared pool keeps when the claim and commit paths get their own: the
+/// migrations hold two at once.
+const SHARED_AT_LEAST: u32 = 2;
+
+/// A worker's connections, `database.max_connections` of them in all. The claim path and the
+/// commit path each get a pool of their own, sized to the claims and commits they run at once
+/// (when `max_connections` leaves the shared pool at least two; else all three are the one
+/// pool). sqlx hands out the connection idle the longest, so one pool for everything spreads
+/// back-to-back claims over every connection, each time to a backend gone cold (its caches,
+/// its CPU); the workflow benchmark's linear p50 was ~10 % lower with 3 connections than with
+/// 10 or 20 (BENCHMARKS.md, session 13). The role pools open their connections when first used.
+#[derive(Clone)]
+pub struct WorkerPools {
+    /// Everything but claims and commits: migrations, leases, heartbeats, checkpoints, the
+    /// listener's fallback polls, dead letters, retention.
+    pub shared: PgPool,
+    roles: Option<(PgPool, PgPool)>,
+}
+
+impl WorkerPools {
+    /// Opens the shared pool (as `connect`) and, room permitting, the claim pool of `claims`
+    /// connections and the commit pool of `commits`.
+    pub async fn connect(
+        url: &str,
+        settings: &PoolSettings,
+        claims: u32,
+        commits: u32,
+    ) -> TaskerResult<Self> {
+        let carved = claims + commits;
+        if settings.max_connections < carved + SHARED_AT_LEAST {
+            let shared = connect(url, settings).await?;
+            return Ok(Self { shared, roles: None });
+        }
+        let shared_settings = PoolSettings {
+            max_connections: settings.max_connections - carved,
+            ..settings.clone()
+        };
+        let shared = connect(url, &shared_settings).await?;
+        let options = connect_options(url)?;
+        let role = |max_connections: u32| {
+            PgPoolOptions::new()
+                .test_before_acquire(false)
+                .max_connections(max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_lazy_with(options.clone())
+        };
+        Ok(Self {
+            shared,
+            roles: Some((role(claims), role(commits))),
+        })
+    }
+
+    /// One pool for every role.
+    pub fn single(pool: PgPool) -> Self {
+        Self {
+            shared: pool,
+            roles: None,
+        }
+    }
+
+    pub fn claims(&self) -> &PgPool {
+        self.roles.as_ref().map_or(&self.shared, |(claims, _)| claims)
+    }
+
+    pub fn commits(&self) -> &PgPool {
+        self.roles.as_ref().map_or(&self.shared, |(_, commits)| commits)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &PgPool> {
+        std::iter::once(&self.shared).chain(self.roles.iter().flat_map(|(a, b)| [a, b]))
+    }
+
+    /// Connections open now in the claim pool and the commit pool; `None` when the claim and
+    /// commit paths share the one pool.
+    pub fn role_sizes(&self) -> Option<(u32, u32)> {
+        self.roles
+            .as_ref()
+            .map(|(claims, commits)| (claims.size(), commits.size()))
+    }
+
+    /// Connections open now, over every pool.
+    pub fn size(&self) -> u32 {
+        self.all().map(PgPool::size).sum()
+    }
+
+    pub fn num_idle(&self) -> usize {
+        self.all().map(PgPool::num_idle).sum()
+    }
+
+    pub async fn close(&self) {
+        for pool in self.all() {
+            pool.close().await;
+        }
+    }
+}
+
 /// Parses a PostgreSQL URL without connecting.
 pub fn connect_options(url: &str) -> TaskerResult<PgConnectOptions> {
     let invalid = |why: String| {

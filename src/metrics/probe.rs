@@ -100,7 +100,7 @@ impl Probe {
         }
         let database = tokio::time::timeout(
             DATABASE_CHECK_TIMEOUT,
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.worker.pool),
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.worker.pools.shared),
         )
         .await;
         match database {
@@ -156,7 +156,8 @@ impl Probe {
             let sql = format!(
                 "SELECT count(*)::bigint, COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at)), 0)::float8 FROM pgmq.\"q_{queue}\""
             );
-            let sample: Result<(i64, f64), _> = sqlx::query_as(&sql).fetch_one(&self.worker.pool).await;
+            let sample: Result<(i64, f64), _> =
+                sqlx::query_as(&sql).fetch_one(&self.worker.pools.shared).await;
             if let Ok((depth, oldest_age_seconds)) = sample {
                 self.queues.lock().insert(
                     namespace.clone(),

@@ -17,6 +17,7 @@ use crate::messaging::{self, client, MessageClient, STEP_RESULTS_QUEUE};
 use crate::orchestration::OrchestratorCounters;
 use crate::worker::actors::messages::WorkerCommand;
 use crate::worker::actors::registry::{DispatchMode, WorkerActorRegistry};
+use crate::worker::actors::step_executor_actor::concurrent_batches;
 use crate::worker::event_systems::domain_event_system::DomainEventSystem;
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::in_flight::InFlight;
@@ -51,7 +52,20 @@ impl WorkerCore {
         dispatch: DispatchMode,
         orchestrator: Option<Arc<OrchestratorCounters>>,
     ) -> TaskerResult<Self> {
-        let pool = database::connect(&config.database.url, &config.database.pool_settings()).await?;
+        let complete_in_commit = orchestrator.filter(|_| config.orchestration.complete_in_commit);
+        // The semaphore starts at the floor; the adaptive prefetch (prefetch unset) raises it.
+        let capacity = config.worker.claim_capacity();
+        let max_in_flight = config.worker.claim_capacity_ceiling();
+        let pools = database::WorkerPools::connect(
+            &config.database.url,
+            &config.database.pool_settings(),
+            concurrent_batches(max_in_flight, config.worker.claim_batch_size as usize) as u32,
+            config
+                .worker
+                .effective_completion_concurrency(complete_in_commit.is_some()) as u32,
+        )
+        .await?;
+        let pool = pools.shared.clone();
         database::ensure_schema(&pool).await?;
         let client = MessageClient::new(pool.clone());
         let mut queues = Vec::with_capacity(config.worker.namespaces.len());
@@ -70,14 +84,11 @@ impl WorkerCore {
         ));
         client.create_queue(STEP_RESULTS_QUEUE).await?;
 
-        // The semaphore starts at the floor; the adaptive prefetch (prefetch unset) raises it.
-        let capacity = config.worker.claim_capacity();
-        let max_in_flight = config.worker.claim_capacity_ceiling();
         let shared = Arc::new(WorkerState {
             worker_id: format!("worker_{}", uuid::Uuid::now_v7()).into(),
             namespaces: config.worker.namespaces.clone(),
             queues,
-            pool,
+            pools,
             max_in_flight,
             capacity_now: Arc::new(AtomicUsize::new(capacity)),
             start_waits: Arc::new(StartWaits::default()),
@@ -91,7 +102,6 @@ impl WorkerCore {
             running: AtomicBool::new(true),
             domain_events,
         });
-        let complete_in_commit = orchestrator.filter(|_| config.orchestration.complete_in_commit);
         let registry = WorkerActorRegistry::start(&config, shared.clone(), dispatch, complete_in_commit);
         tracing::info!(event = "worker_started", worker_id = %shared.worker_id, namespaces = %shared.namespaces.join(","), capacity, max_capacity = max_in_flight, deployment_mode = ?config.worker.deployment_mode, "worker started");
         let core = Self {
@@ -113,7 +123,7 @@ impl WorkerCore {
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.shared.pool
+        &self.shared.pools.shared
     }
 
     /// The shared state, for the metrics listener (`crate::metrics::Probe`).
@@ -175,7 +185,7 @@ impl WorkerCore {
             .await;
         let released = release_leases(&self.shared, self.visibility_timeout_seconds).await;
         self.shared.running.store(false, Ordering::Relaxed);
-        self.shared.pool.close().await;
+        self.shared.pools.close().await;
         let report = ShutdownReport {
             finished: before.saturating_sub(released),
             released,
@@ -190,7 +200,7 @@ impl WorkerCore {
 async fn release_leases(shared: &WorkerState, visibility_timeout_seconds: u32) -> usize {
     let mut released = 0;
     for (queue, msg_ids) in shared.in_flight.by_queue() {
-        match client::set_vt(&shared.pool, &queue, &msg_ids, 0).await {
+        match client::set_vt(&shared.pools.shared, &queue, &msg_ids, 0).await {
             Ok(ids) => released += ids.len(),
             Err(err) => {
                 tracing::warn!(error = %err, %queue, "releasing leases failed; they lapse after {visibility_timeout_seconds} s")

@@ -1,13 +1,13 @@
 //! What the worker's tasks share, and the status read from it. A leaf: it imports no actor
 //! or handler module, so every one of them can import it.
 
+use crate::database::WorkerPools;
 use crate::worker::event_systems::domain_event_system::{DomainEventStats, DomainEventSystem};
 use crate::worker::in_flight::InFlight;
 use crate::worker::prefetch::StartWaits;
 use crate::worker::stats::{CounterSnapshot, WorkerCounters};
 use parking_lot::Mutex;
 use serde::Serialize;
-use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +18,8 @@ pub struct WorkerState {
     pub worker_id: Arc<str>,
     pub namespaces: Vec<String>,
     pub queues: Vec<Arc<str>>,
-    pub pool: PgPool,
+    /// The shared pool, and the claim and commit paths' own (`WorkerPools`).
+    pub pools: WorkerPools,
     /// The most steps it may hold claimed (the claim capacity's ceiling).
     pub max_in_flight: usize,
     /// The claim capacity now: `max_in_flight` when the prefetch is fixed; with the adaptive
@@ -60,8 +61,13 @@ pub struct WorkerStatus {
     pub last_commit_ms_ago: Option<u64>,
     pub counters: CounterSnapshot,
     pub domain_events: DomainEventStats,
+    /// Connections open now, over every pool of the worker (`WorkerPools`), and those idle.
     pub pool_size: u32,
     pub pool_idle: usize,
+    /// Of `pool_size`, those of the claim pool and of the commit pool; `None` when the claim
+    /// and commit paths share the one pool (`database.max_connections` too small to split).
+    pub pool_claims: Option<u32>,
+    pub pool_commits: Option<u32>,
 }
 
 impl WorkerState {
@@ -78,8 +84,10 @@ impl WorkerState {
             last_commit_ms_ago: self.last_commit.lock().map(|at| at.elapsed().as_millis() as u64),
             counters: self.counters.snapshot(),
             domain_events: self.domain_events.stats(),
-            pool_size: self.pool.size(),
-            pool_idle: self.pool.num_idle(),
+            pool_size: self.pools.size(),
+            pool_idle: self.pools.num_idle(),
+            pool_claims: self.pools.role_sizes().map(|(claims, _)| claims),
+            pool_commits: self.pools.role_sizes().map(|(_, commits)| commits),
         }
     }
 }

@@ -95,7 +95,7 @@ impl WorkerActorRegistry {
 
         let reports = command_tx.clone();
         let completion = CompletionProcessorService {
-            pool: state.pool.clone(),
+            pool: state.pools.commits().clone(),
             batch_size: worker.completion_batch_size as usize,
             concurrency: worker.effective_completion_concurrency(complete_in_commit.is_some()),
             worker_id: state.worker_id.clone(),
@@ -117,7 +117,7 @@ impl WorkerActorRegistry {
             state
                 .domain_events
                 .clone()
-                .run_durable_publisher(state.pool.clone()),
+                .run_durable_publisher(state.pools.shared.clone()),
         );
 
         let handlers = match dispatch {
@@ -144,7 +144,7 @@ impl WorkerActorRegistry {
                     .with_start_waits(state.start_waits.clone()),
                 );
                 channel.enable_checkpoints(
-                    state.pool.clone(),
+                    state.pools.shared.clone(),
                     worker.checkpoints.clone(),
                     tokio::runtime::Handle::current(),
                 );
@@ -157,7 +157,7 @@ impl WorkerActorRegistry {
         };
 
         let lease_keeper = LeaseKeeper {
-            pool: state.pool.clone(),
+            pool: state.pools.shared.clone(),
             in_flight: state.in_flight.clone(),
             counters: state.counters.clone(),
             visibility_timeout_seconds: worker.visibility_timeout_seconds,
@@ -177,7 +177,7 @@ impl WorkerActorRegistry {
         });
 
         let executor = StepExecutorActor {
-            pool: state.pool.clone(),
+            pool: state.pools.claims().clone(),
             worker_id: state.worker_id.clone(),
             queues: state.queues.clone(),
             visibility_timeout_seconds: worker.visibility_timeout_seconds,
@@ -205,7 +205,7 @@ impl WorkerActorRegistry {
         let command_processor = Task::spawn_source(|stop| processor.run(command_rx, stop));
 
         let events = WorkerEventSystem {
-            pool: state.pool.clone(),
+            pool: state.pools.shared.clone(),
             namespaces: worker.namespaces.clone(),
             deployment_mode: worker.deployment_mode,
             poll_interval: worker.poll_interval(),
@@ -217,7 +217,7 @@ impl WorkerActorRegistry {
         let event_system = Task::spawn_source(|stop| events.run(stop));
 
         let heartbeat = Heartbeat {
-            pool: state.pool.clone(),
+            pool: state.pools.shared.clone(),
             worker_id: state.worker_id.clone(),
             namespaces: worker.namespaces.clone(),
             concurrency: state.max_in_flight,
@@ -227,7 +227,7 @@ impl WorkerActorRegistry {
 
         let retention = config.retention.interval().map(|interval| {
             let retention = Retention {
-                pool: state.pool.clone(),
+                pool: state.pools.shared.clone(),
                 policy: RetentionPolicy::from(&config.retention),
                 interval,
             };

@@ -90,14 +90,6 @@ impl WorkerPools {
         })
     }
 
-    /// One pool for every role.
-    pub fn single(pool: PgPool) -> Self {
-        Self {
-            shared: pool,
-            roles: None,
-        }
-    }
-
     pub fn claims(&self) -> &PgPool {
         self.roles.as_ref().map_or(&self.shared, |(claims, _)| claims)
     }

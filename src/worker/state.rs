@@ -72,6 +72,7 @@ pub struct WorkerStatus {
 
 impl WorkerState {
     pub fn status(&self) -> WorkerStatus {
+        let roles = self.pools.role_sizes();
         WorkerStatus {
             running: self.running.load(Ordering::Relaxed),
             quiet: self.quiet.load(Ordering::Relaxed),
@@ -86,8 +87,8 @@ impl WorkerState {
             domain_events: self.domain_events.stats(),
             pool_size: self.pools.size(),
             pool_idle: self.pools.num_idle(),
-            pool_claims: self.pools.role_sizes().map(|(claims, _)| claims),
-            pool_commits: self.pools.role_sizes().map(|(_, commits)| commits),
+            pool_claims: roles.map(|(claims, _)| claims),
+            pool_commits: roles.map(|(_, commits)| commits),
         }
     }
 }

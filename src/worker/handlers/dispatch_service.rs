@@ -30,8 +30,9 @@ pub struct HandlerDispatchService {
     handler_timeout: Duration,
     completion_tx: mpsc::Sender<StepCompletion>,
     worker_id: Arc<str>,
-    /// Where each step's wait for a handler slot is recorded (the adaptive prefetch).
-    start_waits: Option<Arc<StartWaits>>,
+    /// Where each step's wait for a handler slot is recorded: the worker's, read by the adaptive
+    /// prefetch (`with_start_waits`), else a private one.
+    start_waits: Arc<StartWaits>,
 }
 
 impl HandlerDispatchService {
@@ -48,13 +49,13 @@ impl HandlerDispatchService {
             handler_timeout,
             completion_tx,
             worker_id,
-            start_waits: None,
+            start_waits: Arc::default(),
         }
     }
 
     /// Records each step's wait for a handler slot in `waits`.
     pub fn with_start_waits(mut self, waits: Arc<StartWaits>) -> Self {
-        self.start_waits = Some(waits);
+        self.start_waits = waits;
         self
     }
 
@@ -79,9 +80,7 @@ impl HandlerDispatchService {
         let Ok(slot) = self.handlers.clone().acquire_owned().await else {
             return;
         };
-        if let Some(waits) = &self.start_waits {
-            waits.record(message.claimed_at);
-        }
+        self.start_waits.record(message.claimed_at);
         let started_at = Utc::now();
         let context = message.context.clone();
         let outcome = self.run_handler(&context).await;

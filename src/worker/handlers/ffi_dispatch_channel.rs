@@ -212,8 +212,9 @@ pub struct FfiDispatchChannel {
     worker_id: Arc<str>,
     counters: Counters,
     checkpoints: OnceLock<CheckpointStore>,
-    /// Where each step's wait for a Ruby thread is recorded (the adaptive prefetch).
-    start_waits: Option<Arc<StartWaits>>,
+    /// Where each step's wait for a Ruby thread is recorded: the worker's, read by the adaptive
+    /// prefetch (`with_start_waits`), else a private one.
+    start_waits: Arc<StartWaits>,
 }
 
 impl FfiDispatchChannel {
@@ -242,13 +243,13 @@ impl FfiDispatchChannel {
             worker_id,
             counters: Counters::default(),
             checkpoints: OnceLock::new(),
-            start_waits: None,
+            start_waits: Arc::default(),
         }
     }
 
     /// Records each step's wait for a Ruby thread (claim to `next_step`) in `waits`.
     pub fn with_start_waits(mut self, waits: Arc<StartWaits>) -> Self {
-        self.start_waits = Some(waits);
+        self.start_waits = waits;
         self
     }
 
@@ -413,9 +414,7 @@ impl FfiDispatchChannel {
             .map(Duration::from_secs)
             .unwrap_or(self.completion_timeout);
         let now = Instant::now();
-        if let Some(waits) = &self.start_waits {
-            waits.record(message.claimed_at);
-        }
+        self.start_waits.record(message.claimed_at);
         let checkpoint = message.context.checkpoint.clone();
         state.running.insert(
             message.event_id,

@@ -67,9 +67,9 @@ module Bench
     def work(index)
       Thread.current.name = "baseline.batched.#{index}"
       conn = PG.connect(@url)
-      STATEMENTS.each { |name, sql| conn.prepare(name, sql) }
+      self.class::STATEMENTS.each { |name, sql| conn.prepare(name, sql) }
       until @stop
-        rows = conn.exec_prepared("read", [@queue, VISIBILITY_TIMEOUT, BATCH]).to_a
+        rows = read(conn)
         if rows.empty?
           sleep EMPTY_SLEEP
           next
@@ -78,6 +78,10 @@ module Bench
       end
     ensure
       conn&.close
+    end
+
+    def read(conn)
+      conn.exec_prepared("read", [@queue, VISIBILITY_TIMEOUT, BATCH]).to_a
     end
 
     def process(conn, rows)
@@ -100,11 +104,13 @@ module Bench
   module BatchedPgmqPeer
     module_function
 
-    def run(tasks, threads)
+    # `worker_class`: the class to run (bench/peer_protocol_floor.rb runs its own), `bench`: the name
+    # of its RESULT.
+    def run(tasks, threads, worker_class: BatchedPgmqWorker, bench: "peer_batched_pgmq")
       Prepared.database(tasks) do |url|
         sync = ThrowawayDatabase.setting(url, "synchronous_commit")
-        worker = BatchedPgmqWorker.new(url, namespace: Prepared::NAMESPACE, threads: threads,
-                                            handler: ->(_message) { {} })
+        worker = worker_class.new(url, namespace: Prepared::NAMESPACE, threads: threads,
+                                       handler: ->(_message) { {} })
         pg_before = PgWork.snapshot_before(url)
         cpu_before = Cpu.snapshot(url)
         started = Bench.now
@@ -123,7 +129,7 @@ module Bench
                          threads, worker.done, seconds, worker.done / seconds, sync))
         Bench.log("  CPU µs per message: #{cpu}")
         Bench.log("  PostgreSQL per message: #{pg}")
-        Bench.result(bench: "peer_batched_pgmq", threads: threads, steps: worker.done,
+        Bench.result(bench: bench, threads: threads, steps: worker.done,
                      seconds: seconds.round(3), steps_per_s: (worker.done / seconds).round(1),
                      synchronous_commit: sync, cpu_us_per_step: cpu, pg_per_step: pg, quick: Bench.quick?)
       end

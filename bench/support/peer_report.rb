@@ -1,11 +1,13 @@
 # frozen_string_literal: true
 
-# The peers (bench/peer_batched_pgmq.rb, bench/peer_sidekiq.rb, bench/peer_sidekiq_pickup.rb)
+# The peers (bench/peer_batched_pgmq.rb, bench/peer_protocol_floor.rb, bench/peer_sidekiq.rb,
+# bench/peer_sidekiq_pickup.rb)
 # in BENCHMARKS.md: their rows of the drain table, their CPU, the ratios of tasker_worker at
 # concurrency 10 to each, same round, and pickup latency's Sidekiq peer. Included by Bench::Report (bench/support/report.rb).
 module Bench
   module PeerReport
     PEERS = [["peer_batched_pgmq", "peer: batched pure-Ruby PGMQ worker (read 10 + send_batch + archive), 10 threads"],
+             ["peer_protocol_floor", "peer: tasker-core protocol floor (claim and result in one statement each, 20 a batch), 10 threads"],
              ["peer_sidekiq", "peer: Sidekiq 6 on a local Redis (no persistence), `-c 10`"]].freeze
 
     # The peers' commands and what they do, for the drain section's text.
@@ -15,8 +17,12 @@ module Bench
 
       "Peers, same rounds: #{ran.map { |bench| "`#{command(bench)}`" }.join(", ")}. The batched PGMQ " \
         "worker does less per message (no claim, transitions or step results: read 10, handler, " \
-        "send_batch + archive in one durable transaction); Sidekiq runs on a Redis without " \
-        "persistence, timed from its first taken job to an empty queue.\n"
+        "send_batch + archive in one durable transaction); the protocol floor writes the rows " \
+        "tasker-core's protocol needs (the in_progress and enqueued_for_orchestration transitions, " \
+        "the attempt and the results on the step, the results message, the archive) in one " \
+        "statement for the claim and one for the result, without the locks, checks and hydration " \
+        "a worker needs (bench/peer_protocol_floor.rb says what it leaves out); Sidekiq runs on " \
+        "a Redis without persistence, timed from its first taken job to an empty queue.\n"
     end
 
     # The Sidekiq peer's CPU per job (its process and redis-server), medians.

@@ -260,7 +260,7 @@ module Bench
         WAL records and bytes of the benchmark's database (pg_walinspect), commits, round trips
         (claim calls that read messages + commit transactions).
 
-        #{PgWorkTable.render(concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] } + [["peer: batched PGMQ, 10 threads", results("peer_batched_pgmq")]].reject { |_, rows| rows.empty? }) { |v, d| fmt(v, d) }}
+        #{PgWorkTable.render(concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] } + [["peer: batched PGMQ, 10 threads", results("peer_batched_pgmq")], ["peer: protocol floor, 10 threads", results("peer_protocol_floor")]].reject { |_, rows| rows.empty? }) { |v, d| fmt(v, d) }}
         #{sidekiq_cpu}
       MD
     end
@@ -273,6 +273,7 @@ module Bench
       subjects = concurrencies.map { |c| ["tasker_worker, concurrency #{c}", results("drain", concurrency: c)] }
       subjects << ["baseline, 10 threads", results("baseline_ruby_pgmq_worker")]
       subjects << ["peer: batched PGMQ, 10 threads", results("peer_batched_pgmq")] if results("peer_batched_pgmq").any?
+      subjects << ["peer: protocol floor, 10 threads", results("peer_protocol_floor")] if results("peer_protocol_floor").any?
       head = "| | #{CPU_COLUMNS.map(&:first).join(" | ")} |\n|---|#{"---:|" * CPU_COLUMNS.size}\n"
       lines = subjects.map do |label, rows|
         cells = CPU_COLUMNS.map do |_, key|

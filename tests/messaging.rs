@@ -116,6 +116,100 @@ async fn unknown_queues_and_bad_names_are_clear_errors() {
     db.drop_database().await;
 }
 
+/// `tasker.pgmq_send_with_notify` sends through a statement prepared once per session and
+/// queue (`tasker.worker_prepare_send`) instead of `pgmq.send`: the row is the one pgmq.send
+/// writes, the delay hides it, a queue dropped and created again in the same session is sent
+/// to (the prepared statement is planned again), and a missing queue is a clear error.
+#[tokio::test]
+async fn send_with_notify_through_the_prepared_send_writes_what_pgmq_send_writes() {
+    let db = TestDatabase::migrated().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let queue = "worker_prepared_send_queue";
+    sqlx::query("SELECT pgmq.create($1)")
+        .bind(queue)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let send = "SELECT tasker.pgmq_send_with_notify($1, $2, $3)";
+    let body = json!({"task_uuid": Uuid::now_v7(), "quote": "it's \"quoted\""});
+    let now: i64 = sqlx::query_scalar(send)
+        .bind(queue)
+        .bind(&body)
+        .bind(0)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let later: i64 = sqlx::query_scalar(send)
+        .bind(queue)
+        .bind(json!({"n": 2}))
+        .bind(30)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let prepared: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_prepared_statements WHERE name = 'tasker_send_' || $1)",
+    )
+    .bind(queue)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(prepared, "the send was not prepared");
+    let rows: Vec<(i64, i32, Value, bool, bool)> = sqlx::query_as(&format!(
+        "SELECT msg_id, read_ct, message, vt <= clock_timestamp(), vt > clock_timestamp() + interval '25 seconds' \
+           FROM pgmq.q_{queue} ORDER BY msg_id"
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (now, 0, body, true, false),
+            (later, 0, json!({"n": 2}), false, true)
+        ]
+    );
+
+    // Dropped and created again: the session's prepared send finds the new table.
+    sqlx::query("SELECT pgmq.drop_queue($1)")
+        .bind(queue)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pgmq.create($1)")
+        .bind(queue)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let again: i64 = sqlx::query_scalar(send)
+        .bind(queue)
+        .bind(json!({"n": 3}))
+        .bind(0)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM pgmq.q_{queue} WHERE msg_id = $1"))
+        .bind(again)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+
+    let err = sqlx::query(send)
+        .bind("worker_never_created_queue")
+        .bind(json!({}))
+        .bind(0)
+        .execute(&mut *conn)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("q_worker_never_created_queue") && err.contains("does not exist"),
+        "{err}"
+    );
+    drop(conn);
+    db.drop_database().await;
+}
+
 #[tokio::test]
 async fn send_with_notify_wakes_listeners_of_the_namespace_with_the_documented_payload() {
     let db = TestDatabase::migrated().await;

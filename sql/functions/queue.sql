@@ -50,7 +50,8 @@ BEGIN
 END;
 $$;
 
--- pgmq.send plus a notification on pgmq_message_ready.{namespace}. Keeps tasker-core's name
+-- pgmq.send (through tasker.worker_prepare_send's statement) plus a notification on
+-- pgmq_message_ready.{namespace}. Keeps tasker-core's name
 -- and signature (its orchestrator calls it unqualified). A notification is only a hint: the
 -- receiver still reads the queue, and a fallback poller covers lost notifications.
 --

@@ -53,7 +53,9 @@ module Bench
       exists = conn.exec_params("SELECT 1 FROM pgmq.meta WHERE queue_name = $1", [RESULTS_QUEUE]).ntuples.positive?
       conn.exec_params("SELECT pgmq.create($1)", [RESULTS_QUEUE]) unless exists
       conn.close
-      @pool = Array.new(@threads) { |i| Thread.new { work(i) } }
+      # A thread that fails ends the run in the main thread, rather than leaving its messages
+      # leased and the drain waiting for them until its timeout.
+      @pool = Array.new(@threads) { |i| Thread.new { work(i) }.tap { |t| t.abort_on_exception = true } }
       self
     end
 

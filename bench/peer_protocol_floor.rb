@@ -46,6 +46,8 @@ module Bench
           UPDATE tasker.workflow_step_transitions t
              SET most_recent = false, updated_at = now()
             FROM m
+           -- A step in any other state is not claimed (the one decision the floor keeps); its
+           -- message still comes back below, without a token, and `read` raises on it.
            WHERE t.workflow_step_uuid = m.step_uuid AND t.most_recent AND t.to_state IN ('pending', 'enqueued')
           RETURNING t.workflow_step_uuid, t.to_state, t.sort_key, m.msg_id, m.message
         ), i AS (
@@ -66,12 +68,12 @@ module Bench
            WHERE ws.workflow_step_uuid = r.workflow_step_uuid
           RETURNING ws.workflow_step_uuid, ws.task_uuid, ws.named_step_uuid, ws.inputs
         )
-        SELECT r.msg_id, r.message, i.workflow_step_transition_uuid AS token, s.inputs, t.context, ns.name AS step_name
-          FROM r
-          JOIN i ON i.workflow_step_uuid = r.workflow_step_uuid
-          JOIN s ON s.workflow_step_uuid = r.workflow_step_uuid
-          JOIN tasker.tasks t ON t.task_uuid = s.task_uuid
-          JOIN tasker.named_steps ns ON ns.named_step_uuid = s.named_step_uuid
+        SELECT m.msg_id, m.message, i.workflow_step_transition_uuid AS token, s.inputs, t.context, ns.name AS step_name
+          FROM m
+          LEFT JOIN i ON i.workflow_step_uuid = m.step_uuid
+          LEFT JOIN s ON s.workflow_step_uuid = m.step_uuid
+          LEFT JOIN tasker.tasks t ON t.task_uuid = s.task_uuid
+          LEFT JOIN tasker.named_steps ns ON ns.named_step_uuid = s.named_step_uuid
          CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) async
       SQL
       "commit" => <<~SQL
@@ -118,8 +120,14 @@ module Bench
 
     private
 
+    # Every message read, claimed: one it could not claim fails the run (the thread's error
+    # reaches the main thread) instead of staying leased while the drain waits for it.
     def read(conn)
-      conn.exec_prepared("claim", [BATCH, "worker_floor", VISIBILITY_TIMEOUT]).to_a
+      rows = conn.exec_prepared("claim", [BATCH, "worker_floor", VISIBILITY_TIMEOUT]).to_a
+      unclaimed = rows.reject { |row| row["token"] }
+      raise "the floor read #{unclaimed.size} message(s) whose step was not pending or enqueued: #{unclaimed.first["message"]}" if unclaimed.any?
+
+      rows
     end
 
     def process(conn, rows)

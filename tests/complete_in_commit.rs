@@ -177,6 +177,49 @@ async fn step_states(pool: &sqlx::PgPool, task: Uuid) -> Vec<(String, Vec<String
     .unwrap()
 }
 
+/// One step's row of `assert_completed_rows`: name, transitions, the `complete` transition's
+/// event, only it current, the sort keys' span, chained from_states, processed, idle.
+type CompletedRows = (String, i64, Option<String>, bool, i64, bool, bool, bool);
+
+/// What tasker-core's orchestrator reads of a completed step, checked for every step of
+/// `task`: one current transition, the `complete` one, each transition's from_state the
+/// previous one's to_state, consecutive sort keys, the `complete` transition's event, and the
+/// step row processed, with its processed_at, and not in process.
+async fn assert_completed_rows(pool: &sqlx::PgPool, task: Uuid) {
+    let rows: Vec<CompletedRows> = sqlx::query_as(
+        "SELECT ns.name::text, count(*), \
+                min(tr.metadata ->> 'event') FILTER (WHERE tr.to_state = 'complete'), \
+                bool_and(tr.most_recent = (tr.to_state = 'complete')), \
+                (max(tr.sort_key) - min(tr.sort_key) + 1)::bigint, \
+                bool_and(tr.from_state IS NOT DISTINCT FROM \
+                         (SELECT p.to_state FROM tasker.workflow_step_transitions p \
+                           WHERE p.workflow_step_uuid = tr.workflow_step_uuid AND p.sort_key = tr.sort_key - 1)), \
+                bool_and(ws.processed AND ws.processed_at IS NOT NULL), \
+                bool_and(NOT ws.in_process) \
+           FROM tasker.workflow_steps ws \
+           JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid \
+           JOIN tasker.workflow_step_transitions tr ON tr.workflow_step_uuid = ws.workflow_step_uuid \
+          WHERE ws.task_uuid = $1 GROUP BY ns.name ORDER BY ns.name",
+    )
+    .bind(task)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!rows.is_empty(), "task {task} has steps");
+    for (name, count, event, current, span, chained, processed, idle) in rows {
+        assert_eq!(
+            event.as_deref(),
+            Some("complete"),
+            "{name}: the complete transition's event"
+        );
+        assert!(current, "{name}: only the complete transition is most recent");
+        assert_eq!(span, count, "{name}: consecutive sort keys");
+        assert!(chained, "{name}: each from_state is the previous to_state");
+        assert!(processed, "{name}: processed, with processed_at");
+        assert!(idle, "{name}: not in process");
+    }
+}
+
 /// The transition states (to_state, by sort_key) of a step that ran once and completed;
 /// "pending" here is the state a step is created in, not a skipped test.
 const RAN: [&str; 5] = [
@@ -211,6 +254,7 @@ async fn successes_complete_in_the_worker_commit_without_a_results_message() {
             })
             .collect();
     assert_eq!(steps, expected, "the same history as the message route writes");
+    assert_completed_rows(&db.pool, task).await;
     let (complete, completed_at): (bool, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT complete, completed_at FROM tasker.tasks WHERE task_uuid = $1")
             .bind(task)
@@ -239,6 +283,7 @@ async fn turned_off_every_result_goes_through_the_results_queue() {
         .unwrap();
     assert_eq!(wait_settled(&db.pool, task, WAIT).await, "complete");
     assert_eq!(result_messages(&db.pool).await, 4);
+    assert_completed_rows(&db.pool, task).await;
     let status = node.counted(1).await;
     assert_eq!(status.completed_in_commit, 0, "{status:?}");
     assert_eq!(status.steps_completed, 4, "{status:?}");
@@ -355,6 +400,7 @@ async fn the_lean_claim_commit_completes_in_the_commit_too() {
         steps[0],
         ("join".into(), RAN.map(String::from).to_vec(), Some(json!(162)))
     );
+    assert_completed_rows(&db.pool, task).await;
     assert_eq!(result_messages(&db.pool).await, 0);
     let status = node.counted(1).await;
     assert_eq!(status.completed_in_commit, 4, "{status:?}");

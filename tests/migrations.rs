@@ -186,13 +186,14 @@ async fn the_worker_functions_run_with_generic_index_plans() {
                  'worker_claim_next_lean', 'worker_claim_read', 'worker_claim_steps_lean', \
                  'worker_commit_results_lean', 'worker_held_messages', 'worker_delete_messages', \
                  'worker_send_results_and_ack', 'worker_complete_in_commit', 'worker_lock_completed_tasks', 'worker_finish_commit', \
-                 'orchestrator_settle_task', 'orchestrator_complete_step') \
+                 'worker_completed_here', 'orchestrator_settle_task', 'orchestrator_complete_step', \
+                 'orchestrator_dynamic_steps') \
           ORDER BY 1",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 17, "{rows:?}");
+    assert_eq!(rows.len(), 19, "{rows:?}");
     for (name, config) in &rows {
         for setting in ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"] {
             assert!(

@@ -684,11 +684,23 @@ async fn a_polling_worker_finds_steps_without_notify() {
     config.worker.deployment_mode = DeploymentMode::Polling;
     let core = start(config, echo_registry()).await;
     let wf = one_step(&db, "poll", "double", "double", "Double", json!({"n": 2})).await;
+    // Past the start's first look at the queue (which a slow start can run after the
+    // enqueue below), so only a poll can find the step.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let polls = core.status().await.unwrap().counters.polls;
+        if polls >= 1 {
+            break polls;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the poller never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     wf.enqueue("double").await;
     wait_state(&wf, "double", "enqueued_for_orchestration").await;
     let counters = core.status().await.unwrap().counters;
     assert_eq!(counters.notifications, 0);
-    assert!(counters.polls >= 1);
+    let after = counters.polls;
+    assert!(after > before, "found by a poll: {before} -> {after}");
     core.shutdown().await.unwrap();
     db.drop_database().await;
 }

@@ -59,6 +59,35 @@ BEGIN
 END;
 $$;
 
+-- Those of p_step_uuids that are `decision` or `batchable` steps of their task's template
+-- (found by coalesce(inputs->>'__template_step_name', its name)): a success of such a step is
+-- applied by src/orchestration/dynamic.rs, not completed as a plain step. A template without
+-- such steps costs one containment test of its configuration.
+CREATE OR REPLACE FUNCTION tasker.orchestrator_dynamic_steps(p_step_uuids uuid[])
+RETURNS uuid[]
+LANGUAGE plpgsql STABLE
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT ws.workflow_step_uuid
+          FROM tasker.workflow_steps ws
+          JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+          JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
+          JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
+         WHERE ws.workflow_step_uuid = ANY(p_step_uuids)
+           AND (nt.configuration -> 'steps' @> '[{"type": "decision"}]'
+                OR nt.configuration -> 'steps' @> '[{"type": "batchable"}]'
+                OR nt.configuration -> 'steps' @> '[{"step_type": "decision"}]'
+                OR nt.configuration -> 'steps' @> '[{"step_type": "batchable"}]')
+           AND EXISTS (SELECT 1 FROM jsonb_array_elements(nt.configuration -> 'steps') s
+                        WHERE s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
+                          AND coalesce(s ->> 'type', s ->> 'step_type') IN ('decision', 'batchable')));
+END;
+$$;
+
 -- Processes one message of orchestration_step_results (p_msg_id, naming p_step_uuid of
 -- p_task_uuid) when the step's result is a success, in the caller's transaction:
 -- 1. the task's row is locked (then its state read, so it is current);
@@ -75,12 +104,11 @@ $$;
 --                   (the caller applies the retry policy);
 --   duplicate     - no such task, or the step is not waiting for orchestration: archived,
 --                   nothing else changed;
---   dynamic       - the step is a `decision` or `batchable` step of its template (by
---                   coalesce(inputs->>'__template_step_name', its name)) and p_dynamic is
---                   false: nothing changed, nothing archived. The caller applies the outcome
+--   dynamic       - the step is a `decision` or `batchable` step of its template
+--                   (tasker.orchestrator_dynamic_steps) and p_dynamic is false: nothing
+--                   changed, nothing archived. The caller applies the outcome
 --                   (src/orchestration/dynamic.rs) and calls again, in the same transaction,
---                   with p_dynamic true. A template without such steps costs one containment
---                   test of its configuration.
+--                   with p_dynamic true.
 --
 -- It commits with synchronous_commit off when the call is its own transaction (as the
 -- worker's claims do): everything it writes follows from the result message, which the worker
@@ -89,9 +117,13 @@ $$;
 -- depends on it (a child step's result, committed synchronously) flushes it first, WAL being
 -- written in order. A child claimed in the window and lost with it is re-run: handlers run at
 -- least once, as after any crash.
--- p_msg_id NULL: the worker's own result transaction completes the step
--- (tasker.worker_complete_in_commit, sql/functions/worker_commit.sql): there is no message to
--- archive, and the commit keeps the session's synchronous_commit (the result is in it).
+-- p_msg_id NULL: the worker's own result transaction has completed the step
+-- (tasker.worker_commit_results, sql/functions/worker_commit.sql, through
+-- tasker.worker_complete_in_commit): it holds the task's row lock, found the step not dynamic,
+-- and wrote the step's `enqueued_for_orchestration` transition (not most recent), its
+-- `complete` transition (p_uuids[1]) and `processed`, so steps 1 and 2 are skipped. There is no
+-- message to archive, and the commit keeps the session's synchronous_commit (the result is in
+-- it).
 -- The 4-argument version this replaced: dropped, so no overload is left beside this one.
 DROP FUNCTION IF EXISTS tasker.orchestrator_complete_step(bigint, uuid, uuid, uuid[]);
 
@@ -113,77 +145,69 @@ DECLARE
     t_state       text;
     t_correlation uuid;
     t_queue       text;
-    t_dynamic     boolean;
     s_state       text;
     s_sort        integer;
     sent          bigint[];
 BEGIN
     IF p_msg_id IS NOT NULL THEN
         PERFORM set_config('synchronous_commit', 'off', true);
+        PERFORM 1 FROM tasker.tasks t WHERE t.task_uuid = p_task_uuid FOR UPDATE;
+        IF NOT FOUND THEN
+            PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+            RETURN QUERY SELECT 'duplicate'::text, NULL::text;
+            RETURN;
+        END IF;
     END IF;
-    PERFORM 1 FROM tasker.tasks t WHERE t.task_uuid = p_task_uuid FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]) WHERE p_msg_id IS NOT NULL;
-        RETURN QUERY SELECT 'duplicate'::text, NULL::text;
-        RETURN;
-    END IF;
-    SELECT tt.to_state, t.correlation_id, 'worker_' || tn.name || '_queue',
-           NOT p_dynamic AND (nt.configuration -> 'steps' @> '[{"type": "decision"}]'
-                              OR nt.configuration -> 'steps' @> '[{"type": "batchable"}]'
-                              OR nt.configuration -> 'steps' @> '[{"step_type": "decision"}]'
-                              OR nt.configuration -> 'steps' @> '[{"step_type": "batchable"}]')
-      INTO t_state, t_correlation, t_queue, t_dynamic
+    SELECT tt.to_state, t.correlation_id, 'worker_' || tn.name || '_queue'
+      INTO t_state, t_correlation, t_queue
       FROM tasker.tasks t
       JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
       JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
-      JOIN tasker.task_transitions tt ON tt.task_uuid = t.task_uuid AND tt.most_recent
+      LEFT JOIN tasker.task_transitions tt ON tt.task_uuid = t.task_uuid AND tt.most_recent
      WHERE t.task_uuid = p_task_uuid;
-
-    SELECT tr.to_state, tr.sort_key INTO s_state, s_sort
-      FROM tasker.workflow_steps ws
-      JOIN tasker.workflow_step_transitions tr
-        ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent
-     WHERE ws.workflow_step_uuid = p_step_uuid AND ws.task_uuid = p_task_uuid;
-    IF s_state = 'enqueued_as_error_for_orchestration' THEN
-        RETURN QUERY SELECT 'failed_result'::text, t_state;
-        RETURN;
-    END IF;
-    IF s_state IS DISTINCT FROM 'enqueued_for_orchestration' THEN
-        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]) WHERE p_msg_id IS NOT NULL;
+    IF NOT FOUND THEN
         RETURN QUERY SELECT 'duplicate'::text, NULL::text;
         RETURN;
     END IF;
-    IF t_dynamic AND EXISTS (
-        SELECT 1
-          FROM tasker.workflow_steps ws
-          JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
-          JOIN tasker.tasks t ON t.task_uuid = ws.task_uuid
-          JOIN tasker.named_tasks nt ON nt.named_task_uuid = t.named_task_uuid
-          CROSS JOIN LATERAL jsonb_array_elements(nt.configuration -> 'steps') s
-         WHERE ws.workflow_step_uuid = p_step_uuid
-           AND s ->> 'name' = coalesce(ws.inputs ->> '__template_step_name', ns.name)
-           AND coalesce(s ->> 'type', s ->> 'step_type') IN ('decision', 'batchable')) THEN
-        RETURN QUERY SELECT 'dynamic'::text, t_state;
-        RETURN;
-    END IF;
 
-    -- The INSERT reads both counts, so the UPDATEs have run before it.
-    WITH retired AS (
-        UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now()
-         WHERE workflow_step_uuid = p_step_uuid AND most_recent
-        RETURNING 1
-    ), processed AS (
-        UPDATE tasker.workflow_steps
-           SET processed = true, processed_at = now(), in_process = false, updated_at = now()
-         WHERE workflow_step_uuid = p_step_uuid
-        RETURNING 1
-    )
-    INSERT INTO tasker.workflow_step_transitions
-        (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
-         created_at, updated_at)
-    SELECT p_uuids[1], p_step_uuid, 'enqueued_for_orchestration', 'complete', '{"event": "complete"}'::jsonb,
-           s_sort + 1, true, now(), now()
-      FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p;
+    IF p_msg_id IS NOT NULL THEN
+        SELECT tr.to_state, tr.sort_key INTO s_state, s_sort
+          FROM tasker.workflow_steps ws
+          JOIN tasker.workflow_step_transitions tr
+            ON tr.workflow_step_uuid = ws.workflow_step_uuid AND tr.most_recent
+         WHERE ws.workflow_step_uuid = p_step_uuid AND ws.task_uuid = p_task_uuid;
+        IF s_state = 'enqueued_as_error_for_orchestration' THEN
+            RETURN QUERY SELECT 'failed_result'::text, t_state;
+            RETURN;
+        END IF;
+        IF s_state IS DISTINCT FROM 'enqueued_for_orchestration' THEN
+            PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+            RETURN QUERY SELECT 'duplicate'::text, NULL::text;
+            RETURN;
+        END IF;
+        IF NOT p_dynamic AND p_step_uuid = ANY(tasker.orchestrator_dynamic_steps(ARRAY[p_step_uuid])) THEN
+            RETURN QUERY SELECT 'dynamic'::text, t_state;
+            RETURN;
+        END IF;
+
+        -- The INSERT reads both counts, so the UPDATEs have run before it.
+        WITH retired AS (
+            UPDATE tasker.workflow_step_transitions SET most_recent = false, updated_at = now()
+             WHERE workflow_step_uuid = p_step_uuid AND most_recent
+            RETURNING 1
+        ), processed AS (
+            UPDATE tasker.workflow_steps
+               SET processed = true, processed_at = now(), in_process = false, updated_at = now()
+             WHERE workflow_step_uuid = p_step_uuid
+            RETURNING 1
+        )
+        INSERT INTO tasker.workflow_step_transitions
+            (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
+             created_at, updated_at)
+        SELECT p_uuids[1], p_step_uuid, 'enqueued_for_orchestration', 'complete', '{"event": "complete"}'::jsonb,
+               s_sort + 1, true, now(), now()
+          FROM (SELECT count(*) FROM retired) AS r, (SELECT count(*) FROM processed) AS p;
+    END IF;
 
     IF t_state IS NULL OR t_state NOT IN ('blocked_by_failures', 'error', 'cancelled') THEN
         -- From the step's edges, each child's and each of its parents' current transition
@@ -227,7 +251,9 @@ BEGIN
                  ORDER BY e.workflow_step_uuid) s;
     END IF;
 
-    PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]) WHERE p_msg_id IS NOT NULL;
+    IF p_msg_id IS NOT NULL THEN
+        PERFORM tasker.worker_archive('orchestration_step_results', ARRAY[p_msg_id]);
+    END IF;
     RETURN QUERY SELECT 'completed'::text, tasker.orchestrator_settle_task(p_task_uuid, t_state, p_uuids[2]);
 END;
 $$;

@@ -73,21 +73,69 @@ BEGIN
 END;
 $$;
 
--- The embedded orchestrator's work on the commit's successes, in the commit's transaction
--- (orchestration.complete_in_commit, when this process runs the embedded orchestrator): each
--- live result of p_tokens with p_complete is completed by tasker.orchestrator_complete_step
--- (no message: p_msg_id NULL), in the batch's order, with the transition uuids
--- p_uuids[(n - 1) * stride + 1 .. n * stride] (stride = length(p_uuids) / length(p_tokens)):
--- the step becomes complete, its ready children are enqueued, the task settles. One row per
--- such result: its outcome (completed; dynamic for a decision or batchable step, which is
--- left to the orchestrator's message route) and the task's new state. The caller holds the
--- tasks' row locks (taken before the steps', the order the orchestrator takes them in).
-CREATE OR REPLACE FUNCTION tasker.worker_complete_in_commit(
+-- Which live results of a commit (p_live_tokens of p_tokens) the embedded orchestrator
+-- completes in it (orchestration.complete_in_commit, when this process runs the embedded
+-- orchestrator): those marked in p_complete (successes) whose steps are not decision or
+-- batchable steps (tasker.orchestrator_dynamic_steps; those go by message, to
+-- src/orchestration/dynamic.rs). Their tokens, steps and the uuids of their `complete`
+-- transitions (the first of each result's share of p_uuids, as tasker.worker_complete_in_commit
+-- splits them), in p_tokens' order; NULL for none.
+CREATE OR REPLACE FUNCTION tasker.worker_completed_here(
     p_live_tokens uuid[],
+    p_tokens      uuid[],
+    p_step_uuids  uuid[],
+    p_complete    boolean[],
+    p_uuids       uuid[],
+    OUT tokens    uuid[],
+    OUT steps     uuid[],
+    OUT uuids     uuid[]
+)
+LANGUAGE plpgsql
+SET search_path = tasker, public
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+DECLARE
+    stride  integer := coalesce(array_length(p_uuids, 1) / nullif(array_length(p_tokens, 1), 0), 0);
+    dynamic uuid[];
+BEGIN
+    IF p_complete IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(i.token ORDER BY i.n), array_agg(i.step_uuid ORDER BY i.n),
+           array_agg(p_uuids[(i.n::integer - 1) * stride + 1] ORDER BY i.n)
+      INTO tokens, steps, uuids
+      FROM unnest(p_tokens, p_step_uuids, p_complete) WITH ORDINALITY AS i(token, step_uuid, complete, n)
+     WHERE i.complete AND i.token = ANY(p_live_tokens);
+    IF steps IS NULL THEN
+        RETURN;
+    END IF;
+    dynamic := tasker.orchestrator_dynamic_steps(steps);
+    IF cardinality(dynamic) > 0 THEN
+        SELECT array_agg(d.token ORDER BY d.n), array_agg(d.step_uuid ORDER BY d.n), array_agg(d.uuid ORDER BY d.n)
+          INTO tokens, steps, uuids
+          FROM unnest(tokens, steps, uuids) WITH ORDINALITY AS d(token, step_uuid, uuid, n)
+         WHERE d.step_uuid <> ALL(dynamic);
+    END IF;
+END;
+$$;
+
+-- The embedded orchestrator's work on the successes a commit completed (p_done_tokens, of
+-- p_tokens; tasker.worker_completed_here), in the commit's transaction, in the batch's order:
+-- the commit has written each step's `enqueued_for_orchestration` transition (not most
+-- recent), its `complete` transition (uuid p_uuids[(n - 1) * stride + 1], stride =
+-- length(p_uuids) / length(p_tokens)) and `processed`; tasker.orchestrator_complete_step (no
+-- message: p_msg_id NULL) enqueues its ready children and settles the task, with the rest of
+-- p_uuids[(n - 1) * stride + 1 .. n * stride]. One row per such result: its outcome
+-- (completed) and the task's new state. The caller holds the tasks' row locks (taken before
+-- the steps', the order the orchestrator takes them in).
+-- Its arguments changed (the completed tokens instead of p_complete).
+DROP FUNCTION IF EXISTS tasker.worker_complete_in_commit(uuid[], uuid[], uuid[], uuid[], boolean[], uuid[]);
+CREATE OR REPLACE FUNCTION tasker.worker_complete_in_commit(
+    p_done_tokens uuid[],
     p_tokens      uuid[],
     p_task_uuids  uuid[],
     p_step_uuids  uuid[],
-    p_complete    boolean[],
     p_uuids       uuid[]
 )
 RETURNS TABLE (token uuid, outcome text, task_state text)
@@ -103,9 +151,8 @@ DECLARE
 BEGIN
     FOR r IN
         SELECT i.token, i.task_uuid, i.step_uuid, i.n::integer AS n
-          FROM unnest(p_tokens, p_task_uuids, p_step_uuids, p_complete) WITH ORDINALITY
-               AS i(token, task_uuid, step_uuid, complete, n)
-         WHERE i.complete AND i.token = ANY(p_live_tokens)
+          FROM unnest(p_tokens, p_task_uuids, p_step_uuids) WITH ORDINALITY AS i(token, task_uuid, step_uuid, n)
+         WHERE i.token = ANY(p_done_tokens)
          ORDER BY i.n
     LOOP
         RETURN QUERY
@@ -135,11 +182,14 @@ BEGIN
 END;
 $$;
 
--- The tail of both commits, after the live results (p_live_tokens) are stored: completes
--- those marked in p_complete (tasker.worker_complete_in_commit), sends the orchestration
--- message of every other live result and acks the worker messages
+-- The tail of both commits, after the live results (p_live_tokens) are stored: goes on
+-- with those the commit completed (p_done_tokens; tasker.worker_complete_in_commit), sends the
+-- orchestration message of every other live result and acks the worker messages
 -- (tasker.worker_send_results_and_ack), and returns a row per live result: its token, and
 -- for one completed here the orchestrator's outcome and the task's new state.
+-- Its arguments changed (the completed tokens instead of p_complete).
+DROP FUNCTION IF EXISTS tasker.worker_finish_commit(uuid[], uuid[], jsonb[], text[], bigint[], uuid[], boolean,
+                                                   timestamptz, uuid[], boolean[], uuid[]);
 CREATE OR REPLACE FUNCTION tasker.worker_finish_commit(
     p_tokens      uuid[],
     p_step_uuids  uuid[],
@@ -150,7 +200,7 @@ CREATE OR REPLACE FUNCTION tasker.worker_finish_commit(
     p_delete      boolean,
     p_sent_at     timestamptz,
     p_task_uuids  uuid[],
-    p_complete    boolean[],
+    p_done_tokens uuid[],
     p_uuids       uuid[]
 )
 RETURNS TABLE (token uuid, outcome text, task_state text)
@@ -165,11 +215,10 @@ DECLARE
     done_outcomes text[];
     done_states   text[];
 BEGIN
-    IF p_complete IS NOT NULL THEN
+    IF p_done_tokens IS NOT NULL THEN
         SELECT array_agg(c.token), array_agg(c.outcome), array_agg(c.task_state)
           INTO done_tokens, done_outcomes, done_states
-          FROM tasker.worker_complete_in_commit(p_live_tokens, p_tokens, p_task_uuids, p_step_uuids, p_complete,
-                                                p_uuids) c;
+          FROM tasker.worker_complete_in_commit(p_done_tokens, p_tokens, p_task_uuids, p_step_uuids, p_uuids) c;
     END IF;
 
     PERFORM tasker.worker_send_results_and_ack(
@@ -193,10 +242,13 @@ $$;
 -- tasker.pgmq_send_with_notify would send, and archive the worker message it was claimed
 -- through (tasker.worker_archive). Returns a row for each token that committed (the others
 -- were stale: the step was reclaimed, and changed nothing). With p_complete (the embedded
--- orchestrator in the worker's process; NULL otherwise), each live result marked in it is
--- completed here as well (tasker.worker_complete_in_commit, transition uuids p_uuids) and
--- sends no orchestration message unless its outcome is not `completed`; the row carries the
--- outcome and the task's new state. Commits durably (the session's synchronous_commit): the
+-- orchestrator in the worker's process; NULL otherwise), each live result marked in it that is
+-- not a decision or batchable step (tasker.worker_completed_here) is completed here as well:
+-- its result's transition is written as not most recent, followed by the step's `complete`
+-- (transition uuids p_uuids), the step is marked processed, and
+-- tasker.worker_complete_in_commit enqueues its children and settles its task. Such a result
+-- sends no orchestration message; the row carries the outcome and the task's new state.
+-- Commits durably (the session's synchronous_commit): the
 -- result is what makes the step's work count. Generic plans without sequential scans: see the
 -- header of worker_claim.sql.
 DROP FUNCTION IF EXISTS tasker.worker_commit_results(uuid[], uuid[], uuid[], text[], jsonb[], jsonb[], jsonb[], text[],
@@ -227,6 +279,9 @@ DECLARE
     live_sort     integer[];
     live_steps    uuid[];
     live_results  jsonb[];
+    done_tokens   uuid[];
+    done_steps    uuid[];
+    done_uuids    uuid[];
     sent_at       timestamptz := clock_timestamp();
 BEGIN
     IF p_complete IS NOT NULL THEN
@@ -256,23 +311,38 @@ BEGIN
       INTO live_steps, live_results
       FROM unnest(p_tokens, p_step_uuids, p_results) AS i(token, step_uuid, results)
      WHERE i.token = ANY(live_tokens);
+    IF p_complete IS NOT NULL THEN
+        SELECT c.tokens, c.steps, c.uuids INTO done_tokens, done_steps, done_uuids
+          FROM tasker.worker_completed_here(live_tokens, p_tokens, p_step_uuids, p_complete, p_uuids) c;
+    END IF;
 
+    -- The result's transition, and for a result completed here (done_tokens) the step's `complete`
+    -- after it, as tasker.orchestrator_complete_step writes it.
     INSERT INTO tasker.workflow_step_transitions
         (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
          created_at, updated_at)
-    SELECT i.transition_uuid, i.step_uuid, 'in_progress', i.to_state, i.metadata, l.sort_key + 1, true, now(), now()
+    SELECT i.transition_uuid, i.step_uuid, 'in_progress', i.to_state, i.metadata, l.sort_key + 1,
+           i.token <> ALL(coalesce(done_tokens, '{}')), now(), now()
       FROM unnest(p_tokens, p_step_uuids, p_transition_uuids, p_to_states, p_metadata)
            AS i(token, step_uuid, transition_uuid, to_state, metadata)
-      JOIN unnest(live_tokens, live_sort) AS l(token, sort_key) ON l.token = i.token;
+      JOIN unnest(live_tokens, live_sort) AS l(token, sort_key) ON l.token = i.token
+    UNION ALL
+    SELECT d.uuid, d.step_uuid, 'enqueued_for_orchestration', 'complete', '{"event": "complete"}'::jsonb,
+           l.sort_key + 2, true, now(), now()
+      FROM unnest(done_tokens, done_steps, done_uuids) AS d(token, step_uuid, uuid)
+      JOIN unnest(live_tokens, live_sort) AS l(token, sort_key) ON l.token = d.token;
 
     UPDATE tasker.workflow_steps s
        SET results = live_results[array_position(live_steps, s.workflow_step_uuid)],
-           in_process = false, updated_at = now()
+           in_process = false, updated_at = now(),
+           processed = CASE WHEN s.workflow_step_uuid = ANY(coalesce(done_steps, '{}')) THEN true ELSE s.processed END,
+           processed_at = CASE WHEN s.workflow_step_uuid = ANY(coalesce(done_steps, '{}')) THEN now()
+                               ELSE s.processed_at END
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
     RETURN QUERY
     SELECT * FROM tasker.worker_finish_commit(p_tokens, p_step_uuids, p_messages, p_queue_names, p_msg_ids, live_tokens,
-                                              false, sent_at, p_task_uuids, p_complete, p_uuids);
+                                              false, sent_at, p_task_uuids, done_tokens, p_uuids);
 END;
 $$;
 
@@ -365,6 +435,9 @@ DECLARE
     live_from     text[];
     live_sort     integer[];
     live_results  jsonb[];
+    done_tokens   uuid[];
+    done_steps    uuid[];
+    done_uuids    uuid[];
     sent_at       timestamptz := clock_timestamp();
 BEGIN
     IF p_complete IS NOT NULL THEN
@@ -407,8 +480,14 @@ BEGIN
     IF live_tokens IS NULL THEN
         RETURN;
     END IF;
+    IF p_complete IS NOT NULL THEN
+        SELECT c.tokens, c.steps, c.uuids INTO done_tokens, done_steps, done_uuids
+          FROM tasker.worker_completed_here(live_tokens, p_tokens, p_step_uuids, p_complete, p_uuids) c;
+    END IF;
 
-    -- The claim's in_progress transition (unless the claim found it written), then the result's.
+    -- The claim's in_progress transition (unless the claim found it written), then the result's,
+    -- and for a result completed here (done_tokens) the step's `complete` after it, as
+    -- tasker.orchestrator_complete_step writes it.
     INSERT INTO tasker.workflow_step_transitions
         (workflow_step_transition_uuid, workflow_step_uuid, from_state, to_state, metadata, sort_key, most_recent,
          created_at, updated_at)
@@ -430,10 +509,16 @@ BEGIN
      WHERE l.from_state <> 'in_progress'
     UNION ALL
     SELECT i.transition_uuid, l.step_uuid, 'in_progress', i.to_state, i.metadata,
-           l.sort_key + CASE WHEN l.from_state = 'in_progress' THEN 1 ELSE 2 END, true, now(), now()
+           l.sort_key + CASE WHEN l.from_state = 'in_progress' THEN 1 ELSE 2 END,
+           l.token <> ALL(coalesce(done_tokens, '{}')), now(), now()
       FROM unnest(live_tokens, live_steps, live_from, live_sort) AS l(token, step_uuid, from_state, sort_key)
       JOIN unnest(p_tokens, p_transition_uuids, p_to_states, p_metadata)
-           AS i(token, transition_uuid, to_state, metadata) ON i.token = l.token;
+           AS i(token, transition_uuid, to_state, metadata) ON i.token = l.token
+    UNION ALL
+    SELECT d.uuid, d.step_uuid, 'enqueued_for_orchestration', 'complete', '{"event": "complete"}'::jsonb,
+           l.sort_key + CASE WHEN l.from_state = 'in_progress' THEN 2 ELSE 3 END, true, now(), now()
+      FROM unnest(live_tokens, live_from, live_sort) AS l(token, from_state, sort_key)
+      JOIN unnest(done_tokens, done_steps, done_uuids) AS d(token, step_uuid, uuid) ON d.token = l.token;
 
     SELECT array_agg(i.results ORDER BY l.n)
       INTO live_results
@@ -442,11 +527,14 @@ BEGIN
 
     UPDATE tasker.workflow_steps s
        SET results = live_results[array_position(live_steps, s.workflow_step_uuid)],
-           in_process = false, updated_at = now()
+           in_process = false, updated_at = now(),
+           processed = CASE WHEN s.workflow_step_uuid = ANY(coalesce(done_steps, '{}')) THEN true ELSE s.processed END,
+           processed_at = CASE WHEN s.workflow_step_uuid = ANY(coalesce(done_steps, '{}')) THEN now()
+                               ELSE s.processed_at END
      WHERE s.workflow_step_uuid = ANY(live_steps);
 
     RETURN QUERY
     SELECT * FROM tasker.worker_finish_commit(p_tokens, p_step_uuids, p_messages, p_queue_names, p_msg_ids, live_tokens,
-                                              p_delete, sent_at, p_task_uuids, p_complete, p_uuids);
+                                              p_delete, sent_at, p_task_uuids, done_tokens, p_uuids);
 END;
 $$;

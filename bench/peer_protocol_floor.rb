@@ -124,6 +124,9 @@ module Bench
     # reaches the main thread) instead of staying leased while the drain waits for it.
     def read(conn)
       rows = conn.exec_prepared("claim", [BATCH, "worker_floor", VISIBILITY_TIMEOUT]).to_a
+      # Every message the floor reads names a step it enqueued, so each must be claimed: one
+      # that was not (its step in another state) would be work the floor skipped and did not
+      # pay for, and the run's per-step figures would be wrong. Fail the run instead.
       unclaimed = rows.reject { |row| row["token"] }
       raise "the floor read #{unclaimed.size} message(s) whose step was not pending or enqueued: #{unclaimed.first["message"]}" if unclaimed.any?
 

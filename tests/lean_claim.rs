@@ -261,7 +261,7 @@ async fn a_lapsed_lease_is_reclaimed_and_the_late_result_of_the_first_claim_chan
     wait_running(&db, &wf, 1).await;
 
     // The slow worker stalls past its lease; another worker reads the message again.
-    slow.quiet();
+    slow.quiet_settled().await;
     sqlx::query("UPDATE pgmq.q_worker_late_queue SET vt = now()")
         .execute(&db.pool)
         .await
@@ -447,7 +447,7 @@ async fn a_step_moved_and_enqueued_again_after_a_lean_claim_is_claimed_anew_not_
     let wf = one_step(&db, "again").await;
     wf.enqueue("only").await;
     wait_running(&db, &wf, 1).await;
-    stalled.quiet();
+    stalled.quiet_settled().await;
     // An operator cancels the running step, then sends it again (in_process is still true).
     wf.set_state("only", "cancelled").await;
     wf.set_state("only", "enqueued").await;

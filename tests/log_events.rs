@@ -117,11 +117,25 @@ fn registry(gate: Option<Arc<Notify>>, label: &'static str) -> Arc<InMemoryHandl
     registry
 }
 
+/// Waits until `step` is `state`; on timeout, panics with the step's transitions and every
+/// captured warning or error (what went wrong is in one of them).
 async fn wait_state(wf: &TestWorkflow, step: &str, state: &str) {
-    wait_for(&format!("{step} to be {state}"), WAIT, || async {
-        (wf.state(step).await == state).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while wf.state(step).await != state {
+        if tokio::time::Instant::now() >= deadline {
+            let problems: Vec<Captured> = captured()
+                .lock()
+                .iter()
+                .filter(|c| c.level <= tracing::Level::WARN)
+                .cloned()
+                .collect();
+            panic!(
+                "timed out after {WAIT:?} waiting for {step} to be {state}; its transitions: {:?}; warnings and errors logged: {problems:#?}",
+                wf.transitions(step).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +153,7 @@ async fn a_reclaim_and_the_stale_result_it_leaves_are_each_logged_with_their_ste
     .await;
     wf.enqueue("only").await;
     wait_state(&wf, "only", "in_progress").await;
-    slow.quiet();
+    slow.quiet_settled().await;
     sqlx::query("UPDATE pgmq.q_worker_log_late_queue SET vt = now()")
         .execute(&db.pool)
         .await

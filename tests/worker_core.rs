@@ -426,9 +426,10 @@ async fn a_late_completion_after_a_reclaim_is_discarded_and_archives_nothing() {
     wait_state(&wf, "only", "in_progress").await;
 
     // The slow worker stalls past its lease (as in a long GC pause or a network partition).
-    // A stalled worker reads nothing either: quiet it, or its own 100 ms poll may re-read the
-    // message first and reclaim the step for itself (seen under a loaded test run).
-    slow.quiet();
+    // A stalled worker reads nothing either: quiet it and wait for a read already under way,
+    // or its own 100 ms poll may re-read the message first and reclaim the step for itself
+    // (seen under a loaded test run).
+    slow.quiet_settled().await;
     sqlx::query("UPDATE pgmq.q_worker_late_queue SET vt = now()")
         .execute(&db.pool)
         .await

@@ -95,7 +95,7 @@ impl Probe {
         let mut reasons = Vec::new();
         if self.stopping.load(Ordering::Relaxed) || !self.worker.running.load(Ordering::Relaxed) {
             reasons.push("stopping".to_string());
-        } else if self.worker.quiet.load(Ordering::Relaxed) {
+        } else if self.worker.claims.is_quiet() {
             reasons.push("quiet: not claiming new steps".to_string());
         }
         let database = tokio::time::timeout(

@@ -22,7 +22,7 @@ use crate::worker::event_systems::domain_event_system::DomainEventSystem;
 use crate::worker::handlers::ffi_dispatch_channel::FfiDispatchChannel;
 use crate::worker::in_flight::InFlight;
 use crate::worker::prefetch::StartWaits;
-use crate::worker::state::{ShutdownReport, WorkerState, WorkerStatus};
+use crate::worker::state::{ClaimGate, ShutdownReport, WorkerState, WorkerStatus};
 use crate::worker::stats::WorkerCounters;
 use parking_lot::Mutex;
 use sqlx::PgPool;
@@ -95,7 +95,7 @@ impl WorkerCore {
             capacity: Arc::new(Semaphore::new(capacity)),
             in_flight: Arc::new(InFlight::default()),
             counters: Arc::new(WorkerCounters::default()),
-            quiet: Arc::new(AtomicBool::new(false)),
+            claims: Arc::new(ClaimGate::default()),
             events_enabled: Arc::new(AtomicBool::new(true)),
             listener_connected: Arc::new(AtomicBool::new(false)),
             last_commit: Mutex::new(None),
@@ -160,12 +160,21 @@ impl WorkerCore {
         &self.shared.domain_events
     }
 
-    /// Stops claiming new steps; in-flight steps run to completion.
+    /// Stops claiming new steps; in-flight steps run to completion. A claim already under
+    /// way when it is called (a read in progress) still ends in a dispatch: `quiet_settled`
+    /// waits for those too.
     pub fn quiet(&self) {
-        if !self.shared.quiet.swap(true, Ordering::AcqRel) {
+        if self.shared.claims.close() {
             tracing::info!(event = "worker_quiet", worker_id = %self.shared.worker_id, in_flight = self.shared.in_flight.len(), "worker quiet: no new steps will be claimed");
         }
         self.registry.wake.notify_one();
+    }
+
+    /// `quiet`, then waits until no claim is under way: once it returns, the worker takes no
+    /// step it does not already hold.
+    pub async fn quiet_settled(&self) {
+        self.quiet();
+        self.shared.claims.settled().await;
     }
 
     /// Graceful stop, waiting up to the configured `shutdown_timeout_ms` for in-flight steps.

@@ -6,9 +6,9 @@
 //! tried again at the next one; it never stops the worker.
 
 use crate::operations::PRUNE_AFTER_SECONDS;
+use crate::worker::state::ClaimGate;
 use crate::worker::task::StopSignal;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub struct Heartbeat {
     pub worker_id: Arc<str>,
     pub namespaces: Vec<String>,
     pub concurrency: usize,
-    pub quiet: Arc<AtomicBool>,
+    pub claims: Arc<ClaimGate>,
 }
 
 impl Heartbeat {
@@ -39,7 +39,7 @@ impl Heartbeat {
                 _ = ticker.tick() => {}
                 _ = stop.stopped() => break,
             }
-            let state = if self.quiet.load(Ordering::Relaxed) {
+            let state = if self.claims.is_quiet() {
                 "quiet"
             } else {
                 "running"

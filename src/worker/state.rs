@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// Shared state of one worker. Each flag has one writer; the rest only read it.
 pub struct WorkerState {
@@ -32,8 +32,8 @@ pub struct WorkerState {
     pub capacity: Arc<Semaphore>,
     pub in_flight: Arc<InFlight>,
     pub counters: Arc<WorkerCounters>,
-    /// Written by `quiet` and shutdown; the executor stops claiming once it is set.
-    pub quiet: Arc<AtomicBool>,
+    /// Closed by `quiet` and shutdown; the executor starts no claim once it is closed.
+    pub claims: Arc<ClaimGate>,
     /// Written by `SetEventIntegration`; read by the completion processor after each commit.
     pub events_enabled: Arc<AtomicBool>,
     /// Written by the event system: its LISTEN connection is up.
@@ -43,6 +43,58 @@ pub struct WorkerState {
     /// Cleared when shutdown has finished.
     pub running: AtomicBool,
     pub domain_events: Arc<DomainEventSystem>,
+}
+
+/// Whether the executor may start a claim (a read of a batch, or a handed-over message's
+/// check and claim), and how many it has under way. Quiet closes it for good: a claim that
+/// began before runs to its end, and `settled` waits for those.
+#[derive(Default)]
+pub struct ClaimGate {
+    quiet: AtomicBool,
+    under_way: AtomicUsize,
+    idle: Notify,
+}
+
+/// A claim under way; dropping it ends the claim.
+pub struct ClaimUnderWay(Arc<ClaimGate>);
+
+impl ClaimGate {
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::SeqCst)
+    }
+
+    /// Closes the gate; true for the call that closed it.
+    pub fn close(&self) -> bool {
+        !self.quiet.swap(true, Ordering::SeqCst)
+    }
+
+    /// A claim may begin: `None` once quiet. Counted before the flag is read (and the flag
+    /// set before the count is read), so `settled` never misses a claim that got through.
+    pub fn begin(self: &Arc<Self>) -> Option<ClaimUnderWay> {
+        self.under_way.fetch_add(1, Ordering::SeqCst);
+        let claim = ClaimUnderWay(self.clone());
+        (!self.is_quiet()).then_some(claim)
+    }
+
+    /// Returns once the gate is closed and no claim is under way: from then on the worker
+    /// takes no step it does not already hold.
+    pub async fn settled(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.is_quiet() && self.under_way.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for ClaimUnderWay {
+    fn drop(&mut self) {
+        if self.0.under_way.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,7 +127,7 @@ impl WorkerState {
         let roles = self.pools.role_sizes();
         WorkerStatus {
             running: self.running.load(Ordering::Relaxed),
-            quiet: self.quiet.load(Ordering::Relaxed),
+            quiet: self.claims.is_quiet(),
             listener_connected: self.listener_connected.load(Ordering::Relaxed),
             worker_id: self.worker_id.to_string(),
             namespaces: self.namespaces.clone(),
@@ -100,4 +152,44 @@ pub struct ShutdownReport {
     pub finished: usize,
     /// In-flight steps whose leases were given back for other workers.
     pub released: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_closed_gate_starts_no_claim_and_settles_once_the_claims_under_way_end() {
+        let gate = Arc::new(ClaimGate::default());
+        let first = gate.begin().expect("open: a claim may begin");
+        let second = gate.begin().expect("open: a claim may begin");
+        assert!(gate.close(), "the first close closes it");
+        assert!(!gate.close(), "a second close changes nothing");
+        assert!(gate.begin().is_none(), "quiet: no claim begins");
+
+        let settled = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.settled().await }
+        });
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!settled.is_finished(), "one claim is still under way");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("settles when the last claim ends")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_open_gate_is_not_settled() {
+        let gate = Arc::new(ClaimGate::default());
+        let waited = tokio::time::timeout(Duration::from_millis(50), gate.settled()).await;
+        assert!(waited.is_err(), "settled before quiet");
+        gate.close();
+        tokio::time::timeout(Duration::from_secs(5), gate.settled())
+            .await
+            .expect("closed with nothing under way: settled at once");
+    }
 }

@@ -192,7 +192,7 @@ impl WorkerActorRegistry {
             in_flight: state.in_flight.clone(),
             counters: state.counters.clone(),
             wake: wake.clone(),
-            quiet: state.quiet.clone(),
+            claims: state.claims.clone(),
         };
         let executor = Task::spawn_source(|stop| executor.run(from_messages_rx, stop));
 
@@ -221,7 +221,7 @@ impl WorkerActorRegistry {
             worker_id: state.worker_id.clone(),
             namespaces: worker.namespaces.clone(),
             concurrency: state.max_in_flight,
-            quiet: state.quiet.clone(),
+            claims: state.claims.clone(),
         };
         let heartbeat = Task::spawn_source(|stop| heartbeat.run(stop));
 

@@ -27,6 +27,7 @@ use crate::worker::handlers::pipeline::{DispatchHandlerMessage, StepCompletion};
 use crate::worker::hydration;
 use crate::worker::in_flight::{InFlight, InFlightEntry};
 use crate::worker::prefetch::StartWaits;
+use crate::worker::state::ClaimGate;
 use crate::worker::stats::WorkerCounters;
 use crate::worker::step_claim::{self, Claim, ClaimOutcome, ClaimRequest, NextMessage};
 use crate::worker::step_context::{HandlerSpec, StepContext};
@@ -91,7 +92,7 @@ pub struct StepExecutorActor {
     pub in_flight: Arc<InFlight>,
     pub counters: Arc<WorkerCounters>,
     pub wake: Arc<Notify>,
-    pub quiet: Arc<AtomicBool>,
+    pub claims: Arc<ClaimGate>,
 }
 
 /// Messages already read elsewhere, handed to the actor (`ExecuteStepFromMessage`).
@@ -125,6 +126,7 @@ impl StepExecutorActor {
                         _ = stop.stopped() => break,
                     };
                     let Some(permit) = permit else { continue };
+                    let Some(_under_way) = this.claims.begin() else { continue };
                     if let Err(err) = this.process(&queue, vec![message], vec![permit]).await {
                         tracing::warn!(error = %err, "processing a handed-over message failed");
                     }
@@ -199,9 +201,9 @@ impl StepExecutorActor {
             let Some(permits) = acquired else {
                 return;
             };
-            if self.quiet.load(Ordering::Acquire) {
+            let Some(under_way) = self.claims.begin() else {
                 return;
-            }
+            };
             let queue = self.queues[*next_queue % self.queues.len()].clone();
             *next_queue = next_queue.wrapping_add(1);
             let this = self.clone();
@@ -209,7 +211,7 @@ impl StepExecutorActor {
             let saw_full = saw_full.clone();
             let claim_backoff = claim_backoff.clone();
             batches.spawn(async move {
-                let _held = slot;
+                let _held = (slot, under_way);
                 let asked = permits.len();
                 match this.claim_and_dispatch(&queue, permits).await {
                     // Fewer messages than asked for: nothing more is visible in this queue
@@ -480,11 +482,11 @@ impl StepExecutorActor {
     /// Waits for at least one free slot, then takes up to `max` without waiting more.
     /// `None` when quiet (claiming stopped).
     async fn acquire(&self, max: usize) -> Option<Vec<OwnedSemaphorePermit>> {
-        if self.quiet.load(Ordering::Acquire) {
+        if self.claims.is_quiet() {
             return None;
         }
         let first = self.capacity.clone().acquire_owned().await.ok()?;
-        if self.quiet.load(Ordering::Acquire) {
+        if self.claims.is_quiet() {
             return None;
         }
         let mut permits = vec![first];
